@@ -1,0 +1,306 @@
+"""Load the five parts of a Stable Diffusion 1.x model, or build a tiny one offline.
+
+One entry point, :func:`load_backbone`, takes what a user writes after ``--base``:
+
+* a diffusers folder (``model_index.json`` or ``unet/``, ``vae/``, ``text_encoder/``,
+  ``tokenizer/``, ``scheduler/`` sub-folders), e.g. a local copy of SD 1.5;
+* a single ``.safetensors`` / ``.ckpt`` file in the original (LDM) layout, converted by
+  diffusers' own single-file loader (``config`` names a diffusers folder or hub id whose
+  configs describe the file; offline users pass a local folder);
+* a hub id such as ``stable-diffusion-v1-5/stable-diffusion-v1-5`` where the network allows;
+* ``tiny``: a small model with the SD 1.x block structure, built from code (no download),
+  written once to a cache folder and then read back through the same folder path.
+
+The tiny model keeps every layer SeaS touches: cross attention in down blocks 1 and 2, U-Net
+up blocks 1 and 2 feeding the mask head, a VAE decoder with four up blocks (factor 8).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+# Components and the classes that read them, in the diffusers folder layout.
+COMPONENTS = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
+TINY = "tiny"
+TINY_VERSION = "tiny-v1"
+
+# The SD 1.x training noise schedule (scaled-linear betas, 1000 steps, epsilon prediction).
+SD_SCHEDULER_CONFIG = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    prediction_type="epsilon",
+    clip_sample=False,
+    steps_offset=1,
+)
+
+
+class BackboneError(ValueError):
+    """A ``--base`` that cannot be loaded; the message says why and what to do."""
+
+
+@dataclass
+class Backbone:
+    """The parts of an SD 1.x model, plus where they came from."""
+
+    tokenizer: object  # transformers.CLIPTokenizer
+    text_encoder: torch.nn.Module  # transformers.CLIPTextModel
+    unet: torch.nn.Module  # diffusers.UNet2DConditionModel
+    vae: torch.nn.Module  # diffusers.AutoencoderKL
+    scheduler: object  # diffusers.DDPMScheduler (training noise schedule)
+    source: str  # the --base value as resolved (folder path, file path or hub id)
+
+    @property
+    def vae_factor(self) -> int:
+        """Pixels per latent pixel (8 for SD 1.x)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sizes must be multiples of this: VAE factor x U-Net down-sampling factor."""
+        return self.vae_factor * 2 ** (len(self.unet.config.down_block_types) - 1)
+
+    def check_resolution(self, resolution: int) -> None:
+        if resolution <= 0 or resolution % self.size_multiple:
+            raise BackboneError(
+                f"--resolution {resolution} is not a positive multiple of {self.size_multiple} "
+                f"(VAE factor {self.vae_factor} x U-Net down-sampling) for backbone {self.source}; "
+                f"use e.g. {max(self.size_multiple, round(resolution / self.size_multiple) * self.size_multiple)}"
+            )
+
+
+# ----------------------------------------------------------------------------- tiny model
+
+
+def tiny_tokenizer_vocab() -> dict[str, int]:
+    """Byte-level CLIP vocabulary with no merges: every byte alone and as end of word.
+
+    Ids: 0 ``<|startoftext|>``, 1 ``<|endoftext|>``, 2..257 the 256 byte symbols (GPT-2's
+    printable mapping), 258..513 the same with ``</w>``.
+    """
+    # GPT-2 byte -> printable unicode map: printable bytes map to themselves, others to 256+n.
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    symbols, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            symbols[byte] = chr(byte)
+        else:
+            symbols[byte] = chr(256 + extra)
+            extra += 1
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for byte in range(256):
+        vocab[symbols[byte]] = 2 + byte
+    for byte in range(256):
+        vocab[symbols[byte] + "</w>"] = 258 + byte
+    return vocab
+
+
+def build_tiny_components(seed: int = 0, width: int = 32) -> dict:
+    """Random tiny SD-1.x-shaped parts, built offline. ``width`` scales every channel count."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    vocab = tiny_tokenizer_vocab()
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+    text_dim = 2 * width
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(vocab),
+            hidden_size=text_dim,
+            intermediate_size=4 * text_dim,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        )
+    )
+    # SD 1.x block structure: 3 cross-attention down blocks + 1 plain, mirrored on the way up.
+    unet = UNet2DConditionModel(
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        block_out_channels=(width, 2 * width, 4 * width, 4 * width),
+        layers_per_block=2,
+        attention_head_dim=8,
+        cross_attention_dim=text_dim,
+        norm_num_groups=min(32, width),
+    )
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(width, 2 * width, 2 * width, 2 * width),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=min(32, width),
+        sample_size=256,
+    )
+    scheduler = DDPMScheduler(**SD_SCHEDULER_CONFIG)
+    return dict(tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, vae=vae, scheduler=scheduler)
+
+
+def save_components(components: dict, folder: Path) -> Path:
+    """Write parts in the diffusers folder layout, atomically (temporary folder, then rename)."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        for name in COMPONENTS:
+            components[name].save_pretrained(tmp / name)
+        index = {"_class_name": "StableDiffusionPipeline", "_seas_backbone": True}
+        (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def tiny_cache_dir() -> Path:
+    """Where ``--base tiny`` is materialised: ``$SEAS_HOME/backbones/tiny-v1``."""
+    home = Path(os.environ.get("SEAS_HOME", Path.home() / ".cache" / "seas"))
+    return home / "backbones" / TINY_VERSION
+
+
+def write_tiny_backbone(folder: Path | None = None, seed: int = 0, width: int = 32) -> Path:
+    """Build the tiny model and write it as a diffusers folder (default: the cache folder)."""
+    folder = Path(folder) if folder is not None else tiny_cache_dir()
+    return save_components(build_tiny_components(seed=seed, width=width), folder)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def resolve_base(base: str) -> str:
+    """Turn ``tiny`` into its cache folder (writing it on first use); other values unchanged."""
+    if base == TINY:
+        folder = tiny_cache_dir()
+        if not (folder / "model_index.json").exists():
+            write_tiny_backbone(folder)
+        return str(folder)
+    return base
+
+
+def load_backbone(
+    base: str,
+    config: str | None = None,
+    torch_dtype: torch.dtype = torch.float32,
+    local_files_only: bool | None = None,
+) -> Backbone:
+    """Load tokenizer, text encoder, U-Net, VAE and DDPM scheduler of an SD 1.x model.
+
+    ``base``: a diffusers folder, a ``.safetensors``/``.ckpt`` file, a hub id, or ``tiny``.
+    ``config``: for a single file, a diffusers folder or hub id giving the configs.
+    ``local_files_only``: defaults to ``HF_HUB_OFFLINE`` being set.
+    """
+    source = resolve_base(base)
+    if local_files_only is None:
+        local_files_only = os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0")
+    path = Path(source)
+    if path.is_dir():
+        parts = _load_folder(path, torch_dtype)
+    elif path.suffix in (".safetensors", ".ckpt"):
+        if not path.is_file():
+            raise BackboneError(f"--base {base}: file not found; give an existing .safetensors/.ckpt file")
+        parts = _load_single_file(path, config, torch_dtype, local_files_only)
+    elif path.exists() or source.startswith((".", "/", "~")):
+        raise BackboneError(
+            f"--base {base}: not a diffusers folder (no model_index.json or unet/) and not a "
+            ".safetensors/.ckpt file; point it at an SD 1.x model folder or file, or use 'tiny'"
+        )
+    else:
+        parts = _load_hub(source, torch_dtype, local_files_only)
+    return Backbone(source=str(source), **parts)
+
+
+def _load_folder(path: Path, torch_dtype: torch.dtype) -> dict:
+    missing = [name for name in COMPONENTS if not (path / name).is_dir()]
+    if missing:
+        raise BackboneError(
+            f"--base {path}: missing sub-folder(s) {', '.join(missing)}; a diffusers SD 1.x folder "
+            "holds tokenizer/, text_encoder/, unet/, vae/ and scheduler/"
+        )
+    return _from_pretrained(str(path), torch_dtype, local_files_only=True)
+
+
+def _from_pretrained(root: str, torch_dtype: torch.dtype, local_files_only: bool) -> dict:
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    kw = dict(local_files_only=local_files_only)
+    return dict(
+        tokenizer=CLIPTokenizer.from_pretrained(root, subfolder="tokenizer", **kw),
+        text_encoder=CLIPTextModel.from_pretrained(root, subfolder="text_encoder", dtype=torch_dtype, **kw),
+        unet=UNet2DConditionModel.from_pretrained(root, subfolder="unet", torch_dtype=torch_dtype, **kw),
+        vae=AutoencoderKL.from_pretrained(root, subfolder="vae", torch_dtype=torch_dtype, **kw),
+        scheduler=DDPMScheduler.from_pretrained(root, subfolder="scheduler", **kw),
+    )
+
+
+def _load_hub(repo_id: str, torch_dtype: torch.dtype, local_files_only: bool) -> dict:
+    try:
+        return _from_pretrained(repo_id, torch_dtype, local_files_only)
+    except OSError as err:
+        raise BackboneError(
+            f"--base {repo_id}: could not load it from the hub or the local cache ({type(err).__name__}); "
+            "download the model folder where a network is available and pass its path"
+        ) from None
+
+
+def _load_single_file(path: Path, config: str | None, torch_dtype: torch.dtype, local_files_only: bool) -> dict:
+    """Convert an original-layout SD 1.x checkpoint with diffusers' single-file loader."""
+    from diffusers import DDPMScheduler, StableDiffusionPipeline
+
+    try:
+        pipe = StableDiffusionPipeline.from_single_file(
+            str(path),
+            config=config,
+            torch_dtype=torch_dtype,
+            local_files_only=local_files_only,
+            safety_checker=None,
+            requires_safety_checker=False,
+        )
+    except (OSError, ValueError) as err:
+        hint = "pass --base-config with a local SD 1.x diffusers folder" if config is None else "check --base-config"
+        raise BackboneError(f"--base {path}: could not convert the single file ({err}); {hint}") from None
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    return dict(
+        tokenizer=pipe.tokenizer,
+        text_encoder=pipe.text_encoder,
+        unet=pipe.unet,
+        vae=pipe.vae,
+        scheduler=scheduler,
+    )
+
+
+def load_vae(base: str, config: str | None = None, torch_dtype: torch.dtype = torch.float32):
+    """Only the VAE of a base model (what a finished run borrows from its base)."""
+    from diffusers import AutoencoderKL
+
+    source = resolve_base(base)
+    path = Path(source)
+    if path.suffix in (".safetensors", ".ckpt"):
+        return load_backbone(source, config, torch_dtype).vae
+    local = path.is_dir()
+    if local and not (path / "vae").is_dir():
+        raise BackboneError(f"{path}: the base model recorded by the run has no vae/ folder any more; restore it")
+    try:
+        return AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=torch_dtype, local_files_only=local)
+    except OSError as err:
+        raise BackboneError(f"{source}: cannot load the base VAE ({type(err).__name__}); make the base model available") from None

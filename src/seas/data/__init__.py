@@ -1,0 +1,1 @@
+"""Dataset readers, few-shot split, transforms and synthetic products."""

@@ -1,0 +1,123 @@
+"""The few-shot protocol (spec section 2) and the checks on the images it uses.
+
+Per anomaly type with n images sorted by file name, the first ``k = max(floor(n * f), 1)``
+(f = 1/3) are training images; the rest, plus every normal image of the test partition, form
+the downstream test set. The normal training images are the first ``max_normal_train`` (60) of
+the sorted train partition (the reference takes an unsorted, shorter list: defect 3).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import DataError
+from .config import DataConfig
+from .images import image_size, read_mask, read_rgb
+from .readers import Sample
+
+
+def _by_name(samples: list[Sample]) -> list[Sample]:
+    return sorted(samples, key=lambda s: (Path(s.image).name, s.image))
+
+
+@dataclass
+class Split:
+    types: list[str]  # anomaly types in sorted order: this order fixes each type's tokens
+    train: dict[str, list[Sample]]  # type -> its few-shot training images
+    normal_train: list[Sample]
+    test: list[Sample]  # held-out anomalies of every type + normal test images
+    unused_normals: int  # normal train-partition images beyond max_normal_train
+
+    def to_dict(self) -> dict:
+        return {
+            "types": self.types,
+            "train": {t: [s.to_dict() for s in v] for t, v in self.train.items()},
+            "normal_train": [s.to_dict() for s in self.normal_train],
+            "test": [s.to_dict() for s in self.test],
+            "unused_normals": self.unused_normals,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Split":
+        return cls(
+            types=list(d["types"]),
+            train={t: [Sample(**s) for s in v] for t, v in d["train"].items()},
+            normal_train=[Sample(**s) for s in d["normal_train"]],
+            test=[Sample(**s) for s in d["test"]],
+            unused_normals=int(d["unused_normals"]),
+        )
+
+
+def shots(n: int, fraction: float) -> int:
+    """Training images of a type with n images: max(floor(n * fraction), 1)."""
+    return max(math.floor(n * fraction + 1e-9), 1)
+
+
+def few_shot_split(samples: list[Sample], cfg: DataConfig) -> Split:
+    """Deterministic split of a product's table (the input order does not matter)."""
+    types = sorted({s.type for s in samples if not s.is_normal})
+    train, test = {}, []
+    for kind in types:
+        ordered = _by_name([s for s in samples if s.type == kind])
+        k = shots(len(ordered), cfg.train_fraction)
+        train[kind], held_out = ordered[:k], ordered[k:]
+        test += held_out
+    pool = _by_name([s for s in samples if s.is_normal and s.partition == "train"])
+    normal_train = pool[: cfg.max_normal_train]
+    test += _by_name([s for s in samples if s.is_normal and s.partition == "test"])
+    if not normal_train:
+        raise DataError(f"{cfg.root}: no normal training images; the product needs normal images in its train partition")
+    return Split(types, train, normal_train, test, unused_normals=len(pool) - len(normal_train))
+
+
+def check_samples(samples: list[Sample], mask_threshold: str) -> list[str]:
+    """Decode every image and mask; raise on the first unusable file, return warnings.
+
+    Errors: unreadable/truncated image or mask, mask size different from its image.
+    Warnings (returned): an anomaly image whose mask is empty.
+    """
+    warnings = []
+    for s in samples:
+        image = read_rgb(s.image)
+        if s.mask is None:
+            continue
+        mask_w, mask_h = image_size(s.mask)
+        if (mask_h, mask_w) != image.shape[:2]:
+            raise DataError(
+                f"{s.mask}: mask is {mask_w}x{mask_h} but its image {s.image} is "
+                f"{image.shape[1]}x{image.shape[0]}; resize the mask to the image size"
+            )
+        if not read_mask(s.mask, mask_threshold).any():
+            warnings.append(f"{s.mask}: mask is empty (no defect pixel) for anomaly image {s.image}")
+    return warnings
+
+
+def split_samples_used(split: Split) -> list[Sample]:
+    """Every sample that training or evaluation will read."""
+    return [s for v in split.train.values() for s in v] + split.normal_train + split.test
+
+
+def write_split(split: Split, cfg: DataConfig, path: str | Path) -> Path:
+    """Write ``split.json`` (the protocol, the data config and every file) atomically."""
+    path = Path(path)
+    payload = {"data": cfg.to_dict(), **split.to_dict()}
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=1))
+    os.replace(tmp, path)
+    return path
+
+
+def summary_rows(split: Split) -> list[tuple[str, int, int, int]]:
+    """(type, images, train, test) per anomaly type, then the normal images."""
+    rows = []
+    for kind in split.types:
+        n_test = sum(1 for s in split.test if s.type == kind)
+        rows.append((kind, len(split.train[kind]) + n_test, len(split.train[kind]), n_test))
+    n_normal_test = sum(1 for s in split.test if s.is_normal)
+    n_normal = len(split.normal_train) + split.unused_normals + n_normal_test
+    rows.append(("good", n_normal, len(split.normal_train), n_normal_test))
+    return rows

@@ -1,0 +1,72 @@
+"""The few-shot training images held in memory, and the batches both stages draw from them.
+
+A few dozen images fit easily (uint8 at the training resolution), so there is no DataLoader:
+batch ``m`` is a pure function of (seed, m, process), which makes a resumed run draw exactly
+the batches an uninterrupted one would. Anomaly and normal images are drawn from two
+independent streams of seeded permutations, so every normal image is used (the reference
+pairs normal i with anomaly i and never sees the others: defect 3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..training.common import stream_index
+from .images import read_mask, read_rgb
+from .split import Split
+from .transforms import apply_augmentation, draw_augmentation, image_to_tensor, mask_to_tensor
+
+
+@dataclass
+class TrainingSet:
+    anomaly_images: torch.Tensor  # (Na, 3, R, R) float32 in [-1, 1]
+    anomaly_masks: torch.Tensor  # (Na, 1, R, R) float32 in [0, 1]
+    anomaly_types: torch.Tensor  # (Na,) long: index into the sorted type list
+    normal_images: torch.Tensor  # (Nn, 3, R, R) float32 in [-1, 1]
+
+    @classmethod
+    def from_split(cls, split: Split, resolution: int, mask_threshold: str, binarize: bool) -> "TrainingSet":
+        images, masks, types = [], [], []
+        for k, kind in enumerate(split.types):
+            for sample in split.train[kind]:
+                images.append(image_to_tensor(read_rgb(sample.image), resolution))
+                masks.append(mask_to_tensor(read_mask(sample.mask, mask_threshold), resolution, binarize))
+                types.append(k)
+        normals = [image_to_tensor(read_rgb(s.image), resolution) for s in split.normal_train]
+        return cls(torch.stack(images), torch.stack(masks), torch.tensor(types), torch.stack(normals))
+
+
+@dataclass
+class Batch:
+    anomaly_images: torch.Tensor  # (B, 3, R, R)
+    anomaly_masks: torch.Tensor  # (B, 1, R, R)
+    anomaly_types: torch.Tensor  # (B,)
+    normal_images: torch.Tensor  # (B, 3, R, R)
+
+
+def draw_batch(data: TrainingSet, seed: int, micro_step: int, batch_size: int, augment: bool,
+               rank: int = 0, world: int = 1) -> Batch:
+    """Micro-batch ``micro_step`` of process ``rank``: B anomaly samples and B normal samples.
+
+    With augmentation, sample b's anomaly image, its mask and its paired normal image share one
+    draw of (quarter turns, flip).
+    """
+    n_an, n_normal = len(data.anomaly_images), len(data.normal_images)
+    an_imgs, an_masks, an_types, normals = [], [], [], []
+    for b in range(batch_size):
+        position = (micro_step * world + rank) * batch_size + b
+        i = stream_index(seed, position, n_an, stream=0)
+        j = stream_index(seed, position, n_normal, stream=1)
+        image, mask, normal = data.anomaly_images[i], data.anomaly_masks[i], data.normal_images[j]
+        if augment:
+            rng = np.random.default_rng([seed, 2, position])
+            turns, flip = draw_augmentation(rng)
+            image, mask, normal = (apply_augmentation(x, turns, flip) for x in (image, mask, normal))
+        an_imgs.append(image)
+        an_masks.append(mask)
+        an_types.append(data.anomaly_types[i])
+        normals.append(normal)
+    return Batch(torch.stack(an_imgs), torch.stack(an_masks), torch.stack(an_types), torch.stack(normals))

@@ -1,0 +1,1 @@
+"""Metrics, generation-quality scores, downstream segmentation and the report."""

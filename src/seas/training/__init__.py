@@ -1,0 +1,1 @@
+"""The two training stages and the machinery they share (run folder, checkpoints, progress)."""

@@ -1,0 +1,262 @@
+"""Stage 1: separation-and-sharing fine-tuning (spec sections 3 and 4), on accelerate.
+
+One micro-batch = B anomaly + B normal samples in ONE U-Net call of 2B (the sharing). Per
+sample an independent timestep t ~ U{0..T-1}; epsilon prediction.
+    L = w_an L_an + w_da sum_r L_DA^r + w_na L_NA
+U-Net (lr 4e-6) and the token-embedding matrix (lr 4e-5) train; VAE, text transformer layers,
+final norm and position embeddings stay frozen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..attention import AttentionCapture
+from ..backbone import Backbone, load_backbone
+from ..config import TrainConfig
+from ..data.config import DataConfig
+from ..data.readers import read_dataset
+from ..data.split import Split, check_samples, few_shot_split, write_split
+from ..data.training_set import Batch, TrainingSet, draw_batch
+from ..losses import da_loss, diffusion_loss, mask_pyramid
+from ..prompts import PromptSpec, add_placeholder_tokens, token_positions, tokenize
+from ..run import RUN_FORMAT, RUN_MARKER
+from . import common
+
+STAGE = "generator"
+EXPORTED = ("unet", "text_encoder", "tokenizer", "scheduler")
+
+
+@dataclass
+class PromptTables:
+    """Token ids and loss columns of every prompt, computed once from the tokenised prompts."""
+
+    anomaly_ids: torch.Tensor  # (K, L) input ids of each type's prompt
+    normal_ids: torch.Tensor  # (L,) input ids of the normal prompt
+    columns: torch.Tensor  # (K, M + N) positions of the M normal then N anomaly tokens
+    n_normal: int  # M
+
+    @classmethod
+    def build(cls, tokenizer, spec: PromptSpec) -> "PromptTables":
+        anomaly_ids = tokenize(tokenizer, [spec.anomaly_prompt(kind) for kind in spec.types])
+        normal_names = spec.normal_token_names
+        columns = torch.stack([
+            token_positions(
+                anomaly_ids[k : k + 1],
+                tokenizer.convert_tokens_to_ids(normal_names + spec.type_token_names(kind)),
+            )[0]
+            for k, kind in enumerate(spec.types)
+        ])
+        normal_ids = tokenize(tokenizer, [spec.normal_prompt()])[0]
+        return cls(anomaly_ids, normal_ids, columns, len(normal_names))
+
+
+def da_blocks(cfg: TrainConfig, unet) -> dict[int, list[str]]:
+    """Latent level -> U-Net blocks whose maps are averaged for L_DA at that level.
+
+    Down block i works at latent size / 2^i; the up block at the same size is n - 1 - i.
+    """
+    n = len(unet.config.down_block_types)
+    blocks = {}
+    for i in cfg.da_blocks:
+        if not 0 <= i < n or "CrossAttn" not in unet.config.down_block_types[i]:
+            raise ValueError(f"da_blocks: down block {i} has no cross attention in this U-Net")
+        blocks[i] = [f"down_blocks.{i}"] + ([f"up_blocks.{n - 1 - i}"] if cfg.da_with_up_blocks else [])
+    return blocks
+
+
+def compute_losses(
+    backbone: Backbone,
+    unet,
+    text_encoder,
+    capture: AttentionCapture,
+    prompts: PromptTables,
+    batch: Batch,
+    cfg: TrainConfig,
+    inside_rule: str,
+    generator: torch.Generator,
+) -> dict[str, torch.Tensor]:
+    """Every loss term of one micro-batch; ``total`` is their weighted sum."""
+    device = backbone.vae.device
+    vae_dtype = backbone.vae.dtype
+    B = len(batch.anomaly_images)
+    pixels = torch.cat([batch.anomaly_images, batch.normal_images]).to(device, vae_dtype)  # (2B, 3, R, R)
+    with torch.no_grad():
+        moments = backbone.vae.encode(pixels).latent_dist
+        noise_for_latent = torch.randn(moments.mean.shape, generator=generator).to(device, vae_dtype)
+        latents = (moments.mean + moments.std * noise_for_latent) * backbone.vae.config.scaling_factor
+    latents = latents.float()
+    noise = torch.randn(latents.shape, generator=generator).to(device)
+    steps = backbone.scheduler.config.num_train_timesteps
+    t = torch.randint(0, steps, (2 * B,), generator=generator).to(device)
+    noisy = backbone.scheduler.add_noise(latents, noise, t)
+
+    types = batch.anomaly_types
+    input_ids = torch.cat([prompts.anomaly_ids[types], prompts.normal_ids.expand(B, -1)]).to(device)
+    encoded = text_encoder(input_ids)[0]  # (2B, L, D)
+    capture.store.target(torch.arange(B, device=device), prompts.columns[types].to(device))
+    eps_pred = unet(noisy, t, encoded).sample  # (2B, 4, h, w)
+
+    losses = {"an": diffusion_loss(eps_pred[:B], noise[:B]), "na": diffusion_loss(eps_pred[B:], noise[B:])}
+    latent_size = tuple(latents.shape[-2:])
+    levels = da_blocks(cfg, backbone.unet)
+    masks = mask_pyramid(batch.anomaly_masks.to(device), latent_size, list(levels))
+    total = cfg.weight_an * losses["an"] + cfg.weight_na * losses["na"]
+    for level, blocks in levels.items():
+        maps = torch.stack([capture.store.block_mean(b) for b in blocks]).mean(dim=0)  # (B, hw, M+N)
+        h, w = masks[level].shape[-2:]
+        maps = maps.view(B, h, w, -1).permute(0, 3, 1, 2)  # (B, M+N, h, w)
+        normal_map = maps[:, : prompts.n_normal].mean(dim=1)
+        term = da_loss(maps[:, prompts.n_normal :], normal_map, masks[level], inside_rule,
+                       cfg.attention_normalize, cfg.attention_eps)
+        losses[f"da{h}"] = term
+        total = total + cfg.weight_da * term
+    losses["total"] = total
+    return losses
+
+
+def prepare_backbone(cfg: TrainConfig, types: list[str]) -> tuple[Backbone, PromptSpec, list[int]]:
+    """Load the base, add the UA tokens, and set what trains (U-Net, token-embedding matrix)."""
+    backbone = load_backbone(cfg.base, cfg.base_config)
+    backbone.check_resolution(cfg.resolution)
+    spec = PromptSpec(types, cfg.tokens_per_type, cfg.normal_tokens)
+    new_ids = add_placeholder_tokens(backbone.tokenizer, backbone.text_encoder, spec)
+    backbone.vae.requires_grad_(False)
+    backbone.text_encoder.requires_grad_(False)
+    backbone.text_encoder.get_input_embeddings().weight.requires_grad_(True)
+    backbone.unet.requires_grad_(True)
+    if cfg.gradient_checkpointing:
+        backbone.unet.enable_gradient_checkpointing()
+    return backbone, spec, new_ids
+
+
+def train_generator(data_cfg: DataConfig, cfg: TrainConfig, out: str | Path,
+                    resume: str | None = None, overwrite: bool = False) -> Path:
+    """Run stage 1 into ``out`` and export the generator; returns the run folder."""
+    run = Path(out)
+    common.check_new_folder(run, allowed={"checkpoints", "logs", "split.json", f"{STAGE}-state.json", *EXPORTED, RUN_MARKER})
+    samples = read_dataset(data_cfg)
+    split = few_shot_split(samples, data_cfg)
+    train_samples = [s for v in split.train.values() for s in v] + split.normal_train
+    warnings = check_samples(train_samples, data_cfg.mask_threshold)
+    config = {"train": cfg.to_dict(), "data": data_cfg.to_dict()}
+    common.prepare_run_folder(run, STAGE, RUN_MARKER, config, resume, overwrite)
+    write_split(split, data_cfg, run / "split.json")
+
+    accelerator = common.make_accelerator(run, cfg.mixed_precision)
+    for message in warnings:
+        accelerator.print(f"warning: {message}")
+    backbone, spec, new_ids = prepare_backbone(cfg, split.types)
+    prompts = PromptTables.build(backbone.tokenizer, spec)
+    data = TrainingSet.from_split(split, cfg.resolution, data_cfg.mask_threshold, cfg.binarize_masks)
+    blocks = sorted({b for group in da_blocks(cfg, backbone.unet).values() for b in group})
+    capture = AttentionCapture(backbone.unet, blocks, cfg.attention_softmax)
+
+    embeddings = backbone.text_encoder.get_input_embeddings().weight
+    optimizer = common.make_optimizer(cfg.optimizer, [
+        {"params": list(backbone.unet.parameters()), "lr": cfg.lr_unet},
+        {"params": [embeddings], "lr": cfg.lr_text},
+    ], cfg.weight_decay)
+    unet, text_encoder, optimizer = accelerator.prepare(backbone.unet, backbone.text_encoder, optimizer)
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
+    backbone.vae.to(accelerator.device, weight_dtype)
+    frozen_rows = _frozen_rows(embeddings, new_ids) if cfg.train_new_rows_only else None
+
+    total_steps = cfg.total_steps(len(split.types))
+    start = common.resume_checkpoint(accelerator, run, STAGE, resume) if resume else 0
+    if accelerator.is_main_process and accelerator.log_with:
+        accelerator.init_trackers("seas-generator")
+    bar = common.progress(total_steps, start, "stage 1 (generator)", not accelerator.is_local_main_process)
+    unet.train()
+    text_encoder.train()
+    for step in range(start, total_steps):
+        logs = {}
+        for j in range(cfg.grad_accum):
+            micro = step * cfg.grad_accum + j
+            batch = draw_batch(data, cfg.seed, micro, cfg.batch_size, data_cfg.augment,
+                               accelerator.process_index, accelerator.num_processes)
+            generator = common.step_generator(cfg.seed, micro, accelerator.process_index)
+            sync = j == cfg.grad_accum - 1
+            with _maybe_no_sync(accelerator, [unet, text_encoder], sync):
+                losses = compute_losses(backbone, unet, text_encoder, capture, prompts, batch, cfg,
+                                        data_cfg.inside_rule, generator)
+                accelerator.backward(losses["total"] / cfg.grad_accum)
+            for key, value in losses.items():
+                logs[key] = logs.get(key, 0.0) + value.item() / cfg.grad_accum
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if frozen_rows is not None:
+            _restore_rows(embeddings, *frozen_rows)
+        bar.update(1)
+        bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items()})
+        if accelerator.log_with and (step + 1) % cfg.log_every == 0:
+            accelerator.log({f"loss/{k}": v for k, v in logs.items()}, step=step + 1)
+        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total_steps:
+            common.save_checkpoint(accelerator, run, STAGE, step + 1, cfg.keep_checkpoints)
+    bar.close()
+    capture.remove()
+    accelerator.end_training()
+    if accelerator.is_main_process:
+        export_generator(accelerator, backbone, unet, text_encoder, spec, cfg, data_cfg, split, run)
+    accelerator.wait_for_everyone()
+    return run
+
+
+def _maybe_no_sync(accelerator, models, sync: bool):
+    """Skip the gradient all-reduce on micro-steps before the last of an accumulation."""
+    stack = contextlib.ExitStack()
+    if not sync:
+        for model in models:
+            stack.enter_context(accelerator.no_sync(model))
+    return stack
+
+
+def _frozen_rows(embeddings: torch.Tensor, new_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    keep = torch.ones(len(embeddings), dtype=torch.bool)
+    keep[new_ids] = False
+    return keep.to(embeddings.device), embeddings.detach()[keep.to(embeddings.device)].clone()
+
+
+def _restore_rows(embeddings: torch.Tensor, keep: torch.Tensor, values: torch.Tensor) -> None:
+    """Put back every row but the new tokens' (option train_new_rows_only)."""
+    with torch.no_grad():
+        embeddings[keep] = values
+
+
+def export_generator(accelerator, backbone: Backbone, unet, text_encoder, spec: PromptSpec,
+                     cfg: TrainConfig, data_cfg: DataConfig, split: Split, run: Path) -> None:
+    """Write unet/, text_encoder/, tokenizer/, scheduler/ then the metadata (last: the marker)."""
+    parts = {
+        "unet": accelerator.unwrap_model(unet),
+        "text_encoder": accelerator.unwrap_model(text_encoder),
+        "tokenizer": backbone.tokenizer,
+        "scheduler": backbone.scheduler,
+    }
+    for name, part in parts.items():
+        tmp = run / f".tmp-{name}"
+        part.save_pretrained(tmp)
+        common.replace_dir(tmp, run / name)
+    meta = {
+        "format": RUN_FORMAT,
+        "base": backbone.source,
+        "vae": _vae_location(backbone.source),
+        "types": spec.types,
+        "type_tokens": spec.type_to_tokens(),
+        "normal_tokens": spec.normal_token_names,
+        "prompt_template": {"normal": "a {normal_tokens}", "anomaly": "a {normal_tokens} with {type_tokens}"},
+        "prompt": spec.to_dict(),
+        "config": cfg.to_dict(),
+        "data": data_cfg.to_dict(),
+        "guidance": data_cfg.guidance,
+        "split": split.to_dict(),
+    }
+    common.write_json(run / RUN_MARKER, meta)
+
+
+def _vae_location(source: str) -> str:
+    path = Path(source)
+    return str(path / "vae") if path.is_dir() else source
