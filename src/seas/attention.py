@@ -142,3 +142,37 @@ class AttentionCapture:
         self.handles = []
         restore = {name: AttnProcessor2_0() for name in self.names}
         self.unet.set_attn_processor({**self.unet.attn_processors, **restore})
+
+
+class ReferenceMapsProcessor(AttnProcessor2_0):
+    """The authors' release's way of getting the maps, kept for tests and benchmarks.
+
+    Every cross-attention layer it is installed on materialises the full probability matrix
+    (batch, heads, HW, L) with the spatial softmax and keeps the head-averaged maps of all
+    tokens on the CPU; the output itself is unchanged (fused path).
+    """
+
+    def __init__(self, sink: list):
+        super().__init__()
+        self.sink = sink
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
+        out = super().__call__(attn, hidden_states, encoder_hidden_states, attention_mask, temb, **kw)
+        if encoder_hidden_states is not None:
+            b, hw, _ = hidden_states.shape
+            q = attn.to_q(hidden_states).view(b, hw, attn.heads, -1).transpose(1, 2)
+            k = attn.to_k(encoder_hidden_states).view(b, encoder_hidden_states.shape[1], attn.heads, -1).transpose(1, 2)
+            scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (b, heads, HW, L)
+            self.sink.append(scores.float().softmax(dim=2).mean(dim=1).cpu())  # (b, HW, L)
+        return out
+
+
+def install_reference_maps(unet) -> list:
+    """Put :class:`ReferenceMapsProcessor` on every cross-attention layer; returns the sink."""
+    sink: list = []
+    processors = {
+        name: (ReferenceMapsProcessor(sink) if ".attn2." in name else proc)
+        for name, proc in unet.attn_processors.items()
+    }
+    unet.set_attn_processor(processors)
+    return sink

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import SeasError
+
 # Components and the classes that read them, in the diffusers folder layout.
 COMPONENTS = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
 TINY = "tiny"
@@ -43,7 +45,7 @@ SD_SCHEDULER_CONFIG = dict(
 )
 
 
-class BackboneError(ValueError):
+class BackboneError(SeasError):
     """A ``--base`` that cannot be loaded; the message says why and what to do."""
 
 

@@ -143,6 +143,7 @@ def train_generator(data_cfg: DataConfig, cfg: TrainConfig, out: str | Path,
     split = few_shot_split(samples, data_cfg)
     train_samples = [s for v in split.train.values() for s in v] + split.normal_train
     warnings = check_samples(train_samples, data_cfg.mask_threshold)
+    backbone, spec, new_ids = prepare_backbone(cfg, split.types)
     config = {"train": cfg.to_dict(), "data": data_cfg.to_dict()}
     common.prepare_run_folder(run, STAGE, RUN_MARKER, config, resume, overwrite)
     write_split(split, data_cfg, run / "split.json")
@@ -150,7 +151,6 @@ def train_generator(data_cfg: DataConfig, cfg: TrainConfig, out: str | Path,
     accelerator = common.make_accelerator(run, cfg.mixed_precision)
     for message in warnings:
         accelerator.print(f"warning: {message}")
-    backbone, spec, new_ids = prepare_backbone(cfg, split.types)
     prompts = PromptTables.build(backbone.tokenizer, spec)
     data = TrainingSet.from_split(split, cfg.resolution, data_cfg.mask_threshold, cfg.binarize_masks)
     blocks = sorted({b for group in da_blocks(cfg, backbone.unet).values() for b in group})

@@ -1,0 +1,223 @@
+"""The ``seas`` command: a thin layer that parses options, builds configs and calls the library.
+
+User mistakes (bad data, bad options, wrong folders) print one line ``error: ...`` and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+from .errors import SeasError
+
+LAYOUT_HELP = (
+    "dataset layout preset: mvtec (MVTec AD), mvtec3d (MVTec 3D AD, RGB), visa (VisA original), "
+    "visa-mvtec (VisA re-split into the MVTec layout), folder (described by --normal/--anomaly/--mask)"
+)
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data (see docs/DATA.md)")
+    g.add_argument("--data", required=True, help="dataset root folder, or a YAML dataset description (.yaml/.yml)")
+    g.add_argument("--layout", default=None, help=LAYOUT_HELP + " (default: mvtec, or the YAML's)")
+    g.add_argument("--product", default=None, help="product sub-folder (e.g. bottle); omit when --data is the product")
+    g.add_argument("--normal", action="append", default=None, metavar="GLOB", help="folder layout: normal images (repeatable)")
+    g.add_argument("--normal-test", action="append", default=None, metavar="GLOB",
+                   help="folder layout: normal test images (default: the last third of --normal, sorted)")
+    g.add_argument("--anomaly", action="append", default=None, metavar="TYPE=GLOB",
+                   help="folder layout: anomaly images of one type (repeatable)")
+    g.add_argument("--mask", default=None, metavar="PATTERN",
+                   help="folder layout: mask path pattern with {root} {parent} {stem} {name} {type} (default {parent}/{stem}.png)")
+    g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="rotation/flip augmentation in training (default: layout preset; on except VisA)")
+    g.add_argument("--guidance", type=float, default=None, help="default guidance scale at generation (preset: 8 MVTec, 2 VisA, 5 MVTec 3D)")
+    g.add_argument("--inside-rule", choices=["eq1", "gt0"], default=None,
+                   help="pixels inside the anomaly for L_DA's ob1 term: M==1 (eq1, MVTec AD) or M>0 (gt0, VisA, 3D)")
+    g.add_argument("--mask-threshold", choices=["half", "nonzero"], default=None,
+                   help="mask binarisation: half of the value range (default) or any non-zero value (VisA)")
+    g.add_argument("--train-fraction", type=float, default=None, help="few-shot share per type (default 1/3)")
+    g.add_argument("--max-normal-train", type=int, default=None, help="normal training images (default 60)")
+
+
+def data_config(args):
+    from .data.config import DataConfig
+
+    anomalies = None
+    if args.anomaly:
+        anomalies = {}
+        for item in args.anomaly:
+            kind, sep, pattern = item.partition("=")
+            if not sep or not kind or not pattern:
+                raise SeasError(f"--anomaly {item!r}: write TYPE=GLOB, e.g. --anomaly scratch='scratch/*.png'")
+            anomalies.setdefault(kind, []).append(pattern)
+    values = dict(
+        layout=args.layout, product=args.product, normal=args.normal, normal_test=args.normal_test,
+        anomalies=anomalies, mask=args.mask, augment=args.augment, guidance=args.guidance,
+        inside_rule=args.inside_rule, mask_threshold=args.mask_threshold,
+        train_fraction=args.train_fraction, max_normal_train=args.max_normal_train,
+    )
+    given = {k: v for k, v in values.items() if v is not None}
+    if Path(args.data).suffix in (".yaml", ".yml"):
+        return DataConfig.from_yaml(args.data, **given)
+    return DataConfig(root=args.data, **given)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def cmd_data(args) -> int:
+    from .data.readers import read_dataset
+    from .data.split import check_samples, few_shot_split, split_samples_used, summary_rows, write_split
+
+    cfg = data_config(args)
+    samples = read_dataset(cfg)
+    split = few_shot_split(samples, cfg)
+    warnings = [] if args.no_check else check_samples(split_samples_used(split), cfg.mask_threshold)
+    print(f"product {cfg.product_name}  layout {cfg.layout}  root {cfg.root}")
+    print(f"augment {cfg.augment}  guidance {cfg.guidance}  inside_rule {cfg.inside_rule}  mask_threshold {cfg.mask_threshold}")
+    print(f"{'type':<24}{'images':>8}{'train':>8}{'test':>8}")
+    for kind, n, n_train, n_test in summary_rows(split):
+        print(f"{kind:<24}{n:>8}{n_train:>8}{n_test:>8}")
+    if split.unused_normals:
+        print(f"({split.unused_normals} further normal training images are not used: --max-normal-train {cfg.max_normal_train})")
+    for message in warnings:
+        print(f"warning: {message}")
+    if args.write_split:
+        print(f"split written to {write_split(split, cfg, args.write_split)}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- backbone
+
+
+def cmd_backbone(args) -> int:
+    from .backbone import load_backbone, save_components, write_tiny_backbone
+
+    if args.base == "tiny" and args.save:
+        folder = write_tiny_backbone(args.save, seed=args.seed, width=args.width)
+        print(f"tiny backbone written to {folder}")
+        return 0
+    bb = load_backbone(args.base, args.base_config)
+    for name in ("text_encoder", "unet", "vae"):
+        n = sum(p.numel() for p in getattr(bb, name).parameters())
+        print(f"{name:<14}{n / 1e6:10.2f} M parameters")
+    print(f"tokenizer     {len(bb.tokenizer)} tokens")
+    print(f"U-Net blocks  {', '.join(bb.unet.config.down_block_types)}")
+    print(f"image sizes   multiples of {bb.size_multiple} (VAE factor {bb.vae_factor})")
+    if args.save:
+        parts = dict(tokenizer=bb.tokenizer, text_encoder=bb.text_encoder, unet=bb.unet, vae=bb.vae, scheduler=bb.scheduler)
+        print(f"written to {save_components(parts, Path(args.save))}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- train
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    from .config import TrainConfig
+
+    d = TrainConfig()
+    g = p.add_argument_group("stage 1 (defaults: the authors' release)")
+    g.add_argument("--base", default=d.base, help="base SD 1.x model: diffusers folder, .safetensors/.ckpt, hub id, or 'tiny'")
+    g.add_argument("--base-config", default=None, help="for a single-file --base: a diffusers folder (or hub id) with its configs")
+    g.add_argument("--out", required=True, help="run folder to create (refused if it holds a finished run)")
+    g.add_argument("--steps", type=int, default=None, help="optimizer updates (default 800 x number of types)")
+    g.add_argument("--resolution", type=int, default=d.resolution, help="training image size (default 512)")
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="anomaly samples per micro-batch, plus as many normal (default 2)")
+    g.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per optimizer update (default 2)")
+    g.add_argument("--lr-unet", type=float, default=d.lr_unet, help="U-Net learning rate (default 4e-6)")
+    g.add_argument("--lr-text", type=float, default=d.lr_text, help="token-embedding learning rate (default 4e-5)")
+    g.add_argument("--optimizer", choices=["adamw", "adamw8bit"], default=d.optimizer, help="adamw8bit needs bitsandbytes (reference)")
+    g.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=d.mixed_precision, help="(default no: fp32)")
+    g.add_argument("--gradient-checkpointing", action="store_true", help="recompute U-Net activations in backward (less memory)")
+    g.add_argument("--seed", type=int, default=d.seed, help="seed of every random draw (default 0)")
+    g.add_argument("--tokens-per-type", type=int, default=d.tokens_per_type, help="anomaly tokens per type (default 4)")
+    g.add_argument("--normal-tokens", type=int, default=d.normal_tokens, help="normal tokens (default 1)")
+    g.add_argument("--train-new-rows-only", action="store_true", help="train only the new token rows (reference: whole matrix)")
+    g.add_argument("--da-with-up-blocks", action="store_true", help="L_DA maps: mean of down and up blocks (reference: down only)")
+    g.add_argument("--attention-softmax", choices=["spatial", "token"], default=d.attention_softmax, help="(reference: spatial)")
+    g.add_argument("--attention-normalize", choices=["joint", "sample"], default=d.attention_normalize,
+                   help="min-max over the anomaly half jointly (reference) or per sample")
+    g.add_argument("--binarize-masks", action="store_true", help="threshold resized masks at 0.5 (reference keeps soft borders)")
+    g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="optimizer updates between checkpoints")
+    g.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints, help="checkpoints kept (oldest removed)")
+    g.add_argument("--resume", default=None, metavar="latest|PATH", help="continue an unfinished run from a checkpoint")
+    g.add_argument("--overwrite", action="store_true", help="replace a finished or unfinished run in --out")
+
+
+def train_config(args):
+    from .config import TrainConfig
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    return TrainConfig(**values)
+
+
+def cmd_train(args) -> int:
+    from .training.stage1 import train_generator
+
+    run = train_generator(data_config(args), train_config(args), args.out, resume=args.resume, overwrite=args.overwrite)
+    print(f"generator written to {run}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="seas", description="SeaS: few-shot anomaly image generation with masks.")
+    parser.add_argument("--version", action="version", version=f"seas {__import__('seas').__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("data", help="summarise a dataset and its few-shot split", description="Read a dataset, "
+                       "check its images and masks, and print per-type counts of the few-shot split.")
+    add_data_args(p)
+    p.add_argument("--write-split", metavar="FILE", help="also write the split as JSON")
+    p.add_argument("--no-check", action="store_true", help="skip decoding every image and mask")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("backbone", help="inspect or save a base model (or write the tiny one)",
+                       description="Load a base model through the same path training uses and print its parts; "
+                       "--save writes it as a diffusers folder (with --base tiny: writes a new tiny model).")
+    p.add_argument("--base", default="tiny", help="diffusers folder, .safetensors/.ckpt, hub id, or 'tiny'")
+    p.add_argument("--base-config", default=None, help="configs for a single-file --base")
+    p.add_argument("--save", default=None, metavar="DIR", help="write the model to DIR as a diffusers folder")
+    p.add_argument("--seed", type=int, default=0, help="tiny model: seed of its random weights")
+    p.add_argument("--width", type=int, default=32, help="tiny model: base channel width (U-Net: w, 2w, 4w, 4w)")
+    p.set_defaults(func=cmd_backbone)
+
+    p = sub.add_parser("train", help="stage 1: SeaS fine-tuning of the generator",
+                       description="Fine-tune U-Net and token embeddings with L_an + L_DA + L_NA (spec section 4).")
+    add_data_args(p)
+    add_train_args(p)
+    p.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    _quiet_libraries()
+    try:
+        return args.func(args)
+    except SeasError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _quiet_libraries() -> None:
+    """Keep library progress bars and advice out of the user's terminal."""
+    import diffusers
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+"""Session fixtures for the generator tests: a tiny backbone folder and a small product."""
+
+from __future__ import annotations
+
+import pytest
+
+from seas.backbone import build_tiny_components, save_components
+from seas.data.synthetic import write_synthetic_product
+
+
+@pytest.fixture(scope="session")
+def tiny16(tmp_path_factory):
+    """A width-16 tiny SD-1.x-shaped model written as a diffusers folder."""
+    return save_components(build_tiny_components(seed=0, width=16), tmp_path_factory.mktemp("base") / "tiny16")
+
+
+@pytest.fixture(scope="session")
+def product64(tmp_path_factory):
+    """A synthetic MVTec-layout product at 64 px: 3 types x 3 images, 4 + 2 normals."""
+    root = tmp_path_factory.mktemp("data")
+    return write_synthetic_product(root, product="tile", seed=0, size=64, n_train_good=4, n_test_good=2, n_per_type=3)
