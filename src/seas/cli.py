@@ -164,6 +164,44 @@ def cmd_train(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- train-mask
+
+
+def cmd_train_mask(args) -> int:
+    from .config import MaskConfig
+    from .training.stage2 import train_mask_head
+
+    names = {f.name for f in dataclasses.fields(MaskConfig)}
+    cfg = MaskConfig(**{k: v for k, v in vars(args).items() if k in names and v is not None})
+    run = train_mask_head(args.run, cfg, resume=args.resume, overwrite=args.overwrite)
+    print(f"mask head written to {run / 'mask_head'}")
+    return 0
+
+
+def add_train_mask_parser(sub) -> None:
+    from .config import MaskConfig
+
+    d = MaskConfig()
+    p = sub.add_parser("train-mask", help="stage 2: train the Refined Mask Prediction head",
+                       description="Train the RMP head on a finished stage-1 run, generator frozen (spec section 5).")
+    p.add_argument("--run", required=True, help="run folder of a finished 'seas train'")
+    p.add_argument("--steps", type=int, default=None, help="optimizer updates (default: as many as stage 1, reference)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="anomaly samples per micro-batch, plus as many normal")
+    p.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per update (default 1)")
+    p.add_argument("--lr", type=float, default=d.lr, help="AdamW learning rate (default 5e-4)")
+    p.add_argument("--timesteps", choices=["all", "low"], default=d.timesteps,
+                   help="training noise levels: all (reference) or low (those of the last --mask-steps sampling steps)")
+    p.add_argument("--sample-steps", type=int, default=d.sample_steps, help="sampling steps that define the low range (25)")
+    p.add_argument("--mask-steps", type=int, default=d.mask_steps, help="last sampling steps whose masks are averaged (3)")
+    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=d.mixed_precision, help="(default no)")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the head's weights and every draw (default 0)")
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="updates between checkpoints")
+    p.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints, help="checkpoints kept")
+    p.add_argument("--resume", default=None, metavar="latest|PATH", help="continue an unfinished stage 2")
+    p.add_argument("--overwrite", action="store_true", help="replace a trained mask head")
+    p.set_defaults(func=cmd_train_mask)
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -194,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_args(p)
     add_train_args(p)
     p.set_defaults(func=cmd_train)
+    add_train_mask_parser(sub)
     return parser
 
 

@@ -76,3 +76,43 @@ class TrainConfig:
     def from_dict(cls, values: dict) -> "TrainConfig":
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
+
+
+TIMESTEP_RANGES = ("all", "low")
+
+
+@dataclass
+class MaskConfig:
+    """Stage 2: training the Refined Mask Prediction head with the generator frozen."""
+
+    steps: int | None = None  # optimizer updates; None -> those of stage 1 (reference)
+    batch_size: int = 2  # anomaly samples per micro-batch, plus as many normal (empty masks)
+    grad_accum: int = 1
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    focal_gamma: float = 2.0
+    # "all": t ~ U{0..T-1} (reference, defect 7: the head is used only at the last, low-noise
+    # steps); "low": t within the noise levels of the last `mask_steps` of a `sample_steps` run
+    timesteps: str = "all"
+    sample_steps: int = 25
+    mask_steps: int = 3
+    mixed_precision: str = "no"
+    seed: int = 0
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        positive = ("batch_size", "grad_accum", "sample_steps", "mask_steps", "checkpoint_every", "keep_checkpoints")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError(f"--steps {self.steps}: must be at least 1")
+        if self.timesteps not in TIMESTEP_RANGES:
+            raise ConfigError(f"--timesteps {self.timesteps}: choose one of {', '.join(TIMESTEP_RANGES)}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ConfigError(f"--mixed-precision {self.mixed_precision}: choose one of {', '.join(MIXED_PRECISION)}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

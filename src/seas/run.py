@@ -23,6 +23,8 @@ from .training.common import read_json
 
 RUN_MARKER = "seas_run.json"
 RUN_FORMAT = "seas-run-1"
+MASK_DIR = "mask_head"
+MASK_MARKER = "mask_head.json"  # written last by stage 2: the mask head is complete
 
 
 @dataclass
@@ -67,3 +69,14 @@ def load_run(run: str | Path, torch_dtype: torch.dtype = torch.float32) -> Loade
         source=str(run),
     )
     return LoadedRun(run, meta, backbone, PromptSpec(**meta["prompt"]))
+
+
+def load_mask_head(run: str | Path, torch_dtype: torch.dtype = torch.float32):
+    """The RMP head of a run whose stage 2 finished, in eval mode (BatchNorm statistics fixed)."""
+    from .mask_head import RefinedMaskPredictor
+
+    run = Path(run)
+    if not (run / MASK_MARKER).is_file():
+        raise RunError(f"--run {run}: has no trained mask head; run 'seas train-mask --run {run}' first")
+    head = RefinedMaskPredictor.from_pretrained(run / MASK_DIR, torch_dtype=torch_dtype)
+    return head.eval()

@@ -9,7 +9,6 @@ final norm and position embeddings stay frozen.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,49 +169,28 @@ def train_generator(data_cfg: DataConfig, cfg: TrainConfig, out: str | Path,
     start = common.resume_checkpoint(accelerator, run, STAGE, resume) if resume else 0
     if accelerator.is_main_process and accelerator.log_with:
         accelerator.init_trackers("seas-generator")
-    bar = common.progress(total_steps, start, "stage 1 (generator)", not accelerator.is_local_main_process)
     unet.train()
     text_encoder.train()
-    for step in range(start, total_steps):
-        logs = {}
-        for j in range(cfg.grad_accum):
-            micro = step * cfg.grad_accum + j
-            batch = draw_batch(data, cfg.seed, micro, cfg.batch_size, data_cfg.augment,
-                               accelerator.process_index, accelerator.num_processes)
-            generator = common.step_generator(cfg.seed, micro, accelerator.process_index)
-            sync = j == cfg.grad_accum - 1
-            with _maybe_no_sync(accelerator, [unet, text_encoder], sync):
-                losses = compute_losses(backbone, unet, text_encoder, capture, prompts, batch, cfg,
-                                        data_cfg.inside_rule, generator)
-                accelerator.backward(losses["total"] / cfg.grad_accum)
-            for key, value in losses.items():
-                logs[key] = logs.get(key, 0.0) + value.item() / cfg.grad_accum
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if frozen_rows is not None:
-            _restore_rows(embeddings, *frozen_rows)
-        bar.update(1)
-        bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items()})
-        if accelerator.log_with and (step + 1) % cfg.log_every == 0:
-            accelerator.log({f"loss/{k}": v for k, v in logs.items()}, step=step + 1)
-        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total_steps:
-            common.save_checkpoint(accelerator, run, STAGE, step + 1, cfg.keep_checkpoints)
-    bar.close()
+
+    def micro_losses(micro: int) -> dict:
+        batch = draw_batch(data, cfg.seed, micro, cfg.batch_size, data_cfg.augment,
+                           accelerator.process_index, accelerator.num_processes)
+        generator = common.step_generator(cfg.seed, micro, accelerator.process_index)
+        return compute_losses(backbone, unet, text_encoder, capture, prompts, batch, cfg, data_cfg.inside_rule, generator)
+
+    common.run_updates(
+        accelerator, run=run, stage=STAGE, models=[unet, text_encoder], optimizer=optimizer,
+        start=start, total_steps=total_steps, grad_accum=cfg.grad_accum, micro_losses=micro_losses,
+        after_update=(lambda: _restore_rows(embeddings, *frozen_rows)) if frozen_rows else None,
+        checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints,
+        log_every=cfg.log_every, desc="stage 1 (generator)",
+    )
     capture.remove()
     accelerator.end_training()
     if accelerator.is_main_process:
         export_generator(accelerator, backbone, unet, text_encoder, spec, cfg, data_cfg, split, run)
     accelerator.wait_for_everyone()
     return run
-
-
-def _maybe_no_sync(accelerator, models, sync: bool):
-    """Skip the gradient all-reduce on micro-steps before the last of an accumulation."""
-    stack = contextlib.ExitStack()
-    if not sync:
-        for model in models:
-            stack.enter_context(accelerator.no_sync(model))
-    return stack
 
 
 def _frozen_rows(embeddings: torch.Tensor, new_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
