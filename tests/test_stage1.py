@@ -10,7 +10,6 @@ import torch
 from seas.attention import AttentionCapture, install_reference_maps
 from seas.config import TrainConfig
 from seas.data.config import DataConfig
-from seas.data.synthetic import write_synthetic_product
 from seas.errors import ConfigError, RunError
 from seas.losses import da_loss, mask_pyramid, minmax
 from seas.prompts import PromptSpec, add_placeholder_tokens, token_positions, tokenize

@@ -233,29 +233,23 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_args(p)
     p.set_defaults(func=cmd_train)
     add_train_mask_parser(sub)
+    from .evaluation.evaluate import add_parser as add_evaluate_parser
+
+    add_evaluate_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Keep library progress bars and advice out of the user's terminal (read at their import).
+    for key, value in (("TOKENIZERS_PARALLELISM", "false"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+                       ("TRANSFORMERS_VERBOSITY", "error"), ("DIFFUSERS_VERBOSITY", "error")):
+        os.environ.setdefault(key, value)
     args = build_parser().parse_args(argv)
-    _quiet_libraries()
     try:
         return args.func(args)
     except SeasError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-
-
-def _quiet_libraries() -> None:
-    """Keep library progress bars and advice out of the user's terminal."""
-    import diffusers
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    diffusers.utils.logging.set_verbosity_error()
-    diffusers.utils.logging.disable_progress_bar()
 
 
 if __name__ == "__main__":

@@ -117,7 +117,10 @@ class DataConfig:
         values.setdefault("root", ".")
         values["root"] = str((path.parent / values["root"]).resolve())
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.from_dict(values)
+        try:
+            return cls.from_dict(values)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
 
 
 def _as_list(value) -> list[str]:

@@ -148,17 +148,22 @@ def read_visa(cfg: DataConfig) -> list[Sample]:
     """
     product_dir = _product_dir(cfg)
     product = cfg.product_name
-    root = Path(cfg.root)
+    root = product_dir.parent  # the CSV paths are relative to the folder holding the products
     anno = product_dir / "image_anno.csv"
     if not anno.is_file():
         raise DataError(f"{anno}: missing; VisA's original layout has image_anno.csv in each product folder")
     partitions = _visa_partitions(root / "split_csv" / "1cls.csv", product)
     samples, normals = [], []
     with anno.open(newline="") as fh:
-        for row in csv.DictReader(fh):
+        rows = csv.DictReader(fh)
+        if not {"image", "label"} <= set(rows.fieldnames or ()):
+            raise DataError(f"{anno}: header is {rows.fieldnames}; VisA's image_anno.csv has columns image,label,mask")
+        for row in rows:
             image = root / row["image"]
-            labels = [type_name(x) for x in row.get("label", "").split(",") if x.strip()]
-            if not labels or labels == ["normal"]:
+            labels = [type_name(x) for x in (row["label"] or "").split(",") if x.strip()]
+            if not labels:
+                raise DataError(f"{anno}: {row['image']} has an empty label; write its defect type(s) or 'normal'")
+            if labels == ["normal"]:
                 normals.append(image)
                 continue
             kind = labels[0] if len(set(labels)) == 1 else COMBINED

@@ -1,0 +1,1 @@
+"""Speed and memory benchmarks; run each as `python -m benchmarks.<name>` from the repo root."""

@@ -1,0 +1,106 @@
+"""Generation speed with masks versus without the mask head, measured in one run.
+
+Both rates come from the same pipeline modules on the same device, timed alternately, so the
+printed overhead ratio compares like with like. Target: masks cost at most 10 % more time.
+
+    python benchmarks/bench_generation.py                         # tiny model, width 32, 128 px
+    python benchmarks/bench_generation.py --base /models/sd15 --resolution 512 --device cuda
+    python benchmarks/bench_generation.py --run runs/bottle --device cuda   # a finished run
+
+Without ``--run``, a run is made in a temporary folder: one stage-1 update on a synthetic
+product, and a random mask head whose widths follow the backbone (SD 1.x: the paper's head).
+Timings do not depend on the weights' values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from seas.backbone import build_tiny_components, save_components
+from seas.config import TrainConfig
+from seas.data.config import DataConfig
+from seas.data.synthetic import write_synthetic_product
+from seas.features import unet_feature_channels, vae_feature_channels
+from seas.mask_head import RefinedMaskPredictor
+from seas.pipeline import SeaSPipeline
+from seas.run import MASK_DIR, MASK_MARKER, load_mask_head, load_run
+from seas.training.stage1 import train_generator
+
+
+def coarse_widths(unet_channels: tuple[int, ...]) -> tuple[int, ...]:
+    """The paper's 1x1-conv widths scaled with the U-Net: a tenth, in multiples of 8 (SD: 128, 64)."""
+    return tuple(max(8, round(c / 80) * 8) for c in unet_channels)
+
+
+def make_run(folder: Path, base: str, resolution: int) -> Path:
+    """A finished run with a random mask head, in ``folder``."""
+    product = write_synthetic_product(folder / "data", size=resolution, n_train_good=4, n_test_good=1, n_per_type=3)
+    cfg = TrainConfig(base=base, resolution=resolution, batch_size=1, grad_accum=1, steps=1)
+    run = train_generator(DataConfig(root=str(product), layout="mvtec"), cfg, folder / "run")
+    backbone = load_run(run).backbone
+    unet_channels = unet_feature_channels(backbone.unet)
+    head = RefinedMaskPredictor(unet_channels=unet_channels, vae_channels=vae_feature_channels(backbone.vae),
+                                coarse_channels=coarse_widths(unet_channels))
+    head.save_pretrained(run / MASK_DIR)
+    (run / MASK_MARKER).write_text('{"format": "benchmark"}')
+    return run
+
+
+def seconds(pipe: SeaSPipeline, args) -> float:
+    """Wall time of generating ``args.num`` anomaly images of the first type."""
+    if pipe.device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    pipe.generate(pipe.types[0], range(args.num), steps=args.steps, batch_size=args.batch_size)
+    if pipe.device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run", default=None, help="a finished run with a mask head (default: make one)")
+    parser.add_argument("--base", default=None, help="diffusers folder of an SD 1.x model (default: tiny, width 32)")
+    parser.add_argument("--resolution", type=int, default=128, help="image size of a made run (default 128)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--num", type=int, default=8, help="images per timing (default 8)")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating timings of each variant; the best counts")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run = args.run
+        if run is None:
+            base = args.base or str(save_components(build_tiny_components(seed=0, width=32), Path(tmp) / "tiny32"))
+            run = make_run(Path(tmp), base, args.resolution)
+        loaded = load_run(run, dtype)
+        with_masks = SeaSPipeline(loaded, load_mask_head(run, dtype), args.device)
+        plain = SeaSPipeline(loaded, None, args.device)  # the same modules, no mask head
+        for pipe in (plain, with_masks):  # warm-up: caches, kernels, reference latents
+            seconds(pipe, argparse.Namespace(**{**vars(args), "num": args.batch_size}))
+        times = {"plain": [], "masks": []}
+        for _ in range(args.repeats):
+            times["plain"].append(seconds(plain, args))
+            times["masks"].append(seconds(with_masks, args))
+
+    best = {name: min(values) for name, values in times.items()}
+    print(f"device {args.device}  dtype {args.dtype}  resolution {with_masks.resolution}  batch {args.batch_size}  "
+          f"steps {args.steps}  images per timing {args.num}  threads {torch.get_num_threads()}")
+    print(f"without mask head  {args.num / best['plain']:8.3f} images/s")
+    print(f"with masks         {args.num / best['masks']:8.3f} images/s")
+    print(f"overhead           {best['masks'] / best['plain'] - 1:8.1%}  (target <= 10%)")
+
+
+if __name__ == "__main__":
+    main()

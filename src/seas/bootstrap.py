@@ -1,0 +1,132 @@
+"""Bootstrap a tiny backbone on a product's normal images: the stand-in for SD pretraining.
+
+Where no Stable Diffusion weights can be had (air-gapped machines, CI, the CPU demo), SeaS
+still needs a base that can draw the product. This trains, from the random tiny model:
+
+1. the VAE on the normal training images (L1 + MSE reconstruction, a small KL term), then
+   sets ``scaling_factor`` so the latents have unit variance, as SD's 0.18215 does;
+2. the U-Net as a text-conditioned denoiser of those latents (epsilon MSE, the SD schedule),
+   with one caption for every image (``a photo of a {product}``) and rotation/flip
+   augmentation.
+
+The result is an ordinary diffusers folder that ``--base`` accepts. It is a small model
+trained for minutes, not Stable Diffusion: it knows one product and nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .backbone import build_tiny_components, save_components
+from .data.config import DataConfig
+from .data.images import read_rgb
+from .data.readers import read_dataset
+from .data.transforms import apply_augmentation, draw_augmentation, image_to_tensor
+from .errors import ConfigError
+from .prompts import tokenize
+from .training.common import progress, step_generator
+
+
+@dataclass
+class BootstrapConfig:
+    resolution: int = 128
+    width: int = 32  # tiny model width (U-Net channels w, 2w, 4w, 4w)
+    vae_steps: int = 300
+    unet_steps: int = 400
+    batch_size: int = 8
+    lr_vae: float = 1e-3
+    lr_unet: float = 5e-4
+    kl_weight: float = 1e-6
+    max_images: int = 200  # normal training images used
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name not in ("kl_weight", "seed") and value <= 0:
+                raise ConfigError(f"--{field.name.replace('_', '-')} {value}: must be positive")
+        if self.resolution % 64:
+            raise ConfigError(f"--resolution {self.resolution}: must be a multiple of 64 (tiny model factor)")
+
+
+def caption(product: str) -> str:
+    return f"a photo of a {product}"
+
+
+def _augmented_batch(images: torch.Tensor, seed: int, step: int, batch_size: int) -> torch.Tensor:
+    """(batch, C, H, W) drawn from ``images`` (N, C, H, W), each rotated/flipped at random."""
+    rng = np.random.default_rng([seed, step])
+    picks = rng.integers(len(images), size=batch_size)
+    return torch.stack([apply_augmentation(images[i], *draw_augmentation(rng)) for i in picks])
+
+
+def train_vae(vae, images: torch.Tensor, cfg: BootstrapConfig) -> None:
+    """Reconstruction training of the VAE on (N, 3, R, R) images in [-1, 1]."""
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.lr_vae, weight_decay=0.0)
+    vae.train()
+    bar = progress(cfg.vae_steps, 0, "bootstrap: VAE", disable=False)
+    for step in range(cfg.vae_steps):
+        x = _augmented_batch(images, cfg.seed, step, cfg.batch_size)
+        posterior = vae.encode(x).latent_dist
+        z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=step_generator(cfg.seed, 1, step))
+        recon = vae.decode(z).sample
+        loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + cfg.kl_weight * posterior.kl().mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    bar.close()
+    vae.eval()
+
+
+def train_unet(unet, text_embedding: torch.Tensor, latents: torch.Tensor, scheduler, cfg: BootstrapConfig) -> None:
+    """Epsilon-prediction training on (N, 4, h, w) scaled latents with one caption (1, L, D)."""
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr_unet, weight_decay=0.01)
+    unet.train()
+    bar = progress(cfg.unet_steps, 0, "bootstrap: U-Net", disable=False)
+    for step in range(cfg.unet_steps):
+        g = step_generator(cfg.seed, 2, step)
+        z = _augmented_batch(latents, cfg.seed + 1, step, cfg.batch_size)
+        noise = torch.randn(z.shape, generator=g)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (len(z),), generator=g)
+        pred = unet(scheduler.add_noise(z, noise, t), t, text_embedding.expand(len(z), -1, -1)).sample
+        loss = F.mse_loss(pred, noise)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    bar.close()
+    unet.eval()
+
+
+def bootstrap_backbone(data_cfg: DataConfig, cfg: BootstrapConfig, out: str | Path) -> Path:
+    """Train a tiny backbone on the product's normal training images; write it to ``out``."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"--out {out}: not empty; choose a new folder for the bootstrapped model")
+    samples = read_dataset(data_cfg)
+    normals = sorted((s for s in samples if s.is_normal and s.partition == "train"), key=lambda s: Path(s.image).name)
+    normals = normals[: cfg.max_images]
+    images = torch.stack([image_to_tensor(read_rgb(s.image), cfg.resolution) for s in normals])  # (N, 3, R, R)
+
+    torch.manual_seed(cfg.seed)
+    parts = build_tiny_components(seed=cfg.seed, width=cfg.width)
+    vae, unet, scheduler = parts["vae"], parts["unet"], parts["scheduler"]
+    parts["text_encoder"].requires_grad_(False)
+    train_vae(vae, images, cfg)
+    with torch.no_grad():
+        latents = torch.cat([vae.encode(chunk).latent_dist.mean for chunk in images.split(16)])
+        vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+        latents = latents * vae.config.scaling_factor
+        ids = tokenize(parts["tokenizer"], [caption(data_cfg.product_name)])
+        text_embedding = parts["text_encoder"](ids)[0]  # (1, L, D)
+    train_unet(unet, text_embedding, latents, scheduler, cfg)
+    return save_components(parts, out)

@@ -1,0 +1,378 @@
+"""``seas generate``: write generated images, masks and a manifest to a folder, resumably.
+
+Layout of ``<out>``::
+
+    generation.json                 the run and every parameter that changes the outputs
+    manifest.jsonl                  one JSON row per finished output, sorted by (kind, index)
+    <kind>/image/<NNNN>.png         RGB images
+    <kind>/mask/<NNNN>.png          0/255 masks (none for "good")
+
+``<kind>`` is a type name, ``good``, or a mixture ``A+B``; ``NNNN`` is the index zero-padded to
+the width of ``num - 1`` (at least 3 digits), so file names sort in index order.
+
+Resuming: every file is written under a temporary name and renamed, and its manifest row is
+appended only after its files exist. On start, rows whose files are missing or damaged are
+dropped (the manifest is rewritten atomically) and exactly the outputs without a valid row are
+produced. A folder made with other parameters is refused.
+
+Several processes: process ``rank`` of ``world`` produces the indices ``i % world == rank``
+and appends its rows to ``manifest.rank<R>.jsonl``; after all have finished, the main process
+calls :func:`merge_manifests`. Seeds depend on the index only (seed of image i = seed + i).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from pathlib import Path
+
+from .errors import ConfigError, RunError
+from .pipeline import GOOD, MIX, NOISE, SIGNAL, Generated, Kind, resolve_kind
+from .prompts import PromptSpec
+from .run import read_run_meta
+
+MANIFEST = "manifest.jsonl"
+SETTINGS = "generation.json"
+FORMAT = "seas-generation-1"
+DEFAULT_NUM = 1000  # per kind, as the reference
+
+# Settings keys that change the outputs, and the option a user sets each with.
+OPTIONS = {
+    "run": "--run", "kinds": "--type/--normal/--mix", "num": "--num", "seed": "--seed",
+    "steps": "--steps", "guidance": "--guidance", "signal": "--signal", "noise": "noise",
+    "mask_threshold": "--mask-threshold", "mask_steps": "mask_steps",
+}
+
+
+def name_width(num: int) -> int:
+    """Digits of the file names of ``num`` outputs: those of ``num - 1``, at least 3."""
+    return max(3, len(str(num - 1)))
+
+
+def output_paths(kind: Kind, index: int, width: int) -> tuple[str, str | None]:
+    """Relative image and mask paths of one output (no mask for normal images)."""
+    name = f"{index:0{width}d}.png"
+    return f"{kind.label}/image/{name}", None if kind.is_normal else f"{kind.label}/mask/{name}"
+
+
+# ----------------------------------------------------------------------------- manifest
+
+
+def read_rows(path: Path) -> list[dict]:
+    """Rows of a manifest file (a torn last line, from a process still writing, is skipped)."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def part_files(out: Path) -> list[Path]:
+    """Per-process manifest parts ``manifest.rank<R>.jsonl``."""
+    return sorted(out.glob("manifest.rank*.jsonl"))
+
+
+def png_complete(path: Path) -> bool:
+    """Whether ``path`` is a whole, readable PNG (a truncated file fails the chunk checks)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.verify()
+        return True
+    except (OSError, SyntaxError, ValueError):
+        return False
+
+
+def row_complete(out: Path, row: dict, verify: bool = True) -> bool:
+    """Whether the files a manifest row names exist (and, with ``verify``, are whole PNGs)."""
+    paths = [row.get("image"), row.get("mask")] if row.get("mask") else [row.get("image")]
+    check = png_complete if verify else Path.is_file
+    return all(isinstance(p, str) and check(out / p) for p in paths)
+
+
+def valid_rows(out: Path, verify: bool = True) -> dict[tuple[str, int], dict]:
+    """Rows of the manifest and of every part whose files are complete, by (kind, index).
+
+    A later row for the same output replaces an earlier one (parts are read after the manifest).
+    """
+    rows = {}
+    for path in [out / MANIFEST, *part_files(out)]:
+        for row in read_rows(path):
+            if row_complete(out, row, verify):
+                rows[(row["kind"], int(row["index"]))] = row
+    return rows
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    """Write a manifest atomically (temporary file, then rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    os.replace(tmp, path)
+
+
+def merge_manifests(out: str | Path) -> Path:
+    """Fold the per-process parts into ``manifest.jsonl``, sorted by (kind, index).
+
+    Rows whose files are gone (dropped by a process on start) are left out; the files
+    themselves were verified on start or written by this run.
+    """
+    out = Path(out)
+    rows = valid_rows(out, verify=False)
+    write_rows(out / MANIFEST, [rows[key] for key in sorted(rows)])
+    for part in part_files(out):
+        part.unlink()
+    return out / MANIFEST
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+def check_settings(out: Path, settings: dict) -> None:
+    """Refuse an ``out`` that holds outputs of other settings (or is not a generation folder)."""
+    path = out / SETTINGS
+    if not path.is_file():
+        if out.is_dir() and any(not p.name.startswith(".") for p in out.iterdir()):
+            raise RunError(f"--out {out}: not empty and not a 'seas generate' folder; choose a new --out")
+        return
+    try:
+        previous = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise RunError(f"{path}: cannot be read ({err}); choose a new --out") from None
+    changed = [key for key in OPTIONS if previous.get(key) != settings[key]]
+    if previous.get("format") != FORMAT or changed:
+        what = ", ".join(OPTIONS[key] for key in changed) or "the format"
+        raise RunError(
+            f"--out {out}: holds outputs generated with a different {what} "
+            f"(see {path}); choose a new --out or repeat the original options"
+        )
+
+
+def write_settings(out: Path, settings: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{SETTINGS}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(settings, indent=1))
+    os.replace(tmp, out / SETTINGS)
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+def check_counts(num: int, steps: int, batch_size: int, rank: int, world: int) -> None:
+    for option, value in (("--num", num), ("--steps", steps), ("--batch-size", batch_size)):
+        if value <= 0:
+            raise ConfigError(f"{option} {value}: must be a positive whole number")
+    if not 0 <= rank < world:
+        raise ConfigError(f"process rank {rank} is outside 0..{world - 1}")
+
+
+def generate_to_folder(
+    run: str | Path,
+    out: str | Path | None,
+    kinds: list,
+    num: int = DEFAULT_NUM,
+    seed: int = 0,
+    batch_size: int = 4,
+    steps: int = 25,
+    guidance: float | None = None,
+    signal: float = SIGNAL,
+    noise: float = NOISE,
+    mask_threshold: float = 0.2,
+    mask_steps: int = 3,
+    device: str | None = None,
+    rank: int = 0,
+    world: int = 1,
+    progress: bool = True,
+) -> Path:
+    """Generate ``num`` outputs of each kind into ``out`` (default ``<run>/generated``).
+
+    ``kinds``: entries ``"good"``, a type name, ``"A+B"`` or a list of type names.
+    Outputs that are already complete are kept; see the module docstring. With ``world > 1``
+    the caller merges the manifest parts after every process returns (:func:`merge_manifests`).
+    Returns ``out``.
+    """
+    check_counts(num, steps, batch_size, rank, world)
+    if not 0.0 <= mask_threshold <= 1.0:
+        raise ConfigError(f"--mask-threshold {mask_threshold}: must lie in [0, 1] (default 0.2)")
+    run = Path(run).resolve()
+    meta = read_run_meta(run)
+    spec = PromptSpec(**meta["prompt"])
+    chosen = _distinct([resolve_kind(k, spec) for k in kinds])
+    if not chosen:
+        raise ConfigError("nothing to generate: name at least one of --type, --normal, --mix")
+    guidance = float(meta["guidance"] if guidance is None else guidance)
+    if not math.isfinite(guidance):
+        raise ConfigError(f"--guidance {guidance}: must be a finite number")
+    out = Path(out) if out is not None else run / "generated"
+    settings = {
+        "format": FORMAT, "run": str(run), "product": meta["split"]["normal_train"][0]["product"],
+        "kinds": sorted(k.label for k in chosen), "num": num, "seed": seed, "steps": steps,
+        "guidance": guidance, "signal": signal, "noise": noise, "mask_threshold": mask_threshold,
+        "mask_steps": mask_steps, "resolution": meta["config"]["resolution"],
+    }
+    check_settings(out, settings)
+    done = valid_rows(out)
+    width = name_width(num)
+    todo = [(k, i) for k in chosen for i in range(rank, num, world) if (k.label, i) not in done]
+    pipe = _load_pipeline(run, todo, device) if todo else None
+
+    write_settings(out, settings)
+    manifest = out / (MANIFEST if world == 1 else f"manifest.rank{rank}.jsonl")
+    own = [row for (label, i), row in sorted(done.items()) if i % world == rank]
+    write_rows(manifest, own if world > 1 else [done[key] for key in sorted(done)])
+    _remove_temporaries(out, rank)
+    with manifest.open("a") as fh, _progress(len(todo), progress) as bar:
+        for kind in chosen:
+            indices = [i for k, i in todo if k == kind]
+            for start in range(0, len(indices), batch_size):
+                results = pipe.generate(
+                    kind.label, indices[start : start + batch_size], seed=seed, steps=steps, guidance=guidance,
+                    signal=signal, noise=noise, mask_threshold=mask_threshold, mask_steps=mask_steps,
+                    batch_size=batch_size,
+                )
+                for item in results:
+                    row = write_output(out, kind, item, width, rank, settings)
+                    fh.write(json.dumps(row) + "\n")
+                    fh.flush()
+                    bar.update(1)
+    if world == 1:
+        merge_manifests(out)
+    return out
+
+
+def write_output(out: Path, kind: Kind, item: Generated, width: int, rank: int, settings: dict) -> dict:
+    """Write one image (and mask) atomically; return its manifest row."""
+    import numpy as np
+    from PIL import Image
+
+    image_path, mask_path = output_paths(kind, item.index, width)
+    _save_png(item.image, out / image_path, rank)
+    area = None
+    if mask_path is not None:
+        _save_png(Image.fromarray(item.mask.astype(np.uint8) * 255), out / mask_path, rank)
+        area = float(item.mask.mean())
+    return {
+        "kind": kind.label, "index": item.index, "image": image_path, "mask": mask_path, "prompt": item.prompt,
+        "seed": item.seed, "reference": item.reference, "mask_area": area, "steps": settings["steps"],
+        "guidance": settings["guidance"], "signal": settings["signal"],
+    }
+
+
+def _save_png(image, path: Path, rank: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.rank{rank}.tmp")
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def _remove_temporaries(out: Path, rank: int) -> None:
+    """Files this rank left half-written when it was stopped."""
+    for tmp in out.glob(f"*/*/.*.rank{rank}.tmp"):
+        tmp.unlink()
+
+
+def _distinct(kinds: list[Kind]) -> list[Kind]:
+    seen, result = set(), []
+    for kind in kinds:
+        if kind.label not in seen:
+            seen.add(kind.label)
+            result.append(kind)
+    return result
+
+
+def _load_pipeline(run: Path, todo: list[tuple[Kind, int]], device: str | None):
+    import torch
+
+    from .pipeline import SeaSPipeline
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    with_masks = any(not kind.is_normal for kind, _ in todo)
+    return SeaSPipeline.from_run(run, device=device, with_masks=with_masks)
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="generate", unit="img", disable=not enabled, dynamic_ncols=True)
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``seas generate`` on an ``argparse`` sub-parser collection."""
+    p = subparsers.add_parser(
+        "generate", help="generate anomaly images with masks, and normal images",
+        description="Sample a finished run (stage 1 and 2) into a folder of images, masks and a manifest "
+        "(see docs/GENERATION.md). Re-running the same command resumes; several processes "
+        "(torchrun / accelerate launch) share the work.",
+    )
+    p.add_argument("--run", required=True, metavar="RUN_DIR", help="folder of a finished 'seas train' + 'seas train-mask'")
+    p.add_argument("--out", default=None, metavar="DIR", help="output folder (default: <run>/generated)")
+    p.add_argument("--type", action="append", default=None, metavar="NAME",
+                   help="anomaly type to generate (repeatable), or 'all' for every type of the run")
+    p.add_argument("--normal", action="store_true", help="also generate normal images (folder 'good', no masks)")
+    p.add_argument("--mix", action="append", default=None, metavar="A+B",
+                   help="unseen anomalies mixing the token groups of several types, in this order (repeatable)")
+    p.add_argument("--num", type=int, default=DEFAULT_NUM, help=f"outputs per kind (default {DEFAULT_NUM})")
+    p.add_argument("--batch-size", type=int, default=4, help="images per sampler call (default 4); outputs do not depend on it")
+    p.add_argument("--seed", type=int, default=0, help="image i uses seed + i (default 0)")
+    p.add_argument("--steps", type=int, default=25, help="DPM-Solver++ steps (default 25)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale; <= 1 turns it off (default: the run's dataset preset: "
+                   "8 MVTec AD, 2 VisA, 5 MVTec 3D AD)")
+    p.add_argument("--signal", type=float, default=SIGNAL,
+                   help=f"weight of the normal image's latent in the start latent (default {SIGNAL}, reference)")
+    p.add_argument("--mask-threshold", type=float, default=0.2, help="binary mask = mean probability > this (default 0.2)")
+    p.add_argument("--device", default=None,
+                   help="torch device (default: cuda if available, else cpu; with several processes each takes its own GPU)")
+    p.add_argument("--export-mvtec", default=None, metavar="DIR",
+                   help="afterwards, also write the outputs as an MVTec AD product folder DIR/<product>")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_generate)
+    return p
+
+
+def kinds_from_args(args, types: list[str]) -> list[str]:
+    """The kinds an invocation asks for: types (``all`` expanded), mixtures, then ``good``."""
+    kinds = []
+    for name in args.type or []:
+        kinds += types if name == "all" else [name]
+    kinds += args.mix or []
+    if args.normal:
+        kinds.append(GOOD)
+    if not kinds:
+        raise ConfigError("nothing to generate: give --type NAME (or --type all), --mix A+B and/or --normal")
+    bad_mix = [m for m in args.mix or [] if MIX not in m]
+    if bad_mix:
+        raise ConfigError(f"--mix {bad_mix[0]}: name two or more types joined by '+', e.g. --mix {'+'.join(types[:2])}")
+    return kinds
+
+
+def cmd_generate(args) -> int:
+    from accelerate import PartialState
+
+    from .export import export_mvtec
+
+    kinds = kinds_from_args(args, read_run_meta(args.run)["types"])
+    state = PartialState(cpu=args.device == "cpu")
+    device = args.device or str(state.device)  # one GPU per process under torchrun / accelerate
+    out = generate_to_folder(
+        args.run, args.out, kinds, num=args.num, seed=args.seed, batch_size=args.batch_size, steps=args.steps,
+        guidance=args.guidance, signal=args.signal, mask_threshold=args.mask_threshold, device=device,
+        rank=state.process_index, world=state.num_processes, progress=state.is_main_process and not args.quiet,
+    )
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return 0
+    manifest = merge_manifests(out)
+    print(f"{len(read_rows(manifest))} outputs in {out} (manifest {manifest})")
+    if args.export_mvtec:
+        print(f"MVTec AD layout written to {export_mvtec(out, args.export_mvtec)}")
+    return 0

@@ -1,0 +1,287 @@
+"""`seas evaluate`: the downstream protocol on a fake finished run, the report, the quality scores.
+
+The run folder is written by hand (seas_run.json with a real few-shot split of a tiny synthetic
+product); the "generated" images are cut-paste composites with exact masks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import math
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from seas.data.config import DataConfig
+from seas.data.images import read_mask, read_rgb
+from seas.data.readers import read_dataset
+from seas.data.split import few_shot_split
+from seas.data.synthetic import write_synthetic_product
+from seas.errors import RunError, SeasError
+from seas.evaluation import quality
+from seas.evaluation.baselines import cut_paste
+from seas.evaluation.evaluate import EvalConfig, add_parser, evaluate_run, read_generated
+from seas.evaluation.lpips import LPIPS
+from seas.evaluation.quality import WEIGHT_FILES, MissingWeightsError
+from seas.run import RUN_FORMAT, RUN_MARKER
+
+SETS = ("real_only", "real+generated", "cut_paste", "perlin")
+N_PER_TYPE = 8  # generated anomalies per type: more than the 6 real images, so clusters have pairs
+EXTRA = {
+    "Stage timings": {"stage 1": 12.5, "generation": 3.25},
+    "Attention-map localisation": {"hole": {"pixel_auroc": 0.91, "iou": 0.4}, "<script>x</script>": {"iou": float("nan")}},
+}
+SECTIONS = {"summary", "downstream", "baselines", "per-type", "curves", "quality", "samples", "extra"}
+
+
+def _cfg(**kw) -> EvalConfig:
+    base = dict(segmenter="unet", size=64, steps=20, batch_size=4, width=0.25, device="cpu", progress=False)
+    return EvalConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_weights(tmp_path_factory):
+    """The default weight folders point at empty temporary ones."""
+    home = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HOME", str(home))
+        mp.setenv("TORCH_HOME", str(home / "torch"))
+        mp.delenv("SEAS_WEIGHTS", raising=False)
+        yield
+
+
+def _write_png(path: Path, array: np.ndarray) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+    return path.name
+
+
+def _write_generated(folder: Path, split) -> None:
+    """Cut-paste anomalies of every type, a mixture and two normals, with manifest.jsonl."""
+    rng = np.random.default_rng(0)
+    normals = [read_rgb(s.image) for s in split.normal_train]
+    defects = {t: [(read_rgb(s.image), read_mask(s.mask)) for s in split.train[t]] for t in split.types}
+    plan = [(t, N_PER_TYPE) for t in split.types] + [(f"{split.types[0]}+{split.types[1]}", 2), ("good", 2)]
+    rows, index = [], 0
+    for kind, count in plan:
+        for _ in range(count):
+            normal = normals[rng.integers(len(normals))]
+            if kind == "good":
+                image, mask = normal[:, ::-1].copy(), None
+            else:
+                pool = [d for t in kind.split("+") for d in defects[t]]
+                image, mask = cut_paste(normal, *pool[rng.integers(len(pool))], rng)
+            name = f"{index:04d}.png"
+            _write_png(folder / "images" / name, image)
+            if mask is not None:
+                _write_png(folder / "masks" / name, mask.astype(np.uint8) * 255)
+            rows.append({"kind": kind, "index": index, "image": f"images/{name}",
+                         "mask": None if mask is None else f"masks/{name}", "prompt": f"a ob1 with {kind}",
+                         "seed": index, "reference": "train/good", "mask_area": 0 if mask is None else int(mask.sum())})
+            index += 1
+    (folder / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """A finished-run folder over a 64 px synthetic product (6 images per type: 2 train, 4 test)."""
+    root = tmp_path_factory.mktemp("evaluate")
+    write_synthetic_product(root / "data", size=64, n_train_good=6, n_test_good=4, n_per_type=6)
+    data = DataConfig(root=str(root / "data"), product="tile")
+    split = few_shot_split(read_dataset(data), data)
+    run = root / "run"
+    run.mkdir()
+    meta = {"format": RUN_FORMAT, "base": "tiny", "types": split.types, "guidance": data.guidance,
+            "config": {"steps": 10, "resolution": 64, "seed": 0}, "data": data.to_dict(), "split": split.to_dict()}
+    (run / RUN_MARKER).write_text(json.dumps(meta))
+    _write_generated(run / "generated", split)
+    return run
+
+
+@pytest.fixture(scope="module")
+def evaluation(run_dir):
+    metrics = evaluate_run(run_dir, cfg=_cfg(), extra=EXTRA)
+    return metrics, run_dir / "evaluation"
+
+
+class _Page(HTMLParser):
+    """Collects tags, ids, attributes and text of an HTML page."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags, self.ids, self.attrs, self.text = [], set(), [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        self.attrs += [(tag, k, v) for k, v in attrs]
+        self.ids |= {v for k, v in attrs if k == "id"}
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def _numbers(tree):
+    if isinstance(tree, dict):
+        return [x for v in tree.values() for x in _numbers(v)]
+    return [tree]
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def test_metrics_are_finite_for_every_training_set(evaluation):
+    metrics, out = evaluation
+    on_disk = json.loads((out / "metrics.json").read_text(), parse_constant=pytest.fail)
+    assert on_disk == metrics
+    assert set(metrics["downstream"]) == set(SETS)
+    for name in SETS:
+        values = metrics["downstream"][name]
+        assert len(values) == 9 and all(isinstance(v, float) and math.isfinite(v) for v in values.values())
+        assert set(metrics["per_type"][name]) == {"hole", "scratch", "stain"}
+        assert all(math.isfinite(v) for v in _numbers(metrics["per_type"][name]))
+        assert metrics["curves"][name]["roc"]["fpr"][0] == 0.0 and metrics["curves"][name]["roc"]["tpr"][-1] == 1.0
+    sets = metrics["train_sets"]
+    assert sets["real_only"] == {"real_anomalies": 6, "real_normals": 6, "seconds": sets["real_only"]["seconds"]}
+    assert sets["real+generated"]["generated_anomalies"] == 3 * N_PER_TYPE + 2
+    assert sets["real+generated"]["generated_normals"] == 2
+    assert sets["cut_paste"]["synthetic_anomalies"] == 3 * N_PER_TYPE + 2
+    assert [r["test"] for r in metrics["split"]] == [4, 4, 4, 4]
+    assert metrics["extra"]["Attention-map localisation"]["<script>x</script>"]["iou"] is None
+
+
+def test_quality_skipped_names_the_weight_file(evaluation):
+    metrics, _ = evaluation
+    message = metrics["quality"]["skipped"]
+    assert WEIGHT_FILES["inception_v3"].file_name in message and "\n" not in message
+
+
+def test_report_is_self_contained_and_has_every_section(evaluation):
+    metrics, out = evaluation
+    html = (out / "report.html").read_text()
+    page = _Page()
+    page.feed(html)
+    page.close()
+    assert SECTIONS | {"extra-0", "extra-1"} <= page.ids
+    assert page.tags.count("svg") == 2 and "script" not in page.tags and "link" not in page.tags
+    sources = [v for tag, k, v in page.attrs if k == "src"]
+    assert len(sources) == 2 * 5  # generated + real strip for 3 types, the mixture and good
+    for src in sources:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert all(v.startswith("#") for _, k, v in page.attrs if k == "href")
+    assert "http://" not in html
+    text = " ".join(page.text)
+    assert metrics["quality"]["skipped"] in text
+    assert "<script>x</script>" in text and "Stage timings" in text
+    assert "<b>" in html
+
+
+# ----------------------------------------------------------------------------- folders and errors
+
+
+def test_previous_evaluation_is_replaced_and_other_folders_refused(run_dir, tmp_path):
+    cheap = _cfg(size=32, steps=1, baselines=False, max_generated=1, quality=False)
+    previous = tmp_path / "previous"
+    previous.mkdir()
+    (previous / "metrics.json").write_text("{}")
+    metrics = evaluate_run(run_dir, out_dir=previous, cfg=cheap)
+    assert json.loads((previous / "metrics.json").read_text())["format"] == metrics["format"]
+    assert set(metrics["downstream"]) == {"real_only", "real+generated"}
+    assert metrics["generated"]["hole"] == {"rows": N_PER_TYPE, "used": 1, "with_mask": 1}
+    assert metrics["quality"] == {"skipped": "turned off (--no-quality)"}
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(RunError, match="notes.txt"):
+        evaluate_run(run_dir, out_dir=foreign, cfg=cheap)
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+
+
+def test_required_quality_without_weights_fails_and_writes_nothing(run_dir, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(MissingWeightsError) as err:
+        evaluate_run(run_dir, out_dir=out, cfg=_cfg(quality=True, weights_dir=str(tmp_path / "w")))
+    assert "\n" not in str(err.value) and WEIGHT_FILES["inception_v3"].file_name in str(err.value)
+    assert not out.exists()
+
+
+def test_bad_generated_folders_give_one_line_errors(run_dir, tmp_path):
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    with pytest.raises(RunError, match="manifest.jsonl"):
+        read_generated(gen)
+    lines = (run_dir / "generated" / "manifest.jsonl").read_text().splitlines()
+    (gen / "manifest.jsonl").write_text(lines[0] + "\n")
+    with pytest.raises(RunError, match=r"images/0000\.png.*line 1"):
+        read_generated(gen)
+    (gen / "manifest.jsonl").write_text("{not json\n")
+    with pytest.raises(RunError, match="line 1: not valid JSON") as err:
+        read_generated(gen)
+    assert "\n" not in str(err.value)
+    with pytest.raises(RunError):
+        evaluate_run(run_dir, generated_dir=gen, out_dir=tmp_path / "out", cfg=_cfg())
+    assert not (tmp_path / "out").exists()
+    rows = read_generated(run_dir / "generated")
+    assert all(Path(r["image"]).is_absolute() and Path(r["image"]).is_file() for r in rows)
+    assert rows[-1]["kind"] == "good" and rows[-1]["mask"] is None
+
+
+def test_command_line_parser_and_command(run_dir, tmp_path, capsys):
+    parser = argparse.ArgumentParser(prog="seas")
+    add_parser(parser.add_subparsers(dest="command"))
+    defaults = parser.parse_args(["evaluate", "--run", str(run_dir)])
+    assert (defaults.segmenter, defaults.size, defaults.quality, defaults.generated) == ("bisenetv2", 256, None, None)
+    args = parser.parse_args(["evaluate", "--run", str(run_dir), "--out", str(tmp_path / "cli"), "--segmenter", "unet",
+                              "--size", "32", "--steps", "1", "--width", "0.25", "--device", "cpu", "--no-baselines",
+                              "--max-generated", "2", "--no-quality"])
+    assert args.func(args) == 0
+    assert "real+generated" in capsys.readouterr().out
+    assert (tmp_path / "cli" / "report.html").is_file()
+    with pytest.raises(SeasError, match="--segmenter"):
+        EvalConfig(segmenter="upernet")
+
+
+# ----------------------------------------------------------------------------- quality
+
+
+class _TinyInception(torch.nn.Module):
+    """Stand-in for Inception-v3: (N, 3, H, W) -> (features (N, 8), logits (N, 5))."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, kernel_size=3)
+        self.fc = torch.nn.Linear(8, 5)
+
+    def forward(self, images):
+        features = self.conv(images).mean(dim=(2, 3))
+        return features, self.fc(features)
+
+
+def test_quality_scores_with_stand_in_networks(run_dir, tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    lpips_model = LPIPS().eval()
+    for head in lpips_model.heads:
+        torch.nn.init.uniform_(head.model[1].weight, 0.0, 1.0)
+    monkeypatch.setattr(quality, "load_inception", lambda *args: _TinyInception().eval())
+    monkeypatch.setattr(quality, "load_lpips", lambda *args: lpips_model)
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    for entry in WEIGHT_FILES.values():  # present files; the stand-ins never read them
+        (weights / entry.file_name).write_bytes(b"")
+    cfg = _cfg(size=32, steps=1, baselines=False, quality=True, weights_dir=str(weights), quality_size=32)
+    evaluate_run(run_dir, out_dir=tmp_path / "out", cfg=cfg)
+    stored = json.loads((tmp_path / "out" / "metrics.json").read_text())["quality"]
+    keys = {"is_mean", "is_std", "kid_mean", "kid_std", "ic_lpips", "ic_lpips_anomaly"}
+    for kind in ("hole", "scratch", "stain"):
+        assert set(stored["per_kind"][kind]) == keys
+        assert all(isinstance(v, float) and math.isfinite(v) for v in stored["per_kind"][kind].values())
+    assert all(math.isfinite(v) for v in stored["mean"].values()) and stored["mean"]["is_mean"] >= 1.0
+    assert "hole+scratch" in stored["per_kind"]
+    report = (tmp_path / "out" / "report.html").read_text()
+    assert "mean over types" in report and "Skipped" not in report
