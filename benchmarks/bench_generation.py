@@ -3,13 +3,14 @@
 Both rates come from the same pipeline modules on the same device, timed alternately, so the
 printed overhead ratio compares like with like. Target: masks cost at most 10 % more time.
 
-    python benchmarks/bench_generation.py                         # tiny model, width 32, 128 px
-    python benchmarks/bench_generation.py --base /models/sd15 --resolution 512 --device cuda
-    python benchmarks/bench_generation.py --run runs/bottle --device cuda   # a finished run
+    python -m benchmarks.bench_generation                       # tiny model, width 32, 128 px
+    python -m benchmarks.bench_generation --base sd15 --resolution 512 --device cuda
+    python -m benchmarks.bench_generation --base /models/sd15 --resolution 512 --device cuda
+    python -m benchmarks.bench_generation --run runs/bottle --device cuda   # a finished run
 
 Without ``--run``, a run is made in a temporary folder: one stage-1 update on a synthetic
 product, and a random mask head whose widths follow the backbone (SD 1.x: the paper's head).
-Timings do not depend on the weights' values.
+``--base sd15`` builds random parts of SD 1.x's sizes; timings do not depend on weight values.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.common import sd15_components
 from seas.backbone import build_tiny_components, save_components
 from seas.config import TrainConfig
 from seas.data.config import DataConfig
@@ -51,6 +53,15 @@ def make_run(folder: Path, base: str, resolution: int) -> Path:
     return run
 
 
+def base_folder(base: str | None, tmp: Path) -> str:
+    """``--base`` as a diffusers folder: tiny (width 32) and ``sd15`` are written to ``tmp``."""
+    if base is None:
+        return str(save_components(build_tiny_components(seed=0, width=32), tmp / "tiny32"))
+    if base == "sd15":
+        return str(save_components(sd15_components(), tmp / "sd15"))
+    return base
+
+
 def seconds(pipe: SeaSPipeline, args) -> float:
     """Wall time of generating ``args.num`` anomaly images of the first type."""
     if pipe.device.type == "cuda":
@@ -65,7 +76,9 @@ def seconds(pipe: SeaSPipeline, args) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", default=None, help="a finished run with a mask head (default: make one)")
-    parser.add_argument("--base", default=None, help="diffusers folder of an SD 1.x model (default: tiny, width 32)")
+    parser.add_argument("--base", default=None,
+                        help="diffusers folder of an SD 1.x model, or 'sd15' for random SD 1.x-sized parts "
+                        "(default: tiny, width 32)")
     parser.add_argument("--resolution", type=int, default=128, help="image size of a made run (default 128)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
@@ -82,8 +95,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         run = args.run
         if run is None:
-            base = args.base or str(save_components(build_tiny_components(seed=0, width=32), Path(tmp) / "tiny32"))
-            run = make_run(Path(tmp), base, args.resolution)
+            run = make_run(Path(tmp), base_folder(args.base, Path(tmp)), args.resolution)
         loaded = load_run(run, dtype)
         with_masks = SeaSPipeline(loaded, load_mask_head(run, dtype), args.device)
         plain = SeaSPipeline(loaded, None, args.device)  # the same modules, no mask head

@@ -7,6 +7,7 @@ the test's ``tmp_path`` and returns the folder to pass to ``--data``.
 from __future__ import annotations
 
 import csv
+import json
 import itertools
 from pathlib import Path
 
@@ -183,3 +184,70 @@ def make_folder(fresh_dir):
 
     return make
 
+
+
+# ----------------------------------------------------------------------------- models and runs
+# A tiny backbone folder, a small synthetic product, and finished runs built from them.
+
+from seas.backbone import build_tiny_components, save_components  # noqa: E402
+from seas.config import TrainConfig  # noqa: E402
+from seas.data.config import DataConfig  # noqa: E402
+from seas.data.synthetic import write_synthetic_product  # noqa: E402
+from seas.features import unet_feature_channels, vae_feature_channels  # noqa: E402
+from seas.mask_head import RefinedMaskPredictor  # noqa: E402
+from seas.run import MASK_DIR, MASK_MARKER, load_run  # noqa: E402
+from seas.training.stage1 import train_generator  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny16(tmp_path_factory):
+    """A width-16 tiny SD-1.x-shaped model written as a diffusers folder."""
+    return save_components(build_tiny_components(seed=0, width=16), tmp_path_factory.mktemp("base") / "tiny16")
+
+
+@pytest.fixture(scope="session")
+def product64(tmp_path_factory):
+    """A synthetic MVTec-layout product at 64 px: 3 types x 3 images, 4 + 2 normals."""
+    root = tmp_path_factory.mktemp("data")
+    return write_synthetic_product(root, product="tile", seed=0, size=64, n_train_good=4, n_test_good=2, n_per_type=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny16, product64):
+    """A finished stage-1 run (2 updates at 64 px) on the synthetic product."""
+    cfg = TrainConfig(base=str(tiny16), resolution=64, batch_size=1, grad_accum=1, steps=2)
+    return train_generator(DataConfig(root=str(product64), layout="mvtec"), cfg, tmp_path_factory.mktemp("runs") / "run")
+
+
+def write_mask_head(run: Path, seed: int = 0) -> Path:
+    """Save a small random RMP for ``run``'s backbone, as stage 2 would (marker last).
+
+    Its BatchNorm running statistics are set away from the identity so that eval and
+    training mode give visibly different predictions.
+    """
+    backbone = load_run(run).backbone
+    torch.manual_seed(seed)
+    head = RefinedMaskPredictor(
+        unet_channels=unet_feature_channels(backbone.unet),
+        vae_channels=vae_feature_channels(backbone.vae),
+        coarse_channels=(16, 16),
+        num_layers=1,
+        num_heads=2,
+        mlp_ratio=2,
+    )
+    for module in head.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+    head.save_pretrained(run / MASK_DIR)
+    (run / MASK_MARKER).write_text(json.dumps({"format": "seas-mask-1"}))
+    return run
+
+
+@pytest.fixture(scope="module")
+def gen_run(tiny16, product64, tmp_path_factory):
+    """A finished tiny run (1 stage-1 update, 64 px, types hole/scratch/stain, 4 normals) with a mask head."""
+    out = tmp_path_factory.mktemp("gen") / "run"
+    data = DataConfig(root=str(product64), layout="mvtec")
+    train_generator(data, TrainConfig(base=str(tiny16), resolution=64, batch_size=1, grad_accum=1, steps=1), out)
+    return write_mask_head(out)

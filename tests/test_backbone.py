@@ -8,7 +8,8 @@ import shutil
 import pytest
 import torch
 
-from seas.backbone import COMPONENTS, BackboneError, build_tiny_components, load_backbone, save_components
+from seas.backbone import (COMPONENTS, TINY_VERSION, BackboneError, build_tiny_components, load_backbone,
+                           save_components)
 from seas.cli import main
 from seas.errors import SeasError
 
@@ -137,7 +138,7 @@ def test_tiny_base_is_written_once_under_seas_home(tmp_path, monkeypatch):
     monkeypatch.setenv("SEAS_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     first = load_backbone("tiny")
-    index = tmp_path / "home/backbones/tiny-v1/model_index.json"
+    index = tmp_path / "home" / "backbones" / TINY_VERSION / "model_index.json"
     assert first.source == str(index.parent)
     stamp = index.stat().st_mtime_ns
     second = load_backbone("tiny")

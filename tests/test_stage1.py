@@ -15,7 +15,6 @@ from seas.losses import da_loss, mask_pyramid, minmax
 from seas.prompts import PromptSpec, add_placeholder_tokens, token_positions, tokenize
 from seas.training import common
 from seas.training.stage1 import PromptTables, compute_losses, prepare_backbone, train_generator
-from stage_fixtures import product64, tiny16  # noqa: F401  (pytest fixtures)
 
 # ----------------------------------------------------------------------------- losses by hand
 

@@ -14,7 +14,6 @@ from seas.errors import ConfigError, RunError
 from seas.run import load_mask_head
 from seas.training import common
 from seas.training.stage2 import ddpm_step, low_noise_limit, train_mask_head
-from stage_fixtures import product64, tiny16, tiny_run  # noqa: F401  (pytest fixtures)
 
 
 def test_ddpm_step_matches_diffusers_per_sample():

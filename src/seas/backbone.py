@@ -9,7 +9,8 @@ One entry point, :func:`load_backbone`, takes what a user writes after ``--base`
   configs describe the file; offline users pass a local folder);
 * a hub id such as ``stable-diffusion-v1-5/stable-diffusion-v1-5`` where the network allows;
 * ``tiny``: a small model with the SD 1.x block structure, built from code (no download),
-  written once to a cache folder and then read back through the same folder path.
+  written once to a cache folder (``$SEAS_HOME/backbones/tiny-v2``) and then read back through
+  the same folder path.
 
 The tiny model keeps every layer SeaS touches: cross attention in down blocks 1 and 2, U-Net
 up blocks 1 and 2 feeding the mask head, a VAE decoder with four up blocks (factor 8).
@@ -31,7 +32,7 @@ from .errors import SeasError
 # Components and the classes that read them, in the diffusers folder layout.
 COMPONENTS = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
 TINY = "tiny"
-TINY_VERSION = "tiny-v1"
+TINY_VERSION = "tiny-v2"
 
 # The SD 1.x training noise schedule (scaled-linear betas, 1000 steps, epsilon prediction).
 SD_SCHEDULER_CONFIG = dict(
@@ -106,8 +107,9 @@ def tiny_tokenizer_vocab() -> dict[str, int]:
     return vocab
 
 
-def build_tiny_components(seed: int = 0, width: int = 32) -> dict:
-    """Random tiny SD-1.x-shaped parts, built offline. ``width`` scales every channel count."""
+def build_tiny_components(seed: int = 0, width: int = 32, vae_width: int | None = None) -> dict:
+    """Random tiny SD-1.x-shaped parts, built offline. ``width`` scales every channel count
+    (``vae_width``, default ``width``, those of the VAE)."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -129,27 +131,31 @@ def build_tiny_components(seed: int = 0, width: int = 32) -> dict:
         )
     )
     # SD 1.x block structure: 3 cross-attention down blocks + 1 plain, mirrored on the way up.
+    # One attention head per 32 channels (diffusers' attention_head_dim is a head count here):
+    # SD's 8 heads at these widths would be 4-dimensional, and twice as slow on a CPU.
+    channels = (width, 2 * width, 4 * width, 4 * width)
     unet = UNet2DConditionModel(
         sample_size=32,
         in_channels=4,
         out_channels=4,
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        block_out_channels=(width, 2 * width, 4 * width, 4 * width),
+        block_out_channels=channels,
         layers_per_block=2,
-        attention_head_dim=8,
+        attention_head_dim=tuple(max(1, c // 32) for c in channels),
         cross_attention_dim=text_dim,
         norm_num_groups=min(32, width),
     )
+    v = vae_width or width
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(width, 2 * width, 2 * width, 2 * width),
+        block_out_channels=(v, 2 * v, 2 * v, 2 * v),
         layers_per_block=1,
         latent_channels=4,
-        norm_num_groups=min(32, width),
+        norm_num_groups=min(32, v),
         sample_size=256,
     )
     scheduler = DDPMScheduler(**SD_SCHEDULER_CONFIG)
@@ -175,7 +181,7 @@ def save_components(components: dict, folder: Path) -> Path:
 
 
 def tiny_cache_dir() -> Path:
-    """Where ``--base tiny`` is materialised: ``$SEAS_HOME/backbones/tiny-v1``."""
+    """Where ``--base tiny`` is materialised: ``$SEAS_HOME/backbones/tiny-v2``."""
     home = Path(os.environ.get("SEAS_HOME", Path.home() / ".cache" / "seas"))
     return home / "backbones" / TINY_VERSION
 

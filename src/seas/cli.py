@@ -19,9 +19,9 @@ LAYOUT_HELP = (
 )
 
 
-def add_data_args(p: argparse.ArgumentParser) -> None:
+def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     g = p.add_argument_group("data (see docs/DATA.md)")
-    g.add_argument("--data", required=True, help="dataset root folder, or a YAML dataset description (.yaml/.yml)")
+    g.add_argument("--data", required=required, help="dataset root folder, or a YAML dataset description (.yaml/.yml)")
     g.add_argument("--layout", default=None, help=LAYOUT_HELP + " (default: mvtec, or the YAML's)")
     g.add_argument("--product", default=None, help="product sub-folder (e.g. bottle); omit when --data is the product")
     g.add_argument("--normal", action="append", default=None, metavar="GLOB", help="folder layout: normal images (repeatable)")
@@ -202,6 +202,59 @@ def add_train_mask_parser(sub) -> None:
     p.set_defaults(func=cmd_train_mask)
 
 
+# ----------------------------------------------------------------------------- bootstrap and demo
+
+
+def add_bootstrap_parser(sub) -> None:
+    from .bootstrap import BootstrapConfig
+
+    d = BootstrapConfig()
+    p = sub.add_parser("bootstrap", help="train a tiny base model on a product's normal images (no SD weights needed)",
+                       description="Build the tiny SD-1.x-shaped model and train its VAE and U-Net briefly on the "
+                       "product's normal training images: a small base model of your own product for machines "
+                       "without Stable Diffusion weights. The output folder is a valid --base.")
+    add_data_args(p)
+    p.add_argument("--out", required=True, help="folder to write the model to (diffusers layout)")
+    p.add_argument("--resolution", type=int, default=d.resolution, help="image size (default 128)")
+    p.add_argument("--width", type=int, default=d.width, help="tiny U-Net and text encoder width (default 32)")
+    p.add_argument("--vae-width", type=int, default=d.vae_width, help="tiny VAE width (default 16)")
+    p.add_argument("--vae-steps", type=int, default=d.vae_steps, help="VAE updates (default 300)")
+    p.add_argument("--unet-steps", type=int, default=d.unet_steps, help="U-Net updates (default 400)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per update (default 8)")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed (default 0)")
+    p.set_defaults(func=cmd_bootstrap)
+
+
+def cmd_bootstrap(args) -> int:
+    from .bootstrap import BootstrapConfig, bootstrap_backbone
+
+    names = {f.name for f in dataclasses.fields(BootstrapConfig)}
+    cfg = BootstrapConfig(**{k: v for k, v in vars(args).items() if k in names and v is not None})
+    print(f"base model written to {bootstrap_backbone(data_config(args), cfg, args.out)}")
+    return 0
+
+
+def add_demo_parser(sub) -> None:
+    p = sub.add_parser("demo", help="the whole pipeline on a CPU in minutes (synthetic product or --data)",
+                       description="Write a synthetic product (or read --data), bootstrap a tiny base model, run "
+                       "stage 1 and stage 2, generate every type, normal images and a mixture, measure what was "
+                       "learned on the held-out real split, run the downstream evaluation and write report.html.")
+    add_data_args(p, required=False)
+    p.add_argument("--out", default="demo-out", help="output folder (default demo-out; a previous demo there is replaced)")
+    p.add_argument("--quick", action="store_true", help="a shortened run (64 px, a few steps per stage) to check the setup")
+    p.add_argument("--seed", type=int, default=0, help="seed of every stage (default 0)")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args) -> int:
+    from .demo import DemoConfig, run_demo
+
+    cfg = DemoConfig.quick() if args.quick else DemoConfig()
+    cfg.seed = args.seed
+    run_demo(args.out, cfg, data_config(args) if args.data else None)
+    return 0
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -236,6 +289,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .evaluation.evaluate import add_parser as add_evaluate_parser
 
     add_evaluate_parser(sub)
+    from .generate import add_parser as add_generate_parser
+
+    add_generate_parser(sub)
+    add_bootstrap_parser(sub)
+    add_demo_parser(sub)
     return parser
 
 

@@ -42,7 +42,7 @@ def export_mvtec(generated_dir: str | Path, out_dir: str | Path, product: str | 
     rows = read_rows(generated_dir / MANIFEST)
     if not rows:
         raise RunError(f"{generated_dir}: no {MANIFEST} rows; give the --out folder of a finished 'seas generate'")
-    product = product or json.loads((generated_dir / SETTINGS).read_text())["product"]
+    product = product or _generated_product(generated_dir)
     target = Path(out_dir) / product
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise RunError(f"--export-mvtec {out_dir}: {target} already exists and is not empty; choose another folder")
@@ -58,6 +58,14 @@ def export_mvtec(generated_dir: str | Path, out_dir: str | Path, product: str | 
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _generated_product(generated_dir: Path) -> str:
+    path = generated_dir / SETTINGS
+    try:
+        return json.loads(path.read_text())["product"]
+    except (OSError, json.JSONDecodeError, KeyError) as err:
+        raise RunError(f"{path}: cannot read the product name ({err}); pass the product explicitly") from None
 
 
 def _copy_row(source: Path, product_dir: Path, row: dict) -> dict:

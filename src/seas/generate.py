@@ -18,6 +18,9 @@ produced. A folder made with other parameters is refused.
 Several processes: process ``rank`` of ``world`` produces the indices ``i % world == rank``
 and appends its rows to ``manifest.rank<R>.jsonl``; after all have finished, the main process
 calls :func:`merge_manifests`. Seeds depend on the index only (seed of image i = seed + i).
+
+Modules that import torch are imported inside the functions that use them, so that building
+the command line (:func:`add_parser`) stays instant.
 """
 
 from __future__ import annotations
@@ -27,11 +30,12 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import ConfigError, RunError
-from .pipeline import GOOD, MIX, NOISE, SIGNAL, Generated, Kind, resolve_kind
-from .prompts import PromptSpec
-from .run import read_run_meta
+
+if TYPE_CHECKING:
+    from .pipeline import Generated, Kind, SeaSPipeline
 
 MANIFEST = "manifest.jsonl"
 SETTINGS = "generation.json"
@@ -181,8 +185,8 @@ def generate_to_folder(
     batch_size: int = 4,
     steps: int = 25,
     guidance: float | None = None,
-    signal: float = SIGNAL,
-    noise: float = NOISE,
+    signal: float | None = None,
+    noise: float | None = None,
     mask_threshold: float = 0.2,
     mask_steps: int = 3,
     device: str | None = None,
@@ -193,10 +197,16 @@ def generate_to_folder(
     """Generate ``num`` outputs of each kind into ``out`` (default ``<run>/generated``).
 
     ``kinds``: entries ``"good"``, a type name, ``"A+B"`` or a list of type names.
-    Outputs that are already complete are kept; see the module docstring. With ``world > 1``
-    the caller merges the manifest parts after every process returns (:func:`merge_manifests`).
-    Returns ``out``.
+    ``guidance``, ``signal``, ``noise``: ``None`` takes the run's dataset default and the
+    reference's start-latent recipe (0.0979, 0.99984). Outputs already complete are kept (see
+    the module docstring). With ``world > 1`` the caller merges the manifest parts after every
+    process returns (:func:`merge_manifests`). Everything is checked, and the models loaded,
+    before the first file is written. Returns ``out``.
     """
+    from .pipeline import NOISE, SIGNAL, resolve_kind
+    from .prompts import PromptSpec
+    from .run import read_run_meta
+
     check_counts(num, steps, batch_size, rank, world)
     if not 0.0 <= mask_threshold <= 1.0:
         raise ConfigError(f"--mask-threshold {mask_threshold}: must lie in [0, 1] (default 0.2)")
@@ -213,37 +223,47 @@ def generate_to_folder(
     settings = {
         "format": FORMAT, "run": str(run), "product": meta["split"]["normal_train"][0]["product"],
         "kinds": sorted(k.label for k in chosen), "num": num, "seed": seed, "steps": steps,
-        "guidance": guidance, "signal": signal, "noise": noise, "mask_threshold": mask_threshold,
-        "mask_steps": mask_steps, "resolution": meta["config"]["resolution"],
+        "guidance": guidance, "signal": SIGNAL if signal is None else signal, "noise": NOISE if noise is None else noise,
+        "mask_threshold": mask_threshold, "mask_steps": mask_steps, "resolution": meta["config"]["resolution"],
     }
     check_settings(out, settings)
     done = valid_rows(out)
-    width = name_width(num)
     todo = [(k, i) for k in chosen for i in range(rank, num, world) if (k.label, i) not in done]
     pipe = _load_pipeline(run, todo, device) if todo else None
 
     write_settings(out, settings)
-    manifest = out / (MANIFEST if world == 1 else f"manifest.rank{rank}.jsonl")
-    own = [row for (label, i), row in sorted(done.items()) if i % world == rank]
-    write_rows(manifest, own if world > 1 else [done[key] for key in sorted(done)])
-    _remove_temporaries(out, rank)
+    manifest = start_manifest(out, done, rank, world)
     with manifest.open("a") as fh, _progress(len(todo), progress) as bar:
         for kind in chosen:
             indices = [i for k, i in todo if k == kind]
             for start in range(0, len(indices), batch_size):
-                results = pipe.generate(
-                    kind.label, indices[start : start + batch_size], seed=seed, steps=steps, guidance=guidance,
-                    signal=signal, noise=noise, mask_threshold=mask_threshold, mask_steps=mask_steps,
-                    batch_size=batch_size,
-                )
-                for item in results:
-                    row = write_output(out, kind, item, width, rank, settings)
-                    fh.write(json.dumps(row) + "\n")
+                for item in _sample(pipe, kind, indices[start : start + batch_size], settings):
+                    fh.write(json.dumps(write_output(out, kind, item, name_width(num), rank, settings)) + "\n")
                     fh.flush()
                     bar.update(1)
     if world == 1:
         merge_manifests(out)
     return out
+
+
+def start_manifest(out: Path, done: dict[tuple[str, int], dict], rank: int, world: int) -> Path:
+    """Rewrite this process's manifest with the valid rows it owns; return its path.
+
+    One process: ``manifest.jsonl`` with every valid row (stale parts are folded in at the
+    end). Process ``rank`` of several: ``manifest.rank<R>.jsonl`` with its indices' rows.
+    """
+    path = out / (MANIFEST if world == 1 else f"manifest.rank{rank}.jsonl")
+    write_rows(path, [done[key] for key in sorted(done) if key[1] % world == rank])
+    _remove_temporaries(out, rank)
+    return path
+
+
+def _sample(pipe: SeaSPipeline, kind: Kind, indices: list[int], settings: dict) -> list[Generated]:
+    return pipe.generate(
+        kind.label, indices, seed=settings["seed"], steps=settings["steps"], guidance=settings["guidance"],
+        signal=settings["signal"], noise=settings["noise"], mask_threshold=settings["mask_threshold"],
+        mask_steps=settings["mask_steps"], batch_size=len(indices),
+    )
 
 
 def write_output(out: Path, kind: Kind, item: Generated, width: int, rank: int, settings: dict) -> dict:
@@ -327,8 +347,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance scale; <= 1 turns it off (default: the run's dataset preset: "
                    "8 MVTec AD, 2 VisA, 5 MVTec 3D AD)")
-    p.add_argument("--signal", type=float, default=SIGNAL,
-                   help=f"weight of the normal image's latent in the start latent (default {SIGNAL}, reference)")
+    p.add_argument("--signal", type=float, default=None,
+                   help="weight of the normal image's latent in the start latent (default 0.0979, the reference's)")
     p.add_argument("--mask-threshold", type=float, default=0.2, help="binary mask = mean probability > this (default 0.2)")
     p.add_argument("--device", default=None,
                    help="torch device (default: cuda if available, else cpu; with several processes each takes its own GPU)")
@@ -341,6 +361,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def kinds_from_args(args, types: list[str]) -> list[str]:
     """The kinds an invocation asks for: types (``all`` expanded), mixtures, then ``good``."""
+    from .pipeline import GOOD, MIX
+
     kinds = []
     for name in args.type or []:
         kinds += types if name == "all" else [name]
@@ -356,12 +378,15 @@ def kinds_from_args(args, types: list[str]) -> list[str]:
 
 
 def cmd_generate(args) -> int:
+    import torch
     from accelerate import PartialState
 
     from .export import export_mvtec
+    from .run import read_run_meta
 
     kinds = kinds_from_args(args, read_run_meta(args.run)["types"])
-    state = PartialState(cpu=args.device == "cpu")
+    # On a machine without a GPU, cpu=True lets torchrun's processes find each other (gloo).
+    state = PartialState(cpu=args.device == "cpu" or (args.device is None and not torch.cuda.is_available()))
     device = args.device or str(state.device)  # one GPU per process under torchrun / accelerate
     out = generate_to_folder(
         args.run, args.out, kinds, num=args.num, seed=args.seed, batch_size=args.batch_size, steps=args.steps,

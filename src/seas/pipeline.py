@@ -22,8 +22,9 @@ pixels that nobody looks at. A forward hook ends the pass, so the VAE stays upst
 
 Batching: every random draw of image ``i`` comes from its own generator and the mask head is
 in eval mode, so image ``i`` is the same whatever batch it shares. Floating-point kernels may
-round differently for different batch shapes (about 1e-6 here), which can move a pixel value
-by one grey level; with the same batch size and device, outputs are bit-identical.
+round differently for other batch shapes or thread counts (about 1e-6 on the CPU), which can
+move a pixel value by one grey level; with the same batch size, device and thread count,
+outputs are bit-identical.
 """
 
 from __future__ import annotations

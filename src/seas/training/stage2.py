@@ -63,10 +63,16 @@ def low_noise_limit(scheduler_config, sample_steps: int, mask_steps: int) -> int
 
 
 def build_head(run: LoadedRun) -> RefinedMaskPredictor:
-    """An RMP head sized from the run's U-Net and VAE channels (SD 1.x: 1280/640 and 512/512/256)."""
+    """An RMP head sized from the run's U-Net and VAE channels.
+
+    SD 1.x: U-Net features 1280/640 -> coarse 128 + 64 channels (the spec's sizes), VAE
+    512/512/256. Smaller backbones get a tenth of their U-Net channels (at least 32 and 16).
+    """
+    unet_channels = unet_feature_channels(run.backbone.unet)
     return RefinedMaskPredictor(
-        unet_channels=unet_feature_channels(run.backbone.unet),
+        unet_channels=unet_channels,
         vae_channels=vae_feature_channels(run.backbone.vae),
+        coarse_channels=(max(unet_channels[0] // 10, 32), max(unet_channels[1] // 10, 16)),
     )
 
 

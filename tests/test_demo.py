@@ -1,0 +1,76 @@
+"""The embedded default: a shortened demo end to end, and the bootstrap it starts from."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from seas.backbone import load_backbone
+from seas.bootstrap import BootstrapConfig, bootstrap_backbone
+from seas.cli import main
+from seas.data.config import DataConfig
+from seas.errors import ConfigError
+
+
+def _numbers(tree, path=""):
+    """Every (path, value) leaf of a JSON tree."""
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            yield from _numbers(value, f"{path}/{key}")
+    elif isinstance(tree, list):
+        for i, value in enumerate(tree):
+            yield from _numbers(value, f"{path}/{i}")
+    else:
+        yield path, tree
+
+
+def test_quick_demo_writes_every_artifact_with_finite_numbers(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    for path in ["data/tile/train/good", "base/unet", "run/seas_run.json", "run/mask_head.json",
+                 "run/generated/manifest.jsonl", "evaluation/metrics.json", "evaluation/report.html", "demo.json"]:
+        assert (out / path).exists(), path
+    rows = [json.loads(line) for line in (out / "run/generated/manifest.jsonl").read_text().splitlines()]
+    assert {r["kind"] for r in rows} == {"hole", "scratch", "stain", "good", "hole+scratch"}
+    metrics = json.loads((out / "evaluation/metrics.json").read_text())
+    scored = [(p, v) for p, v in _numbers(metrics["downstream"]) if not isinstance(v, str)]
+    scored += [(p, v) for p, v in _numbers(metrics["extra"]) if isinstance(v, float)]
+    assert scored and all(v is not None and math.isfinite(v) for _, v in scored), [p for p, v in scored if v is None]
+    demo = json.loads((out / "demo.json").read_text())
+    assert set(demo["stage_seconds"]) >= {"bootstrap base model", "stage 1: SeaS fine-tuning", "generation"}
+    printed = capsys.readouterr().out
+    assert "attention-map pixel AUROC" in printed and str(out / "evaluation" / "report.html") in printed
+    # a second demo into the same folder replaces the first; a foreign folder is refused
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    assert main(["demo", "--quick", "--out", str(foreign)]) == 2
+    assert (foreign / "notes.txt").read_text() == "mine" and len(list(foreign.iterdir())) == 1
+
+
+def test_bootstrap_learns_the_product(tmp_path):
+    from seas.data.synthetic import write_synthetic_product
+
+    root = write_synthetic_product(tmp_path / "data", size=64, n_train_good=6, n_test_good=1, n_per_type=1)
+    cfg = BootstrapConfig(resolution=64, width=16, vae_width=16, vae_steps=40, unet_steps=2, batch_size=4)
+    folder = bootstrap_backbone(DataConfig(root=str(root), layout="mvtec"), cfg, tmp_path / "base")
+    trained = load_backbone(str(folder))
+    from seas.backbone import build_tiny_components
+    from seas.data.images import read_rgb
+    from seas.data.transforms import image_to_tensor
+
+    fresh = build_tiny_components(seed=cfg.seed, width=16)["vae"].eval()
+    images = torch.stack([image_to_tensor(read_rgb(p), 64) for p in sorted((root / "train/good").glob("*.png"))])
+    with torch.no_grad():
+        errors = [(vae.decode(vae.encode(images).latent_dist.mean).sample - images).abs().mean().item()
+                  for vae in (fresh, trained.vae)]
+        latents = trained.vae.encode(images).latent_dist.mean * trained.vae.config.scaling_factor
+    assert errors[1] < 0.7 * errors[0]  # reconstruction learned
+    assert latents.std().item() == pytest.approx(1.0, rel=1e-3)  # scaling factor as SD's: unit latents
+    with pytest.raises(ConfigError, match="not empty"):
+        bootstrap_backbone(DataConfig(root=str(root), layout="mvtec"), cfg, tmp_path / "base")
+    with pytest.raises(ConfigError, match="multiple of 64"):
+        BootstrapConfig(resolution=100)
