@@ -27,16 +27,10 @@ from seas.backbone import build_tiny_components, save_components
 from seas.config import TrainConfig
 from seas.data.config import DataConfig
 from seas.data.synthetic import write_synthetic_product
-from seas.features import unet_feature_channels, vae_feature_channels
-from seas.mask_head import RefinedMaskPredictor
 from seas.pipeline import SeaSPipeline
 from seas.run import MASK_DIR, MASK_MARKER, load_mask_head, load_run
 from seas.training.stage1 import train_generator
-
-
-def coarse_widths(unet_channels: tuple[int, ...]) -> tuple[int, ...]:
-    """The paper's 1x1-conv widths scaled with the U-Net: a tenth, in multiples of 8 (SD: 128, 64)."""
-    return tuple(max(8, round(c / 80) * 8) for c in unet_channels)
+from seas.training.stage2 import build_head
 
 
 def make_run(folder: Path, base: str, resolution: int) -> Path:
@@ -44,11 +38,7 @@ def make_run(folder: Path, base: str, resolution: int) -> Path:
     product = write_synthetic_product(folder / "data", size=resolution, n_train_good=4, n_test_good=1, n_per_type=3)
     cfg = TrainConfig(base=base, resolution=resolution, batch_size=1, grad_accum=1, steps=1)
     run = train_generator(DataConfig(root=str(product), layout="mvtec"), cfg, folder / "run")
-    backbone = load_run(run).backbone
-    unet_channels = unet_feature_channels(backbone.unet)
-    head = RefinedMaskPredictor(unet_channels=unet_channels, vae_channels=vae_feature_channels(backbone.vae),
-                                coarse_channels=coarse_widths(unet_channels))
-    head.save_pretrained(run / MASK_DIR)
+    build_head(load_run(run)).save_pretrained(run / MASK_DIR)  # random weights: timing only
     (run / MASK_MARKER).write_text('{"format": "benchmark"}')
     return run
 
