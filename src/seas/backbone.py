@@ -272,10 +272,18 @@ def _load_hub(repo_id: str, torch_dtype: torch.dtype, local_files_only: bool) ->
 
 
 def _load_single_file(path: Path, config: str | None, torch_dtype: torch.dtype, local_files_only: bool) -> dict:
-    """Convert an original-layout SD 1.x checkpoint with diffusers' single-file loader."""
+    """Convert an original-layout SD 1.x checkpoint with diffusers' single-file loader.
+
+    A local ``config`` folder is read part by part (its sub-folders' configs): the pipeline-level
+    loader only loads the parts listed in ``model_index.json``, which folders written by
+    :func:`save_components` (and folders without that file) do not list.
+    """
     from diffusers import DDPMScheduler, StableDiffusionPipeline
 
+    hint = "pass --base-config with a local SD 1.x diffusers folder" if config is None else "check --base-config"
     try:
+        if config is not None and Path(config).is_dir():
+            return _single_file_with_folder(path, config, torch_dtype)
         pipe = StableDiffusionPipeline.from_single_file(
             str(path),
             config=config,
@@ -285,7 +293,6 @@ def _load_single_file(path: Path, config: str | None, torch_dtype: torch.dtype, 
             requires_safety_checker=False,
         )
     except (OSError, ValueError) as err:
-        hint = "pass --base-config with a local SD 1.x diffusers folder" if config is None else "check --base-config"
         raise BackboneError(f"--base {path}: could not convert the single file ({err}); {hint}") from None
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     return dict(
@@ -294,6 +301,23 @@ def _load_single_file(path: Path, config: str | None, torch_dtype: torch.dtype, 
         unet=pipe.unet,
         vae=pipe.vae,
         scheduler=scheduler,
+    )
+
+
+def _single_file_with_folder(path: Path, folder: str, torch_dtype: torch.dtype) -> dict:
+    """U-Net, VAE and text encoder converted from the file; tokenizer and scheduler from ``folder``."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm, load_single_file_checkpoint
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    checkpoint = load_single_file_checkpoint(str(path), local_files_only=True)
+    kw = dict(config=folder, torch_dtype=torch_dtype, local_files_only=True)
+    return dict(
+        tokenizer=CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", local_files_only=True),
+        text_encoder=create_diffusers_clip_model_from_ldm(CLIPTextModel, checkpoint, subfolder="text_encoder", **kw),
+        unet=UNet2DConditionModel.from_single_file(checkpoint, subfolder="unet", **kw),
+        vae=AutoencoderKL.from_single_file(checkpoint, subfolder="vae", **kw),
+        scheduler=DDPMScheduler.from_pretrained(folder, subfolder="scheduler", local_files_only=True),
     )
 
 
