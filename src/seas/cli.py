@@ -1,12 +1,14 @@
 """The ``seas`` command: a thin layer that parses options, builds configs and calls the library.
 
-User mistakes (bad data, bad options, wrong folders) print one line ``error: ...`` and exit 2.
+User mistakes (bad data, bad options, wrong folders) print one line ``error: ...`` and exit 2;
+so does an output that cannot be written (full disk, read-only folder).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import os
 import sys
 from pathlib import Path
@@ -156,11 +158,17 @@ def train_config(args):
     return TrainConfig(**values)
 
 
+def _main_process() -> bool:
+    """True in a single process, and in process 0 under torchrun / accelerate launch."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def cmd_train(args) -> int:
     from .training.stage1 import train_generator
 
     run = train_generator(data_config(args), train_config(args), args.out, resume=args.resume, overwrite=args.overwrite)
-    print(f"generator written to {run}")
+    if _main_process():
+        print(f"generator written to {run}")
     return 0
 
 
@@ -174,7 +182,8 @@ def cmd_train_mask(args) -> int:
     names = {f.name for f in dataclasses.fields(MaskConfig)}
     cfg = MaskConfig(**{k: v for k, v in vars(args).items() if k in names and v is not None})
     run = train_mask_head(args.run, cfg, resume=args.resume, overwrite=args.overwrite)
-    print(f"mask head written to {run / 'mask_head'}")
+    if _main_process():
+        print(f"mask head written to {run / 'mask_head'}")
     return 0
 
 
@@ -297,6 +306,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Failures of a write (the writers name the output path; temporaries are already removed).
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
 def main(argv: list[str] | None = None) -> int:
     # Keep library progress bars and advice out of the user's terminal (read at their import).
     for key, value in (("TOKENIZERS_PARALLELISM", "false"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
@@ -307,6 +320,11 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except SeasError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in WRITE_ERRNOS or err.filename is None:
+            raise
+        print(f"error: cannot write {err.filename}: {err.strerror}; free space or choose another --out", file=sys.stderr)
         return 2
 
 

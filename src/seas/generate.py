@@ -10,14 +10,21 @@ Layout of ``<out>``::
 ``<kind>`` is a type name, ``good``, or a mixture ``A+B``; ``NNNN`` is the index zero-padded to
 the width of ``num - 1`` (at least 3 digits), so file names sort in index order.
 
-Resuming: every file is written under a temporary name and renamed, and its manifest row is
-appended only after its files exist. On start, rows whose files are missing or damaged are
-dropped (the manifest is rewritten atomically) and exactly the outputs without a valid row are
-produced. A folder made with other parameters is refused.
+Resuming: every file is written under a temporary name (``.<name>.rank<R>.tmp``) and renamed;
+a process appends each output's row to its journal ``manifest.rank<R>.jsonl`` only after the
+output's files exist, and ``manifest.jsonl`` is written (atomically) when the work is done. On
+start, rows whose files are missing or damaged are dropped and the outputs without a valid row
+are produced. A folder made with other parameters is refused.
 
-Several processes: process ``rank`` of ``world`` produces the indices ``i % world == rank``
-and appends its rows to ``manifest.rank<R>.jsonl``; after all have finished, the main process
-calls :func:`merge_manifests`. Seeds depend on the index only (seed of image i = seed + i).
+Batches: the indices of a kind are cut into batches ``[0, B), [B, 2B), ...`` whatever was
+already made, and a batch with any output missing is sampled whole (only the missing outputs
+are written): each image comes from the same batch as in an uninterrupted run, hence the same
+bytes.
+
+Several processes: process ``rank`` of ``world`` samples the batches ``b % world == rank`` and
+journals into ``manifest.rank<R>.jsonl``; after all have finished, the main process calls
+:func:`merge_manifests`. Seeds depend on the index only (seed of image i = seed + i), and the
+batches do not depend on the process count: the outputs are those of one process.
 
 Modules that import torch are imported inside the functions that use them, so that building
 the command line (:func:`add_parser`) stays instant.
@@ -29,6 +36,7 @@ import argparse
 import json
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -114,11 +122,23 @@ def valid_rows(out: Path, verify: bool = True) -> dict[tuple[str, int], dict]:
     return rows
 
 
-def write_rows(path: Path, rows: list[dict]) -> None:
+def write_atomically(path: Path, rank: int, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` into ``.<name>.rank<R>.tmp`` beside ``path``, then rename it to ``path``.
+
+    A failed write removes the temporary and raises ``OSError`` naming ``path``.
+    """
+    tmp = path.with_name(f".{path.name}.rank{rank}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise OSError(err.errno, err.strerror, str(path)) from err
+
+
+def write_rows(path: Path, rows: list[dict], rank: int = 0) -> None:
     """Write a manifest atomically (temporary file, then rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    os.replace(tmp, path)
+    write_atomically(path, rank, lambda tmp: tmp.write_text("".join(json.dumps(row) + "\n" for row in rows)))
 
 
 def merge_manifests(out: str | Path) -> Path:
@@ -158,14 +178,18 @@ def check_settings(out: Path, settings: dict) -> None:
         )
 
 
-def write_settings(out: Path, settings: dict) -> None:
+def write_settings(out: Path, settings: dict, rank: int = 0) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".{SETTINGS}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(settings, indent=1))
-    os.replace(tmp, out / SETTINGS)
+    write_atomically(out / SETTINGS, rank, lambda tmp: tmp.write_text(json.dumps(settings, indent=1)))
 
 
 # ----------------------------------------------------------------------------- generation
+
+
+def batches_of(num: int, batch_size: int, rank: int, world: int) -> list[list[int]]:
+    """The index batches ``[0, B), [B, 2B), ...`` of one kind that process ``rank`` samples."""
+    starts = range(0, num, batch_size)
+    return [list(range(s, min(s + batch_size, num))) for b, s in enumerate(starts) if b % world == rank]
 
 
 def check_counts(num: int, steps: int, batch_size: int, rank: int, world: int) -> None:
@@ -228,34 +252,39 @@ def generate_to_folder(
     }
     check_settings(out, settings)
     done = valid_rows(out)
-    todo = [(k, i) for k in chosen for i in range(rank, num, world) if (k.label, i) not in done]
+    todo = [(k, batch) for k in chosen for batch in batches_of(num, batch_size, rank, world)
+            if any((k.label, i) not in done for i in batch)]
+    missing = sum((k.label, i) not in done for k, batch in todo for i in batch)
     pipe = _load_pipeline(run, todo, device) if todo else None
 
-    write_settings(out, settings)
-    manifest = start_manifest(out, done, rank, world)
-    with manifest.open("a") as fh, _progress(len(todo), progress) as bar:
-        for kind in chosen:
-            indices = [i for k, i in todo if k == kind]
-            for start in range(0, len(indices), batch_size):
-                for item in _sample(pipe, kind, indices[start : start + batch_size], settings):
-                    fh.write(json.dumps(write_output(out, kind, item, name_width(num), rank, settings)) + "\n")
-                    fh.flush()
+    _remove_temporaries(out, rank)
+    write_settings(out, settings, rank)
+    manifest = start_manifest(out, done, rank, world, batch_size)
+    with manifest.open("a") as fh, _progress(missing, progress) as bar:
+        for kind, batch in todo:
+            for item in _sample(pipe, kind, batch, settings):
+                if (kind.label, item.index) not in done:
+                    _append_row(fh, manifest, write_output(out, kind, item, name_width(num), rank, settings))
                     bar.update(1)
     if world == 1:
         merge_manifests(out)
     return out
 
 
-def start_manifest(out: Path, done: dict[tuple[str, int], dict], rank: int, world: int) -> Path:
-    """Rewrite this process's manifest with the valid rows it owns; return its path.
-
-    One process: ``manifest.jsonl`` with every valid row (stale parts are folded in at the
-    end). Process ``rank`` of several: ``manifest.rank<R>.jsonl`` with its indices' rows.
-    """
-    path = out / (MANIFEST if world == 1 else f"manifest.rank{rank}.jsonl")
-    write_rows(path, [done[key] for key in sorted(done) if key[1] % world == rank])
-    _remove_temporaries(out, rank)
+def start_manifest(out: Path, done: dict[tuple[str, int], dict], rank: int, world: int, batch_size: int) -> Path:
+    """Rewrite this process's journal ``manifest.rank<R>.jsonl`` with the valid rows of the
+    batches it owns; return its path."""
+    path = out / f"manifest.rank{rank}.jsonl"
+    write_rows(path, [done[key] for key in sorted(done) if (key[1] // batch_size) % world == rank], rank)
     return path
+
+
+def _append_row(fh, path: Path, row: dict) -> None:
+    try:
+        fh.write(json.dumps(row) + "\n")
+        fh.flush()
+    except OSError as err:
+        raise OSError(err.errno, err.strerror, str(path)) from err
 
 
 def _sample(pipe: SeaSPipeline, kind: Kind, indices: list[int], settings: dict) -> list[Generated]:
@@ -286,14 +315,12 @@ def write_output(out: Path, kind: Kind, item: Generated, width: int, rank: int, 
 
 def _save_png(image, path: Path, rank: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.rank{rank}.tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    write_atomically(path, rank, lambda tmp: image.save(tmp, format="PNG"))
 
 
 def _remove_temporaries(out: Path, rank: int) -> None:
     """Files this rank left half-written when it was stopped."""
-    for tmp in out.glob(f"*/*/.*.rank{rank}.tmp"):
+    for tmp in [*out.glob(f".*.rank{rank}.tmp"), *out.glob(f"*/*/.*.rank{rank}.tmp")]:
         tmp.unlink()
 
 
@@ -306,7 +333,7 @@ def _distinct(kinds: list[Kind]) -> list[Kind]:
     return result
 
 
-def _load_pipeline(run: Path, todo: list[tuple[Kind, int]], device: str | None):
+def _load_pipeline(run: Path, todo: list[tuple[Kind, list[int]]], device: str | None):
     import torch
 
     from .pipeline import SeaSPipeline
@@ -374,6 +401,12 @@ def kinds_from_args(args, types: list[str]) -> list[str]:
     bad_mix = [m for m in args.mix or [] if MIX not in m]
     if bad_mix:
         raise ConfigError(f"--mix {bad_mix[0]}: name two or more types joined by '+', e.g. --mix {'+'.join(types[:2])}")
+    named = [("--type", name) for name in args.type or [] if name not in ("all", GOOD)]
+    named += [("--mix", part) for mix in args.mix or [] for part in mix.split(MIX)]
+    for option, name in named:
+        if name not in types:
+            raise ConfigError(f"{option} {name}: the run {args.run} has no such type; "
+                              f"choose from {', '.join(types)} (or --type all)")
     return kinds
 
 
@@ -387,7 +420,9 @@ def cmd_generate(args) -> int:
     kinds = kinds_from_args(args, read_run_meta(args.run)["types"])
     # On a machine without a GPU, cpu=True lets torchrun's processes find each other (gloo).
     state = PartialState(cpu=args.device == "cpu" or (args.device is None and not torch.cuda.is_available()))
-    device = args.device or str(state.device)  # one GPU per process under torchrun / accelerate
+    # One GPU per process under torchrun / accelerate. A distributed CPU state says "cpu:0",
+    # which takes other kernels than "cpu": plain "cpu" keeps the outputs of one process.
+    device = args.device or ("cpu" if state.device.type == "cpu" else str(state.device))
     out = generate_to_folder(
         args.run, args.out, kinds, num=args.num, seed=args.seed, batch_size=args.batch_size, steps=args.steps,
         guidance=args.guidance, signal=args.signal, mask_threshold=args.mask_threshold, device=device,

@@ -106,8 +106,12 @@ def write_split(split: Split, cfg: DataConfig, path: str | Path) -> Path:
     path = Path(path)
     payload = {"data": cfg.to_dict(), **split.to_dict()}
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(payload, indent=1))
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
     return path
 
 

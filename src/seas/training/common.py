@@ -5,13 +5,25 @@ A stage writes into its run folder:
     <stage>-state.json         the resolved config, written when the stage starts
     checkpoints/<stage>-NNNNNN accelerate states (models, optimizer, step), rotated
     logs/                      TensorBoard events, where tensorboard is installed
-and, when it finishes, its exported weights and a marker file. Checkpoints are written to a
-temporary folder and renamed, so a checkpoint folder under its final name is always complete.
+and, when it finishes, its exported weights and a marker file.
+
+Crash safety: every file and folder is written under a temporary name (``.tmp-*`` folders,
+``.*.tmp`` files) and renamed, so nothing under a final name is ever partial; the main
+process deletes leftover temporaries when a stage starts. A checkpoint lists the size and
+SHA-256 of each of its files (``seas_step.json``); on resume one that fails the check or
+fails to load is skipped, with a message, in favour of the previous one. A failed write
+raises ``OSError`` naming the final path, with its temporary removed.
+
+Several processes: every process checks the run folder, then only the main process writes
+(state, split, exports, markers, checkpoint metadata); each writes its own random-state file
+into a checkpoint, with barriers before the rename.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import importlib.util
 import json
 import os
@@ -24,20 +36,93 @@ import torch
 from ..errors import ConfigError, RunError
 
 CHECKPOINTS = "checkpoints"
+CHECKPOINT_META = "seas_step.json"
+OPTIONS = {"root": "--data"}  # config keys whose command-line option has another name
+
+
+# ----------------------------------------------------------------------------- atomic files
+
+
+@contextlib.contextmanager
+def write_errors(target: Path, temporary: Path | None = None):
+    """Turn a failed write into ``OSError`` naming ``target``; remove the partial ``temporary``.
+
+    torch and safetensors report a full disk as ``RuntimeError`` / ``SafetensorError``: those
+    become ``OSError(EIO, <their message>)``.
+    """
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, RuntimeError, SafetensorError) as err:
+        if isinstance(err, OSError) and err.errno is not None:
+            error = OSError(err.errno, err.strerror, str(target))
+        else:
+            message = str(err).splitlines()[0] if str(err) else type(err).__name__
+            error = OSError(errno.EIO, f"{message} ({_free_space(target)} free on that disk)", str(target))
+        if temporary is not None:
+            remove_path(temporary)
+        raise error from err
+
+
+def _free_space(path: Path) -> str:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return f"{shutil.disk_usage(path).free / 2**20:.1f} MiB"
+
+
+def remove_path(path: Path) -> None:
+    """Delete a file or folder; a folder is first renamed to a temporary name, so that a
+    stopped deletion never leaves a partial folder under its final name."""
+    if path.is_dir() and not path.is_symlink():
+        if not path.name.startswith(".tmp-"):
+            doomed = path.with_name(f".tmp-old-{path.name}")
+            remove_path(doomed)
+            os.replace(path, doomed)
+            path = doomed
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
 
 
 def write_json(path: Path, payload: dict) -> None:
     """Write JSON atomically: a temporary file in the same folder, then rename."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, path)
+    with write_errors(path, tmp):
+        tmp.write_text(json.dumps(payload, indent=1))
+        os.replace(tmp, path)
 
 
 def replace_dir(tmp: Path, final: Path) -> None:
-    """Move a finished temporary folder to its final name, replacing an older one."""
+    """Move a finished temporary folder to its final name, replacing an older one.
+
+    The older folder is renamed away first: ``final`` is always absent or whole.
+    """
+    old = final.with_name(f".tmp-old-{final.name}")
+    remove_path(old)
     if final.exists():
-        shutil.rmtree(final)
+        os.replace(final, old)
     os.replace(tmp, final)
+    remove_path(old)
+
+
+def write_dir(final: Path, save: Callable[[Path], None]) -> Path:
+    """Write a folder atomically: ``save(tmp)`` into ``.tmp-<name>`` beside it, then rename."""
+    tmp = final.with_name(f".tmp-{final.name}")
+    remove_path(tmp)
+    with write_errors(final, tmp):
+        save(tmp)
+    replace_dir(tmp, final)
+    return final
+
+
+def remove_temporaries(run: Path) -> None:
+    """Delete what a stopped or failed writer left in ``run`` and ``run/checkpoints``."""
+    for folder in (run, run / CHECKPOINTS):
+        if folder.is_dir():
+            for path in folder.iterdir():
+                if path.name.startswith(".tmp-") or (path.name.startswith(".") and path.name.endswith(".tmp")):
+                    remove_path(path)
 
 
 def read_json(path: Path) -> dict:
@@ -45,6 +130,9 @@ def read_json(path: Path) -> dict:
         return json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise RunError(f"{path}: cannot be read ({err}); the run folder is damaged, start a new run") from None
+
+
+# ----------------------------------------------------------------------------- checkpoints
 
 
 def checkpoint_dirs(run: Path, stage: str) -> list[Path]:
@@ -59,27 +147,89 @@ def checkpoint_step(path: Path) -> int:
     return int(path.name.rsplit("-", 1)[1])
 
 
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _file_table(folder: Path) -> dict[str, list]:
+    """[size, sha256] of every file in ``folder`` by relative path."""
+    return {p.relative_to(folder).as_posix(): [p.stat().st_size, _file_digest(p)]
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def save_checkpoint(accelerator, run: Path, stage: str, step: int, keep: int) -> Path:
-    """Save the accelerate state at ``step`` atomically, then keep only the newest ``keep``."""
+    """Save the accelerate state at ``step`` atomically, then keep only the newest ``keep``.
+
+    Every process writes its random state into the temporary folder; after a barrier the
+    main process adds ``seas_step.json`` (step, the stage's config, size and SHA-256 of each
+    file) and renames the folder.
+    """
     folder = run / CHECKPOINTS
     final = folder / f"{stage}-{step:06d}"
-    if accelerator.is_main_process:
+    tmp = folder / f".tmp-{final.name}"
+    main = accelerator.is_main_process
+    if main:
         folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".tmp-{stage}-{step:06d}"
-    accelerator.save_state(str(tmp))
-    if accelerator.is_main_process:
-        write_json(tmp / "seas_step.json", {"step": step})
+        remove_path(tmp)
+    accelerator.wait_for_everyone()
+    with write_errors(final, tmp if main else None):
+        accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if main:
+        config = read_json(run / f"{stage}-state.json")["config"]
+        with write_errors(final, tmp):
+            meta = {"step": step, "config": config, "files": _file_table(tmp)}
+            (tmp / CHECKPOINT_META).write_text(json.dumps(meta, indent=1))
         replace_dir(tmp, final)
         for old in checkpoint_dirs(run, stage)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+            remove_path(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def verify_checkpoint(path: Path) -> dict:
+    """The metadata of checkpoint ``path`` once each listed file has its recorded size and
+    SHA-256; a RunError saying what is wrong (missing, truncated or altered file) otherwise."""
+    meta_path = path / CHECKPOINT_META
+    try:
+        meta = json.loads(meta_path.read_text())
+        step, config, files = int(meta["step"]), dict(meta["config"]), dict(meta["files"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise RunError(f"{meta_path.name} unreadable: {type(err).__name__}") from None
+    for name, (size, digest) in files.items():
+        file = path / name
+        if not file.is_file():
+            raise RunError(f"{name} missing")
+        if file.stat().st_size != size:
+            raise RunError(f"{name} has {file.stat().st_size} bytes, {size} were written")
+        if _file_digest(file) != digest:
+            raise RunError(f"{name} altered: checksum differs")
+    return {"step": step, "config": config}
+
+
+def config_changes(previous: dict, current: dict) -> list[str]:
+    """'--option was A, now B' for every leaf value that differs between two configs."""
+    def leaves(config: dict) -> dict:
+        flat = {}
+        for key, value in config.items():
+            flat.update(leaves(value) if isinstance(value, dict) else {key: value})
+        return flat
+
+    old, new = leaves(previous), leaves(current)
+    return [f"{OPTIONS.get(key, '--' + key.replace('_', '-'))} was {old.get(key)}, now {new.get(key)}"
+            for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
 
 
 def resume_checkpoint(accelerator, run: Path, stage: str, resume: str) -> int:
     """Load ``resume`` ("latest" or a checkpoint path); return the step it was taken at.
 
-    A checkpoint that fails to load is skipped in favour of the previous one, with a message.
+    A checkpoint that fails its file check or fails to load is skipped in favour of the
+    previous one, with a message. One taken with another configuration (another ``--base``,
+    say) is refused with the options that differ.
     """
     if resume == "latest":
         candidates = checkpoint_dirs(run, stage)[::-1]
@@ -87,57 +237,93 @@ def resume_checkpoint(accelerator, run: Path, stage: str, resume: str) -> int:
             accelerator.print(f"no {stage} checkpoint in {run / CHECKPOINTS}; starting from step 0")
             return 0
     else:
-        path = Path(resume)
-        if not path.is_dir():
-            raise RunError(f"--resume {resume}: no such checkpoint folder; use 'latest' or a folder in {run / CHECKPOINTS}")
-        candidates = [path]
+        candidates = [Path(resume)]
+    config = read_json(run / f"{stage}-state.json")["config"]
     for path in candidates:
         try:
-            step = int(read_json(path / "seas_step.json")["step"])
-            accelerator.load_state(str(path))
-        except (RunError, OSError, RuntimeError, KeyError, ValueError) as err:
-            accelerator.print(f"checkpoint {path} is damaged ({type(err).__name__}); trying the previous one")
+            meta = verify_checkpoint(path)
+        except RunError as err:
+            accelerator.print(f"checkpoint {path} is damaged ({err}); trying the previous one")
             continue
-        accelerator.print(f"resumed from {path} (step {step})")
-        return step
-    raise RunError(f"{run / CHECKPOINTS}: no loadable {stage} checkpoint; remove the folder and start again")
+        _check_checkpoint_config(path, meta["config"], config, resume)
+        try:
+            accelerator.load_state(str(path))
+        except Exception as err:  # noqa: BLE001 - whatever fails to load, the previous one may not
+            accelerator.print(f"checkpoint {path} is damaged ({type(err).__name__} on load); trying the previous one")
+            continue
+        accelerator.print(f"resumed from {path} (step {meta['step']})")
+        return meta["step"]
+    raise RunError(f"{run / CHECKPOINTS}: no loadable {stage} checkpoint; delete the damaged ones and "
+                   f"resume again (it restarts from step 0)")
 
 
-def prepare_run_folder(run: Path, stage: str, marker: str, config: dict, resume: str | None, overwrite: bool) -> None:
-    """Check that ``run`` may receive this stage, and record the stage's config.
+def _check_checkpoint_config(path: Path, taken_with: dict, config: dict, resume: str) -> None:
+    changes = config_changes(taken_with, config)
+    if changes:
+        raise RunError(f"--resume {resume}: checkpoint {path} was taken with other options "
+                       f"({'; '.join(changes)}); repeat the original options or start a new run")
 
+
+def check_resume_path(resume: str, run: Path, config: dict) -> None:
+    """Before anything is written: ``--resume PATH`` must be a checkpoint of this configuration."""
+    path = Path(resume)
+    if not path.is_dir():
+        raise RunError(f"--resume {resume}: no such checkpoint folder; use 'latest' or a folder in {run / CHECKPOINTS}")
+    try:
+        taken_with = dict(json.loads((path / CHECKPOINT_META).read_text())["config"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # damaged: resume_checkpoint reports it
+    _check_checkpoint_config(path, taken_with, config, resume)
+
+
+# ----------------------------------------------------------------------------- run folders
+
+
+def check_run_folder(run: Path, stage: str, marker: str, config: dict, resume: str | None, overwrite: bool,
+                     allowed: set[str] | None = None, option: str = "--out") -> None:
+    """Refuse ``run`` for this stage; every process calls it before anything is written.
+
+    * not a folder, or (given ``allowed``) holding other names than ``allowed``: not ours;
     * finished stage (``marker`` exists): refused unless ``overwrite``;
     * unfinished stage: refused unless ``resume`` (then the config must match) or ``overwrite``;
-    * a non-empty folder that is not a SeaS run: refused.
+    * ``--resume PATH``: a checkpoint folder taken with the same config.
     """
     state_file = run / f"{stage}-state.json"
-    if (run / marker).exists() and not overwrite:
-        raise RunError(f"{run}: holds a finished {stage} run; choose another --out or pass --overwrite")
-    if overwrite:
-        for path in [run / marker, state_file, *checkpoint_dirs(run, stage)]:
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
-    elif state_file.exists():
-        if resume is None:
-            raise RunError(f"{run}: holds an unfinished {stage} run; pass --resume latest to continue it or --overwrite")
-        previous = read_json(state_file)["config"]
-        if previous != config:
-            changed = sorted(k for k in set(previous) | set(config) if previous.get(k) != config.get(k))
-            raise RunError(f"{run}: --resume with a different configuration ({', '.join(changed)}); use the original options")
-    run.mkdir(parents=True, exist_ok=True)
-    write_json(state_file, {"stage": stage, "config": config})
-
-
-def check_new_folder(run: Path, allowed: set[str]) -> None:
-    """Refuse a non-empty ``run`` that holds files other than ``allowed`` names (another run's)."""
     if run.exists() and not run.is_dir():
-        raise RunError(f"--out {run}: exists and is not a folder; choose a new folder")
-    if run.is_dir():
+        raise RunError(f"{option} {run}: exists and is not a folder; choose a new folder")
+    if (run / marker).exists() and not overwrite:
+        raise RunError(f"{option} {run}: holds a finished {stage} run; choose another {option} or pass --overwrite")
+    if allowed is not None and run.is_dir():
         foreign = sorted(p.name for p in run.iterdir() if p.name not in allowed and not p.name.startswith("."))
         if foreign:
-            raise RunError(f"--out {run}: not empty and not a SeaS run (holds {', '.join(foreign[:3])}); choose a new folder")
+            raise RunError(f"{option} {run}: not empty and not a SeaS {stage} run (holds {', '.join(foreign[:3])}); "
+                           f"choose a new folder")
+    if not overwrite and state_file.exists():
+        if resume is None:
+            raise RunError(f"{option} {run}: holds an unfinished {stage} run; pass --resume latest to continue it "
+                           f"or --overwrite")
+        changes = config_changes(read_json(state_file)["config"], config)
+        if changes:
+            raise RunError(f"--resume {resume}: {run} was started with other options ({'; '.join(changes)}); "
+                           f"repeat the original options or choose another {option}")
+    if resume not in (None, "latest"):
+        check_resume_path(resume, run, config)
+
+
+def start_run_folder(accelerator, run: Path, stage: str, marker: str, config: dict, overwrite: bool) -> None:
+    """Once every process has checked the folder: the main process removes leftover
+    temporaries (and, with ``overwrite``, the stage's checkpoints, state and marker) and
+    writes the state file."""
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        run.mkdir(parents=True, exist_ok=True)
+        remove_temporaries(run)
+        state_file = run / f"{stage}-state.json"
+        if overwrite:
+            for path in [*checkpoint_dirs(run, stage), run / marker, state_file]:
+                remove_path(path)
+        write_json(state_file, {"stage": stage, "config": config})
+    accelerator.wait_for_everyone()
 
 
 def make_optimizer(name: str, groups: list[dict], weight_decay: float) -> torch.optim.Optimizer:
@@ -152,12 +338,17 @@ def make_optimizer(name: str, groups: list[dict], weight_decay: float) -> torch.
 
 
 def make_accelerator(run: Path, mixed_precision: str):
-    """An Accelerator logging to TensorBoard under ``run/logs`` when tensorboard is installed."""
+    """An Accelerator logging to TensorBoard under ``run/logs`` when tensorboard is installed.
+
+    Without a GPU it is a CPU one: several processes (torchrun, accelerate launch) then
+    find each other through gloo instead of each acting as process 0.
+    """
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
 
     has_tb = importlib.util.find_spec("tensorboard") is not None
     return Accelerator(
+        cpu=not torch.cuda.is_available(),
         mixed_precision=mixed_precision,
         log_with="tensorboard" if has_tb else None,
         project_config=ProjectConfiguration(project_dir=str(run), logging_dir=str(run / "logs")),
@@ -221,23 +412,22 @@ def run_updates(
     logs every ``log_every`` updates, checkpoints every ``checkpoint_every`` updates (not at
     the last one: the stage exports its result then).
     """
-    bar = progress(total_steps, start, desc, not accelerator.is_local_main_process)
-    for step in range(start, total_steps):
-        logs: dict[str, float] = {}
-        for j in range(grad_accum):
-            with _maybe_no_sync(accelerator, models, sync=j == grad_accum - 1):
-                losses = micro_losses(step * grad_accum + j)
-                accelerator.backward(losses["total"] / grad_accum)
-            for key, value in losses.items():
-                logs[key] = logs.get(key, 0.0) + value.item() / grad_accum
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if after_update is not None:
-            after_update()
-        bar.update(1)
-        bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items()})
-        if accelerator.log_with and (step + 1) % log_every == 0:
-            accelerator.log({f"{stage}/{k}": v for k, v in logs.items()}, step=step + 1)
-        if (step + 1) % checkpoint_every == 0 and step + 1 < total_steps:
-            save_checkpoint(accelerator, run, stage, step + 1, keep_checkpoints)
-    bar.close()
+    with progress(total_steps, start, desc, not accelerator.is_local_main_process) as bar:  # closed on errors too
+        for step in range(start, total_steps):
+            logs: dict[str, float] = {}
+            for j in range(grad_accum):
+                with _maybe_no_sync(accelerator, models, sync=j == grad_accum - 1):
+                    losses = micro_losses(step * grad_accum + j)
+                    accelerator.backward(losses["total"] / grad_accum)
+                for key, value in losses.items():
+                    logs[key] = logs.get(key, 0.0) + value.item() / grad_accum
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if after_update is not None:
+                after_update()
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.4f}" for k, v in logs.items()})
+            if accelerator.log_with and (step + 1) % log_every == 0:
+                accelerator.log({f"{stage}/{k}": v for k, v in logs.items()}, step=step + 1)
+            if (step + 1) % checkpoint_every == 0 and step + 1 < total_steps:
+                save_checkpoint(accelerator, run, stage, step + 1, keep_checkpoints)

@@ -137,17 +137,20 @@ def train_generator(data_cfg: DataConfig, cfg: TrainConfig, out: str | Path,
                     resume: str | None = None, overwrite: bool = False) -> Path:
     """Run stage 1 into ``out`` and export the generator; returns the run folder."""
     run = Path(out)
-    common.check_new_folder(run, allowed={"checkpoints", "logs", "split.json", f"{STAGE}-state.json", *EXPORTED, RUN_MARKER})
+    config = {"train": cfg.to_dict(), "data": data_cfg.to_dict()}
+    common.check_run_folder(run, STAGE, RUN_MARKER, config, resume, overwrite,
+                            allowed={"checkpoints", "logs", "split.json", f"{STAGE}-state.json", *EXPORTED, RUN_MARKER})
     samples = read_dataset(data_cfg)
     split = few_shot_split(samples, data_cfg)
     train_samples = [s for v in split.train.values() for s in v] + split.normal_train
     warnings = check_samples(train_samples, data_cfg.mask_threshold)
     backbone, spec, new_ids = prepare_backbone(cfg, split.types)
-    config = {"train": cfg.to_dict(), "data": data_cfg.to_dict()}
-    common.prepare_run_folder(run, STAGE, RUN_MARKER, config, resume, overwrite)
-    write_split(split, data_cfg, run / "split.json")
-
     accelerator = common.make_accelerator(run, cfg.mixed_precision)
+    common.start_run_folder(accelerator, run, STAGE, RUN_MARKER, config, overwrite)
+    if accelerator.is_main_process:
+        with common.write_errors(run / "split.json"):
+            write_split(split, data_cfg, run / "split.json")
+
     for message in warnings:
         accelerator.print(f"warning: {message}")
     prompts = PromptTables.build(backbone.tokenizer, spec)
@@ -186,10 +189,10 @@ def train_generator(data_cfg: DataConfig, cfg: TrainConfig, out: str | Path,
         log_every=cfg.log_every, desc="stage 1 (generator)",
     )
     capture.remove()
-    accelerator.end_training()
     if accelerator.is_main_process:
         export_generator(accelerator, backbone, unet, text_encoder, spec, cfg, data_cfg, split, run)
     accelerator.wait_for_everyone()
+    accelerator.end_training()  # last: it also ends the process group
     return run
 
 
@@ -215,9 +218,7 @@ def export_generator(accelerator, backbone: Backbone, unet, text_encoder, spec: 
         "scheduler": backbone.scheduler,
     }
     for name, part in parts.items():
-        tmp = run / f".tmp-{name}"
-        part.save_pretrained(tmp)
-        common.replace_dir(tmp, run / name)
+        common.write_dir(run / name, part.save_pretrained)
     meta = {
         "format": RUN_FORMAT,
         "base": backbone.source,

@@ -84,9 +84,10 @@ def train_mask_head(run_dir: str | Path, cfg: MaskConfig, resume: str | None = N
     split = Split.from_dict(meta["split"])
     data_cfg, train_cfg = meta["data"], meta["config"]
     total_steps = cfg.steps or TrainConfig.from_dict(train_cfg).total_steps(len(split.types))  # reference: as stage 1
-    common.prepare_run_folder(run_dir, STAGE, MASK_MARKER, cfg.to_dict(), resume, overwrite)
-
+    common.check_run_folder(run_dir, STAGE, MASK_MARKER, cfg.to_dict(), resume, overwrite, option="--run")
     accelerator = common.make_accelerator(run_dir, cfg.mixed_precision)
+    common.start_run_folder(accelerator, run_dir, STAGE, MASK_MARKER, cfg.to_dict(), overwrite)
+
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
     for frozen in (bb.unet, bb.vae, bb.text_encoder):
         frozen.requires_grad_(False).eval().to(accelerator.device, weight_dtype)
@@ -121,13 +122,11 @@ def train_mask_head(run_dir: str | Path, cfg: MaskConfig, resume: str | None = N
             checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints,
             log_every=cfg.log_every, desc="stage 2 (mask head)",
         )
-    accelerator.end_training()
     if accelerator.is_main_process:
-        tmp = run_dir / f".tmp-{MASK_DIR}"
-        accelerator.unwrap_model(head).save_pretrained(tmp)
-        common.replace_dir(tmp, run_dir / MASK_DIR)
+        common.write_dir(run_dir / MASK_DIR, accelerator.unwrap_model(head).save_pretrained)
         common.write_json(run_dir / MASK_MARKER, {"format": MASK_FORMAT, "config": cfg.to_dict(), "steps": total_steps})
     accelerator.wait_for_everyone()
+    accelerator.end_training()  # last: it also ends the process group
     return run_dir
 
 
