@@ -87,17 +87,19 @@ def main() -> None:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    def plain() -> None:
-        capture.store.clear()  # a capture installed but recording nothing = the fused path only
-        g = step_generator(0, 0)
+    def predict_noise() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One U-Net call on the 2B noised latents: (prediction, true noise, latents)."""
         with torch.no_grad():
             pixels = torch.cat([batch.anomaly_images, batch.normal_images]).to(device)
-            latents = bb.vae.encode(pixels).latent_dist.sample(g)
-            latents = latents * bb.vae.config.scaling_factor
+            latents = bb.vae.encode(pixels).latent_dist.sample(step_generator(0, 0)) * bb.vae.config.scaling_factor
         noise = torch.randn_like(latents)
         t = torch.randint(0, 1000, (2 * B,), device=device)
         ids = torch.cat([prompts.anomaly_ids[batch.anomaly_types], prompts.normal_ids.expand(B, -1)]).to(device)
-        pred = bb.unet(bb.scheduler.add_noise(latents, noise, t), t, bb.text_encoder(ids)[0]).sample
+        return bb.unet(bb.scheduler.add_noise(latents, noise, t), t, bb.text_encoder(ids)[0]).sample, noise, latents
+
+    def plain() -> None:
+        capture.store.clear()  # a capture installed but recording nothing = the fused path only
+        pred, noise, _ = predict_noise()
         update(diffusion_loss(pred, noise))
 
     def seas() -> None:
@@ -106,15 +108,7 @@ def main() -> None:
 
     def reference() -> None:
         sink.clear()
-        g = step_generator(0, 0)
-        with torch.no_grad():
-            pixels = torch.cat([batch.anomaly_images, batch.normal_images]).to(device)
-            latents = bb.vae.encode(pixels).latent_dist.sample(g)
-            latents = latents * bb.vae.config.scaling_factor
-        noise = torch.randn_like(latents)
-        t = torch.randint(0, 1000, (2 * B,), device=device)
-        ids = torch.cat([prompts.anomaly_ids[batch.anomaly_types], prompts.normal_ids.expand(B, -1)]).to(device)
-        pred = bb.unet(bb.scheduler.add_noise(latents, noise, t), t, bb.text_encoder(ids)[0]).sample
+        pred, noise, latents = predict_noise()
         total = diffusion_loss(pred[:B], noise[:B]) + diffusion_loss(pred[B:], noise[B:])
         masks = mask_pyramid(batch.anomaly_masks, tuple(latents.shape[-2:]), [1, 2])
         cols = prompts.columns[batch.anomaly_types]  # (B, 1 + N)
