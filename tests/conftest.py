@@ -251,3 +251,16 @@ def gen_run(tiny16, product64, tmp_path_factory):
     data = DataConfig(root=str(product64), layout="mvtec")
     train_generator(data, TrainConfig(base=str(tiny16), resolution=64, batch_size=1, grad_accum=1, steps=1), out)
     return write_mask_head(out)
+
+
+class TinyInception(torch.nn.Module):
+    """Stand-in for Inception-v3 in quality tests: (N, 3, H, W) -> (features (N, 8), logits (N, 5))."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, kernel_size=3)
+        self.fc = torch.nn.Linear(8, 5)
+
+    def forward(self, images):
+        features = self.conv(images).mean(dim=(2, 3))
+        return features, self.fc(features)

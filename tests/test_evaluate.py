@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import TinyInception
 from PIL import Image
 
 from seas.data.config import DataConfig
@@ -250,25 +251,12 @@ def test_command_line_parser_and_command(run_dir, tmp_path, capsys):
 # ----------------------------------------------------------------------------- quality
 
 
-class _TinyInception(torch.nn.Module):
-    """Stand-in for Inception-v3: (N, 3, H, W) -> (features (N, 8), logits (N, 5))."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 8, kernel_size=3)
-        self.fc = torch.nn.Linear(8, 5)
-
-    def forward(self, images):
-        features = self.conv(images).mean(dim=(2, 3))
-        return features, self.fc(features)
-
-
 def test_quality_scores_with_stand_in_networks(run_dir, tmp_path, monkeypatch):
     torch.manual_seed(0)
     lpips_model = LPIPS().eval()
     for head in lpips_model.heads:
         torch.nn.init.uniform_(head.model[1].weight, 0.0, 1.0)
-    monkeypatch.setattr(quality, "load_inception", lambda *args: _TinyInception().eval())
+    monkeypatch.setattr(quality, "load_inception", lambda *args: TinyInception().eval())
     monkeypatch.setattr(quality, "load_lpips", lambda *args: lpips_model)
     weights = tmp_path / "weights"
     weights.mkdir()

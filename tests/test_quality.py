@@ -11,6 +11,7 @@ from itertools import combinations
 import numpy as np
 import pytest
 import torch
+from conftest import TinyInception
 from PIL import Image
 
 from seas.evaluation import quality
@@ -325,19 +326,6 @@ def test_missing_weights_name_file_and_folder(tmp_path):
 
 
 # --------------------------------------------------------------------------- all scores
-
-
-class TinyInception(torch.nn.Module):
-    """Stand-in for Inception-v3: (N, 3, H, W) -> (features (N, 8), logits (N, 5))."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = torch.nn.Conv2d(3, 8, kernel_size=3)
-        self.fc = torch.nn.Linear(8, 5)
-
-    def forward(self, images):
-        features = self.conv(images).mean(dim=(2, 3))
-        return features, self.fc(features)
 
 
 def test_quality_scores_with_stand_in_networks(monkeypatch, lpips_model):

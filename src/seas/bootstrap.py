@@ -80,42 +80,45 @@ def train_vae(vae, images: torch.Tensor, cfg: BootstrapConfig) -> None:
         vae.quant_conv.weight[latent:] = 0.0
         vae.quant_conv.bias[latent:] = -10.0
     optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.lr_vae, weight_decay=0.0)
-    vae.train()
-    bar = progress(cfg.vae_steps, 0, "bootstrap: VAE", disable=False)
-    for step in range(cfg.vae_steps):
+
+    def step_loss(step: int) -> torch.Tensor:
         x = _augmented_batch(images, cfg.seed, step, cfg.batch_size)
         posterior = vae.encode(x).latent_dist
         z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=step_generator(cfg.seed, 1, step))
         recon = vae.decode(z).sample
-        loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + cfg.kl_weight * posterior.kl().mean()
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-    bar.close()
-    vae.eval()
+        return F.l1_loss(recon, x) + F.mse_loss(recon, x) + cfg.kl_weight * posterior.kl().mean()
+
+    _fit(vae, optimizer, cfg.vae_steps, step_loss, "bootstrap: VAE")
 
 
 def train_unet(unet, text_embedding: torch.Tensor, latents: torch.Tensor, scheduler, cfg: BootstrapConfig) -> None:
     """Epsilon-prediction training on (N, 4, h, w) scaled latents with one caption (1, L, D)."""
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr_unet, weight_decay=0.01)
-    unet.train()
-    bar = progress(cfg.unet_steps, 0, "bootstrap: U-Net", disable=False)
-    for step in range(cfg.unet_steps):
+
+    def step_loss(step: int) -> torch.Tensor:
         g = step_generator(cfg.seed, 2, step)
         z = _augmented_batch(latents, cfg.seed + 1, step, cfg.batch_size)
         noise = torch.randn(z.shape, generator=g)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(z),), generator=g)
         pred = unet(scheduler.add_noise(z, noise, t), t, text_embedding.expand(len(z), -1, -1)).sample
-        loss = F.mse_loss(pred, noise)
+        return F.mse_loss(pred, noise)
+
+    _fit(unet, optimizer, cfg.unet_steps, step_loss, "bootstrap: U-Net")
+
+
+def _fit(module, optimizer, steps: int, step_loss, desc: str) -> None:
+    """``steps`` updates of ``module`` minimising ``step_loss(step)``, with a progress bar."""
+    module.train()
+    bar = progress(steps, 0, desc, disable=False)
+    for step in range(steps):
+        loss = step_loss(step)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
     bar.close()
-    unet.eval()
+    module.eval()
 
 
 def bootstrap_backbone(data_cfg: DataConfig, cfg: BootstrapConfig, out: str | Path) -> Path:
