@@ -21,16 +21,16 @@ import importlib.util
 
 import torch
 
-from seas.attention import AttentionCapture, install_reference_maps
+from seas.attention import AttentionCapture
 from seas.backbone import Backbone
 from seas.config import TrainConfig
 from seas.data.training_set import Batch
-from seas.losses import da_loss, diffusion_loss, mask_pyramid
+from seas.losses import diffusion_loss
 from seas.prompts import PromptSpec, add_placeholder_tokens
 from seas.training.common import make_optimizer, step_generator
 from seas.training.stage1 import PromptTables, compute_losses, da_blocks
 
-from .common import gib, measure, sd15_components
+from .common import ReferenceLosses, gib, measure, sd15_components
 
 
 def make_batch(batch_size: int, resolution: int, n_types: int) -> Batch:
@@ -107,28 +107,14 @@ def main() -> None:
         update(losses["total"])
 
     def reference() -> None:
-        sink.clear()
-        pred, noise, latents = predict_noise()
-        total = diffusion_loss(pred[:B], noise[:B]) + diffusion_loss(pred[B:], noise[B:])
-        masks = mask_pyramid(batch.anomaly_masks, tuple(latents.shape[-2:]), [1, 2])
-        cols = prompts.columns[batch.anomaly_types]  # (B, 1 + N)
-        for level in (1, 2):
-            layers = [sink[i][:B] for i in layer_index[f"down_blocks.{level}"]]  # each (B, HW, 77), on the CPU
-            maps = torch.stack(layers).mean(dim=0)
-            maps = torch.stack([maps[b][:, cols[b]] for b in range(B)])  # (B, HW, 1 + N)
-            h, w = masks[level].shape[-2:]
-            maps = maps.view(B, h, w, -1).permute(0, 3, 1, 2)
-            total = total + da_loss(maps[:, 1:], maps[:, 0], masks[level], "eq1", "joint", 1e-8).to(device)
-        update(total)
+        update(reference_losses(bb, bb.unet, bb.text_encoder, prompts, batch, step_generator(0, 0))["total"])
 
     results = {}
     capture = AttentionCapture(bb.unet, sorted({b for v in da_blocks(cfg, bb.unet).values() for b in v}))
     results["a"] = measure(plain, device, args.repeats)
     results["b"] = measure(seas, device, args.repeats)
     capture.remove()
-    names = [n for n in bb.unet.attn_processors if ".attn2." in n]
-    sink = install_reference_maps(bb.unet)
-    layer_index = {blk: [i for i, n in enumerate(names) if n.startswith(blk + ".")] for blk in ("down_blocks.1", "down_blocks.2")}
+    reference_losses = ReferenceLosses(bb.unet)
     results["c"] = measure(reference, device, args.repeats)
     step = measure(optimizer_step, device, args.repeats)
 

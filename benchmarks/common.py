@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import ctypes
 import threading
 import time
 from dataclasses import dataclass
 
 import psutil
 import torch
+
+from seas.attention import install_reference_maps
+from seas.losses import da_loss, diffusion_loss, mask_pyramid
 
 
 def sd15_components(seed: int = 0) -> dict:
@@ -62,7 +66,7 @@ def measure(fn, device: torch.device, repeats: int, warmup: int = 1) -> Measurem
             times.append(time.perf_counter() - start)
             peaks.append(torch.cuda.max_memory_allocated() - base)
         else:
-            sampler = _RssSampler()
+            sampler = RssSampler()
             start = time.perf_counter()
             with sampler:
                 fn()
@@ -72,7 +76,7 @@ def measure(fn, device: torch.device, repeats: int, warmup: int = 1) -> Measurem
     return Measurement(times[len(times) // 2], max(peaks))
 
 
-class _RssSampler:
+class RssSampler:
     """Samples this process's resident memory every 5 ms; ``peak`` is the rise above the start."""
 
     def __enter__(self):
@@ -97,3 +101,51 @@ class _RssSampler:
 
 def gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB"
+
+
+class ReferenceLosses:
+    """The authors' release's stage-1 loss, for comparison.
+
+    Every cross-attention layer materialises its full (2B, heads, HW, 77) probability matrix
+    and keeps the head mean on the CPU (:class:`seas.attention.ReferenceMapsProcessor`); L_DA
+    reads the maps of down blocks 1 and 2 from there (their copies to the CPU are
+    differentiable, so L_DA trains the U-Net as in the release). Draws as ``compute_losses``.
+    """
+
+    def __init__(self, unet, blocks=(1, 2)):
+        names = [n for n in unet.attn_processors if ".attn2." in n]
+        self.sink = install_reference_maps(unet)  # one entry per attn2 layer per forward, in order
+        self.layers = {level: [i for i, n in enumerate(names) if n.startswith(f"down_blocks.{level}.")]
+                       for level in blocks}
+
+    def __call__(self, bb, unet, text_encoder, prompts, batch, generator: torch.Generator) -> dict:
+        device = bb.vae.device
+        B = len(batch.anomaly_images)
+        self.sink.clear()
+        with torch.no_grad():
+            pixels = torch.cat([batch.anomaly_images, batch.normal_images]).to(device, bb.vae.dtype)
+            moments = bb.vae.encode(pixels).latent_dist
+            draw = torch.randn(moments.mean.shape, generator=generator).to(device, bb.vae.dtype)
+            latents = ((moments.mean + moments.std * draw) * bb.vae.config.scaling_factor).float()
+        noise = torch.randn(latents.shape, generator=generator).to(device)
+        t = torch.randint(0, bb.scheduler.config.num_train_timesteps, (2 * B,), generator=generator).to(device)
+        ids = torch.cat([prompts.anomaly_ids[batch.anomaly_types], prompts.normal_ids.expand(B, -1)]).to(device)
+        eps = unet(bb.scheduler.add_noise(latents, noise, t), t, text_encoder(ids)[0]).sample
+        total = diffusion_loss(eps[:B], noise[:B]) + diffusion_loss(eps[B:], noise[B:])
+        masks = mask_pyramid(batch.anomaly_masks, tuple(latents.shape[-2:]), list(self.layers))  # on the CPU
+        cols = prompts.columns[batch.anomaly_types]  # (B, 1 + N)
+        for level, layers in self.layers.items():
+            maps = torch.stack([self.sink[i][:B] for i in layers]).mean(dim=0)  # (B, HW, 77) on the CPU
+            maps = torch.stack([maps[b][:, cols[b]] for b in range(B)])  # (B, HW, 1 + N)
+            h, w = masks[level].shape[-2:]
+            maps = maps.view(B, h, w, -1).permute(0, 3, 1, 2)
+            total = total + da_loss(maps[:, 1:], maps[:, 0], masks[level], "eq1", "joint", 1e-8).to(device)
+        return {"total": total}
+
+
+def release_free_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc), so the RSS counts what is in use."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass

@@ -132,9 +132,12 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--grad-accum", type=int, default=d.grad_accum, help="micro-batches per optimizer update (default 2)")
     g.add_argument("--lr-unet", type=float, default=d.lr_unet, help="U-Net learning rate (default 4e-6)")
     g.add_argument("--lr-text", type=float, default=d.lr_text, help="token-embedding learning rate (default 4e-5)")
-    g.add_argument("--optimizer", choices=["adamw", "adamw8bit"], default=d.optimizer, help="adamw8bit needs bitsandbytes (reference)")
-    g.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=d.mixed_precision, help="(default no: fp32)")
-    g.add_argument("--gradient-checkpointing", action="store_true", help="recompute U-Net activations in backward (less memory)")
+    add_profile_args(g, "generator")
+    g.add_argument("--optimizer", choices=["adamw", "adamw8bit"], default=None,
+                   help="adamw8bit needs bitsandbytes (the reference's choice; default: the profile's)")
+    g.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                   help="recompute U-Net activations in backward: less memory, about a third more compute "
+                   "(default: the profile's)")
     g.add_argument("--seed", type=int, default=d.seed, help="seed of every random draw (default 0)")
     g.add_argument("--tokens-per-type", type=int, default=d.tokens_per_type, help="anomaly tokens per type (default 4)")
     g.add_argument("--normal-tokens", type=int, default=d.normal_tokens, help="normal tokens (default 1)")
@@ -150,12 +153,40 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--overwrite", action="store_true", help="replace a finished or unfinished run in --out")
 
 
+PROFILE_HELP = {
+    "generator": "default: fp32, AdamW; fast: bf16 autocast, frozen parts in half; low-memory: fast plus "
+              "gradient checkpointing and 8-bit AdamW (where bitsandbytes is installed). Explicit options win",
+    "mask": "default: fp32; fast and low-memory: bf16 autocast, frozen generator in half. Explicit options win",
+}
+
+
+def add_profile_args(g, stage: str) -> None:
+    """--profile and the precision switches it sets, shared by both training stages."""
+    from .config import PROFILES
+
+    g.add_argument("--profile", choices=PROFILES, default="default",
+                   help=f"memory/speed profile (docs/PERFORMANCE.md). {PROFILE_HELP[stage]}")
+    g.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=None,
+                   help="autocast precision; trained weights stay fp32 (default: the profile's; default profile: no)")
+    g.add_argument("--half-frozen", action=argparse.BooleanOptionalAction, default=None,
+                   help="under mixed precision, store the frozen parts (VAE, text-encoder layers) in half "
+                   "precision (default: on)")
+
+
+def profile_config(config_class, args, stage: str):
+    """``config_class`` from the profile's switches, overridden by the options given explicitly."""
+    from .profiles import train_switches
+
+    names = {f.name for f in dataclasses.fields(config_class)}
+    values = train_switches(args.profile, stage)
+    values.update({k: v for k, v in vars(args).items() if k in names and v is not None})
+    return config_class(**values)
+
+
 def train_config(args):
     from .config import TrainConfig
 
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    values = {k: v for k, v in vars(args).items() if k in names and v is not None}
-    return TrainConfig(**values)
+    return profile_config(TrainConfig, args, "generator")
 
 
 def _main_process() -> bool:
@@ -179,8 +210,7 @@ def cmd_train_mask(args) -> int:
     from .config import MaskConfig
     from .training.stage2 import train_mask_head
 
-    names = {f.name for f in dataclasses.fields(MaskConfig)}
-    cfg = MaskConfig(**{k: v for k, v in vars(args).items() if k in names and v is not None})
+    cfg = profile_config(MaskConfig, args, "mask")
     run = train_mask_head(args.run, cfg, resume=args.resume, overwrite=args.overwrite)
     if _main_process():
         print(f"mask head written to {run / 'mask_head'}")
@@ -202,7 +232,7 @@ def add_train_mask_parser(sub) -> None:
                    help="training noise levels: all (reference) or low (those of the last --mask-steps sampling steps)")
     p.add_argument("--sample-steps", type=int, default=d.sample_steps, help="sampling steps that define the low range (25)")
     p.add_argument("--mask-steps", type=int, default=d.mask_steps, help="last sampling steps whose masks are averaged (3)")
-    p.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=d.mixed_precision, help="(default no)")
+    add_profile_args(p, "mask")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of the head's weights and every draw (default 0)")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="updates between checkpoints")
     p.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints, help="checkpoints kept")

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from .errors import ConfigError
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
+PROFILES = ("default", "fast", "low-memory")  # resolved into switches by seas.profiles
 OPTIMIZERS = ("adamw", "adamw8bit")
 
 
@@ -29,8 +30,10 @@ class TrainConfig:
     lr_unet: float = 4e-6
     lr_text: float = 4e-5
     weight_decay: float = 0.01
+    profile: str = "default"  # memory/speed profile the switches below were resolved from (seas.profiles)
     optimizer: str = "adamw"  # the reference uses 8-bit AdamW ("adamw8bit", needs bitsandbytes)
     mixed_precision: str = "no"  # reference: fp32
+    half_frozen: bool = True  # under mixed precision: VAE and frozen text-encoder layers stored in half
     gradient_checkpointing: bool = False
     seed: int = 0
     # UA prompt
@@ -61,6 +64,7 @@ class TrainConfig:
             raise ConfigError(f"--steps {self.steps}: must be at least 1")
         if self.mixed_precision not in MIXED_PRECISION:
             raise ConfigError(f"--mixed-precision {self.mixed_precision}: choose one of {', '.join(MIXED_PRECISION)}")
+        check_profile(self.profile)
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"--optimizer {self.optimizer}: choose one of {', '.join(OPTIMIZERS)}")
         if len(self.da_blocks) < 1:
@@ -81,6 +85,12 @@ class TrainConfig:
 TIMESTEP_RANGES = ("all", "low")
 
 
+def check_profile(profile: str) -> None:
+    if profile not in PROFILES:
+        raise ConfigError(f"--profile {profile}: choose one of {', '.join(PROFILES)}")
+
+
+
 @dataclass
 class MaskConfig:
     """Stage 2: training the Refined Mask Prediction head with the generator frozen."""
@@ -96,7 +106,9 @@ class MaskConfig:
     timesteps: str = "all"
     sample_steps: int = 25
     mask_steps: int = 3
+    profile: str = "default"  # memory/speed profile the precision switches were resolved from
     mixed_precision: str = "no"
+    half_frozen: bool = True  # under mixed precision: the frozen generator stored in half
     seed: int = 0
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
@@ -109,6 +121,7 @@ class MaskConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
         if self.steps is not None and self.steps < 1:
             raise ConfigError(f"--steps {self.steps}: must be at least 1")
+        check_profile(self.profile)
         if self.timesteps not in TIMESTEP_RANGES:
             raise ConfigError(f"--timesteps {self.timesteps}: choose one of {', '.join(TIMESTEP_RANGES)}")
         if self.mixed_precision not in MIXED_PRECISION:

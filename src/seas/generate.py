@@ -27,12 +27,13 @@ journals into ``manifest.rank<R>.jsonl``; after all have finished, the main proc
 batches do not depend on the process count: the outputs are those of one process.
 
 Modules that import torch are imported inside the functions that use them, so that building
-the command line (:func:`add_parser`) stays instant.
+the command line (:func:`add_parser`) imports only :mod:`seas.profiles` (its profile names).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -44,18 +45,24 @@ from .errors import ConfigError, RunError
 
 if TYPE_CHECKING:
     from .pipeline import Generated, Kind, SeaSPipeline
+    from .profiles import GenerationSwitches
 
 MANIFEST = "manifest.jsonl"
 SETTINGS = "generation.json"
 FORMAT = "seas-generation-1"
 DEFAULT_NUM = 1000  # per kind, as the reference
 
-# Settings keys that change the outputs, and the option a user sets each with.
+# Settings keys that change the outputs, and the option a user sets each with. The memory
+# switches change float rounding, hence bytes; the profile only chooses them, so it is not here.
 OPTIONS = {
     "run": "--run", "kinds": "--type/--normal/--mix", "num": "--num", "seed": "--seed",
     "steps": "--steps", "guidance": "--guidance", "signal": "--signal", "noise": "noise",
     "mask_threshold": "--mask-threshold", "mask_steps": "mask_steps",
+    "dtype": "--dtype", "vae_slicing": "--vae-slicing", "vae_tiling": "--vae-tiling",
+    "attention_slicing": "--attention-slicing",
 }
+# The switches of folders written before they were recorded: fp32, nothing sliced or tiled.
+PLAIN_SWITCHES = {"dtype": "float32", "vae_slicing": False, "vae_tiling": False, "attention_slicing": False}
 
 
 def name_width(num: int) -> int:
@@ -166,7 +173,7 @@ def check_settings(out: Path, settings: dict) -> None:
             raise RunError(f"--out {out}: not empty and not a 'seas generate' folder; choose a new --out")
         return
     try:
-        previous = json.loads(path.read_text())
+        previous = PLAIN_SWITCHES | json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise RunError(f"{path}: cannot be read ({err}); choose a new --out") from None
     changed = [key for key in OPTIONS if previous.get(key) != settings[key]]
@@ -217,17 +224,24 @@ def generate_to_folder(
     rank: int = 0,
     world: int = 1,
     progress: bool = True,
+    profile: str | None = None,
+    switches: GenerationSwitches | None = None,
 ) -> Path:
     """Generate ``num`` outputs of each kind into ``out`` (default ``<run>/generated``).
 
     ``kinds``: entries ``"good"``, a type name, ``"A+B"`` or a list of type names.
     ``guidance``, ``signal``, ``noise``: ``None`` takes the run's dataset default and the
-    reference's start-latent recipe (0.0979, 0.99984). Outputs already complete are kept (see
-    the module docstring). With ``world > 1`` the caller merges the manifest parts after every
+    reference's start-latent recipe (0.0979, 0.99984). ``switches``: memory and precision;
+    ``None`` takes those of ``profile`` (default "default") on the device. Both are recorded in
+    ``generation.json``; only the switches must match to resume. Outputs already complete are
+    kept (see the module docstring). With ``world > 1`` the caller merges the manifest parts after every
     process returns (:func:`merge_manifests`). Everything is checked, and the models loaded,
     before the first file is written. Returns ``out``.
     """
+    import torch
+
     from .pipeline import NOISE, SIGNAL, resolve_kind
+    from .profiles import generation_switches
     from .prompts import PromptSpec
     from .run import read_run_meta
 
@@ -244,18 +258,23 @@ def generate_to_folder(
     if not math.isfinite(guidance):
         raise ConfigError(f"--guidance {guidance}: must be a finite number")
     out = Path(out) if out is not None else run / "generated"
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if switches is None:
+        profile = profile or "default"
+        switches = generation_switches(profile, device)
     settings = {
         "format": FORMAT, "run": str(run), "product": meta["split"]["normal_train"][0]["product"],
         "kinds": sorted(k.label for k in chosen), "num": num, "seed": seed, "steps": steps,
         "guidance": guidance, "signal": SIGNAL if signal is None else signal, "noise": NOISE if noise is None else noise,
         "mask_threshold": mask_threshold, "mask_steps": mask_steps, "resolution": meta["config"]["resolution"],
+        "profile": profile, **switches.to_dict(),
     }
     check_settings(out, settings)
     done = valid_rows(out)
     todo = [(k, batch) for k in chosen for batch in batches_of(num, batch_size, rank, world)
             if any((k.label, i) not in done for i in batch)]
     missing = sum((k.label, i) not in done for k, batch in todo for i in batch)
-    pipe = _load_pipeline(run, todo, device) if todo else None
+    pipe = _load_pipeline(run, todo, device, switches) if todo else None
 
     _remove_temporaries(out, rank)
     write_settings(out, settings, rank)
@@ -333,14 +352,11 @@ def _distinct(kinds: list[Kind]) -> list[Kind]:
     return result
 
 
-def _load_pipeline(run: Path, todo: list[tuple[Kind, list[int]]], device: str | None):
-    import torch
-
+def _load_pipeline(run: Path, todo: list[tuple[Kind, list[int]]], device: str, switches: GenerationSwitches):
     from .pipeline import SeaSPipeline
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     with_masks = any(not kind.is_normal for kind, _ in todo)
-    return SeaSPipeline.from_run(run, device=device, with_masks=with_masks)
+    return SeaSPipeline.from_run(run, device=device, with_masks=with_masks, switches=switches)
 
 
 def _progress(total: int, enabled: bool):
@@ -379,11 +395,44 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--mask-threshold", type=float, default=0.2, help="binary mask = mean probability > this (default 0.2)")
     p.add_argument("--device", default=None,
                    help="torch device (default: cuda if available, else cpu; with several processes each takes its own GPU)")
+    add_memory_args(p)
     p.add_argument("--export-mvtec", default=None, metavar="DIR",
                    help="afterwards, also write the outputs as an MVTec AD product folder DIR/<product>")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_generate)
     return p
+
+
+def add_memory_args(p: argparse.ArgumentParser) -> None:
+    """--profile and the memory switches it sets (an option given explicitly wins)."""
+    from .config import PROFILES
+
+    g = p.add_argument_group("memory and precision (docs/GENERATION.md; a folder resumes only with the same)")
+    g.add_argument("--profile", choices=PROFILES, default="default",
+                   help="default: fp32; fast: half-precision weights (fp16 on a GPU, bf16 on a CPU); "
+                   "low-memory: fast plus VAE slicing and tiling. Explicit options below win")
+    g.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
+                   help="precision of the weights and activations (default: the profile's)")
+    g.add_argument("--vae-slicing", action=argparse.BooleanOptionalAction, default=None,
+                   help="decode, and run the mask head, one image at a time (default: the profile's)")
+    g.add_argument("--vae-tiling", action=argparse.BooleanOptionalAction, default=None,
+                   help="decode images without masks (normal images) in tiles when larger than the VAE's "
+                   "tile size; decodes the mask head reads are never tiled (default: the profile's)")
+    g.add_argument("--attention-slicing", action=argparse.BooleanOptionalAction, default=None,
+                   help="U-Net attention computed in slices of heads (default: off in every profile)")
+
+
+def switches_from_args(args, device: str) -> GenerationSwitches:
+    """The switches of ``args.profile`` on ``device``, with the options given explicitly."""
+    import torch
+
+    from .profiles import generation_switches
+
+    names = ("vae_slicing", "vae_tiling", "attention_slicing")
+    given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    if args.dtype is not None:
+        given["dtype"] = getattr(torch, args.dtype)
+    return dataclasses.replace(generation_switches(args.profile, device), **given)
 
 
 def kinds_from_args(args, types: list[str]) -> list[str]:
@@ -427,6 +476,7 @@ def cmd_generate(args) -> int:
         args.run, args.out, kinds, num=args.num, seed=args.seed, batch_size=args.batch_size, steps=args.steps,
         guidance=args.guidance, signal=args.signal, mask_threshold=args.mask_threshold, device=device,
         rank=state.process_index, world=state.num_processes, progress=state.is_main_process and not args.quiet,
+        profile=args.profile, switches=switches_from_args(args, device),
     )
     state.wait_for_everyone()
     if not state.is_main_process:

@@ -25,6 +25,12 @@ in eval mode, so image ``i`` is the same whatever batch it shares. Floating-poin
 round differently for other batch shapes or thread counts (about 1e-6 on the CPU), which can
 move a pixel value by one grey level; with the same batch size, device and thread count,
 outputs are bit-identical.
+
+Memory switches (:class:`~seas.profiles.GenerationSwitches`, docs/GENERATION.md): weights in
+half precision; VAE slicing decodes, and runs the mask head on, one image at a time (the
+outputs equal the batched ones up to float rounding); VAE tiling tiles only the decodes whose
+features nobody reads (images without masks), since the recorder's hooks would keep only the
+last tile's features; attention slicing computes the U-Net's attention in slices of heads.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from .data.images import read_rgb
 from .data.transforms import image_to_tensor
 from .errors import ConfigError
 from .features import VAE_BLOCKS, FeatureRecorder, conditional_half
+from .profiles import GenerationSwitches
 from .prompts import PromptSpec, tokenize
 from .run import LoadedRun, load_mask_head, load_run
 
@@ -108,32 +115,42 @@ class SeaSPipeline:
     """A finished run's generator (and mask head) on one device, ready to sample.
 
     Args:
-        run: the loaded run (:func:`seas.run.load_run`); its precision is the pipeline's.
-        mask_head: its :class:`~seas.mask_head.RefinedMaskPredictor` (same precision), or
-            ``None`` for images only.
+        run: the loaded run (:func:`seas.run.load_run`).
+        mask_head: its :class:`~seas.mask_head.RefinedMaskPredictor`, or ``None`` for images only.
         device: where the models run.
+        switches: memory switches; the models are cast to ``switches.dtype``. ``None``: the
+            run's precision and no slicing or tiling.
     """
 
-    def __init__(self, run: LoadedRun, mask_head=None, device: str | torch.device = "cpu"):
+    def __init__(self, run: LoadedRun, mask_head=None, device: str | torch.device = "cpu",
+                 switches: GenerationSwitches | None = None):
         self.run = run
         self.device = torch.device(device)
         parts = run.backbone
+        self.switches = switches or GenerationSwitches(dtype=parts.unet.dtype)
+        self.dtype = self.switches.dtype
         self.tokenizer = parts.tokenizer
         self.text_encoder, self.unet, self.vae = (
-            m.to(self.device).eval().requires_grad_(False) for m in (parts.text_encoder, parts.unet, parts.vae)
+            _frozen(m, self.device, self.dtype) for m in (parts.text_encoder, parts.unet, parts.vae)
         )
-        self.dtype = self.unet.dtype
-        self.mask_head = None if mask_head is None else mask_head.to(self.device).eval().requires_grad_(False)
+        self.mask_head = None if mask_head is None else _frozen(mask_head, self.device, self.dtype)
+        if self.switches.attention_slicing:
+            _slice_attention(self.unet)
         self.resolution = int(run.meta["config"]["resolution"])
         self.references = [s["image"] for s in run.meta["split"]["normal_train"]]
         self._reference_latents: dict[int, torch.Tensor] = {}
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                 with_masks: bool = True) -> SeaSPipeline:
-        """Load a finished run; ``with_masks`` also loads its mask head (stage 2 must have run)."""
-        head = load_mask_head(run_dir, dtype) if with_masks else None
-        return cls(load_run(run_dir, dtype), head, device)
+    def from_run(cls, run_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+                 with_masks: bool = True, switches: GenerationSwitches | None = None) -> SeaSPipeline:
+        """Load a finished run in ``switches.dtype`` (or ``dtype``; default fp32); ``with_masks``
+        also loads its mask head (stage 2 must have run)."""
+        if switches is None:
+            switches = GenerationSwitches(dtype=dtype or torch.float32)
+        elif dtype is not None and dtype != switches.dtype:
+            raise ConfigError(f"dtype {dtype} differs from the switches' {switches.dtype}; give one of them")
+        head = load_mask_head(run_dir, switches.dtype) if with_masks else None
+        return cls(load_run(run_dir, switches.dtype), head, device, switches)
 
     @property
     def prompts(self) -> PromptSpec:
@@ -205,7 +222,8 @@ class SeaSPipeline:
         """Scaled latent mean ``(1, 4, h, w)`` of normal training image ``number`` (cached)."""
         if number not in self._reference_latents:
             pixels = image_to_tensor(read_rgb(self.references[number]), self.resolution)[None]
-            posterior = self.vae.encode(pixels.to(self.device, self.dtype)).latent_dist
+            with self._vae_tiling(False):  # start latents do not depend on the switches' tiling
+                posterior = self.vae.encode(pixels.to(self.device, self.dtype)).latent_dist
             self._reference_latents[number] = posterior.mean * self.vae.config.scaling_factor
         return self._reference_latents[number]
 
@@ -240,9 +258,9 @@ class SeaSPipeline:
         guided = text.shape[0] == 2
         text = text.repeat_interleave(latents.shape[0], dim=0)  # (2B or B, L, D): [uncond..., cond...]
         mask_from = steps - min(mask_steps, steps)  # first step whose latent feeds the mask head
-        recorder = FeatureRecorder(self.unet, self.vae) if mask_steps else contextlib.nullcontext()
+        recorder = FeatureRecorder(self.unet, self.vae) if mask_steps else None
         prob_sum = 0.0
-        with recorder:
+        with recorder or contextlib.nullcontext():
             for step, t in enumerate(scheduler.timesteps):
                 model_in = scheduler.scale_model_input(torch.cat([latents] * 2) if guided else latents, t)
                 eps = self.unet(model_in, t, encoder_hidden_states=text).sample
@@ -251,28 +269,76 @@ class SeaSPipeline:
                     eps = eps_u + guidance * (eps_c - eps_u)
                 latents = scheduler.step(eps, t, latents).prev_sample
                 if mask_from <= step < steps - 1:
-                    self._decode_features(latents)
-                    prob_sum = prob_sum + self._mask_probability(recorder, guided)
-            pixels = self.vae.decode(latents / self.vae.config.scaling_factor).sample
-            if not mask_steps:
-                return pixels, None
-            prob_sum = prob_sum + self._mask_probability(recorder, guided)
-        return pixels, prob_sum / (steps - mask_from)
+                    prob_sum = prob_sum + self._decode(latents, recorder, guided, full=False)[1]
+            pixels, prob = self._decode(latents, recorder, guided, full=True)
+        if recorder is None:
+            return pixels, None
+        return pixels, (prob_sum + prob) / (steps - mask_from)
 
-    def _mask_probability(self, recorder: FeatureRecorder, guided: bool) -> torch.Tensor:
-        """Anomaly probability ``(B, H, W)`` from the latest recorded U-Net and VAE features."""
-        unet_feats = [conditional_half(f) if guided else f for f in recorder.unet_features]
-        return self.mask_head.predict_proba(unet_feats, recorder.vae_features)
+    def _decode(self, latents: torch.Tensor, recorder: FeatureRecorder | None, guided: bool,
+                full: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Decode ``latents (B, 4, h, w)``, one image at a time with VAE slicing, and with a
+        ``recorder`` run the mask head on each decode's features.
+
+        ``full``: whole decodes, returning images ``(B, 3, H, W)``; otherwise decodes stopped
+        after the last block the mask head reads (images ``None``). Returns also the anomaly
+        probability ``(B, H, W)`` with a recorder, else ``None``.
+        """
+        # U-Net features of this step: [(B, C_i, h_i, w_i)], recorded before any decode.
+        unet_feats = None if recorder is None else [
+            conditional_half(f) if guided else f for f in recorder.unet_features
+        ]
+        count = latents.shape[0]
+        size = 1 if self.switches.vae_slicing else count
+        pixels, probs = [], []
+        for part in (slice(start, start + size) for start in range(0, count, size)):
+            z = latents[part]  # (b, 4, h, w): b = 1 with VAE slicing, else B
+            if full:
+                # Tiling only where nobody reads the features: the hooks keep the last tile's.
+                with self._vae_tiling(recorder is None and self.switches.vae_tiling):
+                    pixels.append(self.vae.decode(z / self.vae.config.scaling_factor).sample)
+            else:
+                self._decode_features(z)
+            if recorder is not None:
+                probs.append(self.mask_head.predict_proba([f[part] for f in unet_feats], recorder.vae_features))
+        return (torch.cat(pixels) if full else None), (None if recorder is None else torch.cat(probs))
 
     def _decode_features(self, latents: torch.Tensor) -> None:
         """Run the VAE decoder on ``latents (B, 4, h, w)`` only as far as the last block the mask
         head reads, ``up_blocks[max(VAE_BLOCKS)]``, for the recorder's hooks."""
         handle = self.vae.decoder.up_blocks[max(VAE_BLOCKS)].register_forward_hook(_stop)
         try:
-            with contextlib.suppress(_DecoderStop):
+            with contextlib.suppress(_DecoderStop), self._vae_tiling(False):
                 self.vae.decode(latents / self.vae.config.scaling_factor)
         finally:
             handle.remove()
+
+    @contextlib.contextmanager
+    def _vae_tiling(self, on: bool):
+        """Inside the block, the VAE tiles (diffusers' ``enable_tiling``: only latents larger
+        than ``vae.tile_latent_min_size``) exactly when ``on``; diffusers' own slicing stays
+        off, since this pipeline slices itself so that the hooks see every image."""
+        before = self.vae.use_tiling, self.vae.use_slicing
+        self.vae.use_tiling, self.vae.use_slicing = on, False
+        try:
+            yield
+        finally:
+            self.vae.use_tiling, self.vae.use_slicing = before
+
+
+def _frozen(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """``module`` on ``device`` in ``dtype``, in eval mode, without gradients. It is cast only
+    when its dtype differs: diffusers warns about every ``.to(dtype)``."""
+    module = module.to(device) if module.dtype == dtype else module.to(device, dtype)
+    return module.eval().requires_grad_(False)
+
+
+def _slice_attention(unet: torch.nn.Module) -> None:
+    """diffusers' "auto" attention slicing (half of a layer's heads per slice), but at least one
+    head per slice: "auto" gives single-head layers (small models) a slice of 0 heads."""
+    # Attention layers in the order unet.set_attention_slice visits them (depth first).
+    heads = [m.sliceable_head_dim for m in unet.modules() if m is not unet and hasattr(m, "set_attention_slice")]
+    unet.set_attention_slice([max(1, h // 2) for h in heads])
 
 
 def _to_pil(pixels: torch.Tensor) -> Image.Image:

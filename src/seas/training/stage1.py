@@ -124,13 +124,44 @@ def prepare_backbone(cfg: TrainConfig, types: list[str]) -> tuple[Backbone, Prom
     backbone.check_resolution(cfg.resolution)
     spec = PromptSpec(types, cfg.tokens_per_type, cfg.normal_tokens)
     new_ids = add_placeholder_tokens(backbone.tokenizer, backbone.text_encoder, spec)
+    set_trainable(backbone, cfg)
+    return backbone, spec, new_ids
+
+
+def set_trainable(backbone: Backbone, cfg: TrainConfig) -> None:
+    """U-Net and token-embedding matrix train; VAE and the rest of the text encoder are frozen."""
     backbone.vae.requires_grad_(False)
     backbone.text_encoder.requires_grad_(False)
     backbone.text_encoder.get_input_embeddings().weight.requires_grad_(True)
     backbone.unet.requires_grad_(True)
     if cfg.gradient_checkpointing:
         backbone.unet.enable_gradient_checkpointing()
-    return backbone, spec, new_ids
+
+
+def prepare_training(backbone: Backbone, cfg: TrainConfig, accelerator) -> tuple:
+    """Precision, optimizer and device placement of a prepared backbone (``prepare_backbone``).
+
+    Under mixed precision the trained weights (U-Net, token-embedding matrix) stay fp32 masters
+    and accelerate autocasts the forward passes; with ``half_frozen`` the frozen parts (VAE, and
+    the text encoder's layers after its token embedding) are stored in the autocast dtype, which
+    halves their memory. Returns the prepared (unet, text_encoder, optimizer).
+    """
+    weight_dtype = common.autocast_dtype(cfg.mixed_precision)
+    if cfg.half_frozen and weight_dtype != torch.float32:
+        backbone.vae.to(weight_dtype)
+        token_embedding = backbone.text_encoder.get_input_embeddings()
+        backbone.text_encoder.to(weight_dtype)
+        token_embedding.to(torch.float32)  # trained: keeps its fp32 master copy
+        # its output joins the half-precision layers in their dtype (CPU autocast leaves
+        # layer_norm alone, so fp32 activations would meet half weights there)
+        token_embedding.register_forward_hook(lambda module, args, output: output.to(weight_dtype))
+    backbone.vae.to(accelerator.device)
+    embeddings = backbone.text_encoder.get_input_embeddings().weight
+    optimizer = common.make_optimizer(cfg.optimizer, [
+        {"params": list(backbone.unet.parameters()), "lr": cfg.lr_unet},
+        {"params": [embeddings], "lr": cfg.lr_text},
+    ], cfg.weight_decay)
+    return accelerator.prepare(backbone.unet, backbone.text_encoder, optimizer)
 
 
 def train_generator(data_cfg: DataConfig, cfg: TrainConfig, out: str | Path,
@@ -158,14 +189,8 @@ def train_generator(data_cfg: DataConfig, cfg: TrainConfig, out: str | Path,
     blocks = sorted({b for group in da_blocks(cfg, backbone.unet).values() for b in group})
     capture = AttentionCapture(backbone.unet, blocks, cfg.attention_softmax)
 
+    unet, text_encoder, optimizer = prepare_training(backbone, cfg, accelerator)
     embeddings = backbone.text_encoder.get_input_embeddings().weight
-    optimizer = common.make_optimizer(cfg.optimizer, [
-        {"params": list(backbone.unet.parameters()), "lr": cfg.lr_unet},
-        {"params": [embeddings], "lr": cfg.lr_text},
-    ], cfg.weight_decay)
-    unet, text_encoder, optimizer = accelerator.prepare(backbone.unet, backbone.text_encoder, optimizer)
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
-    backbone.vae.to(accelerator.device, weight_dtype)
     frozen_rows = _frozen_rows(embeddings, new_ids) if cfg.train_new_rows_only else None
 
     total_steps = cfg.total_steps(len(split.types))
@@ -213,7 +238,8 @@ def export_generator(accelerator, backbone: Backbone, unet, text_encoder, spec: 
     """Write unet/, text_encoder/, tokenizer/, scheduler/ then the metadata (last: the marker)."""
     parts = {
         "unet": accelerator.unwrap_model(unet),
-        "text_encoder": accelerator.unwrap_model(text_encoder),
+        # fp32 like the base, also where half_frozen stored its frozen layers in half
+        "text_encoder": accelerator.unwrap_model(text_encoder).to(torch.float32),
         "tokenizer": backbone.tokenizer,
         "scheduler": backbone.scheduler,
     }

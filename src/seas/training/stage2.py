@@ -88,12 +88,12 @@ def train_mask_head(run_dir: str | Path, cfg: MaskConfig, resume: str | None = N
     accelerator = common.make_accelerator(run_dir, cfg.mixed_precision)
     common.start_run_folder(accelerator, run_dir, STAGE, MASK_MARKER, cfg.to_dict(), overwrite)
 
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
+    weight_dtype = common.autocast_dtype(cfg.mixed_precision) if cfg.half_frozen else torch.float32
     for frozen in (bb.unet, bb.vae, bb.text_encoder):
         frozen.requires_grad_(False).eval().to(accelerator.device, weight_dtype)
     torch.manual_seed(cfg.seed)  # the head's initial weights
     head = build_head(loaded)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = common.make_optimizer("adamw", [{"params": list(head.parameters()), "lr": cfg.lr}], cfg.weight_decay)
     head, optimizer = accelerator.prepare(head, optimizer)
     start = common.resume_checkpoint(accelerator, run_dir, STAGE, resume) if resume else 0
     if accelerator.is_main_process and accelerator.log_with:

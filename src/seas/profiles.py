@@ -1,0 +1,105 @@
+"""Memory/speed profiles: one option (``--profile``) that sets several switches at once.
+
+Profiles resolve into the concrete switches a run records (its config, its generation
+settings), so a run never depends on the machine that resolves the profile later. An option
+given explicitly on the command line wins over the profile's value.
+
+Training (``seas train``, ``seas train-mask``):
+
+=====================  =========  ===============  =======================================
+switch                 default    fast             low-memory
+=====================  =========  ===============  =======================================
+mixed precision        no (fp32)  bf16 (fp16 on    bf16 (fp16 on GPUs without bf16)
+                                  GPUs w/o bf16)
+frozen parts in half   --         yes              yes
+gradient checkpointing no         no               yes (stage 1; stage 2 trains no U-Net)
+optimizer (stage 1)    AdamW      AdamW            8-bit AdamW where bitsandbytes is
+                                                   installed, else AdamW
+=====================  =========  ===============  =======================================
+
+Generation (``seas generate``, :class:`seas.pipeline.SeaSPipeline`):
+
+=====================  =========  ===============  =======================================
+switch                 default    fast             low-memory
+=====================  =========  ===============  =======================================
+weights                fp32       half             half
+VAE slicing            no         no               yes (one image per decode and mask head)
+VAE tiling             no         no               yes (mask-free decodes above the tile size)
+attention slicing      no         no               no (see docs/PERFORMANCE.md: with fused
+                                                   SDPA it costs memory, so it is an option)
+=====================  =========  ===============  =======================================
+
+"half" is fp16 on a GPU and bf16 on a CPU (CPUs have no fast fp16 matrix kernels); on a GPU
+without bf16 support (before Ampere) bf16 training falls back to fp16. Gradients are always
+released with ``zero_grad(set_to_none=True)`` (every profile).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+
+import torch
+
+from .config import PROFILES, check_profile
+
+__all__ = ["PROFILES", "check_profile", "train_switches", "generation_switches", "GenerationSwitches"]
+
+
+def autocast_precision(device: torch.device | str | None = None) -> str:
+    """The mixed-precision mode of the half-precision profiles on ``device``: bf16, or fp16
+    on a CUDA GPU without bf16 support."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return "fp16"
+    return "bf16"
+
+
+def half_dtype(device: torch.device | str) -> torch.dtype:
+    """Half-precision weight dtype for inference: fp16 on a GPU, bf16 on a CPU."""
+    return torch.float16 if torch.device(device).type == "cuda" else torch.bfloat16
+
+
+def has_bitsandbytes() -> bool:
+    return importlib.util.find_spec("bitsandbytes") is not None
+
+
+def train_switches(profile: str, stage: str = "generator", device: torch.device | str | None = None) -> dict:
+    """The config values ``profile`` sets for training stage ``stage`` ("generator" or "mask").
+
+    Keys are TrainConfig / MaskConfig field names.
+    """
+    check_profile(profile)
+    if profile == "default":
+        switches = {"mixed_precision": "no"}
+        if stage == "generator":
+            switches.update(gradient_checkpointing=False, optimizer="adamw")
+        return switches
+    switches = {"mixed_precision": autocast_precision(device), "half_frozen": True}
+    if stage == "generator":
+        low = profile == "low-memory"
+        switches.update(gradient_checkpointing=low, optimizer="adamw8bit" if low and has_bitsandbytes() else "adamw")
+    return switches
+
+
+@dataclass(frozen=True)
+class GenerationSwitches:
+    """How a :class:`~seas.pipeline.SeaSPipeline` spends memory."""
+
+    dtype: torch.dtype = torch.float32
+    vae_slicing: bool = False  # decode (and run the mask head on) one image at a time
+    vae_tiling: bool = False  # tile decodes whose features nobody reads (images without masks)
+    attention_slicing: bool = False  # diffusers' sliced attention in the U-Net instead of fused SDPA
+
+    def to_dict(self) -> dict:
+        return {"dtype": str(self.dtype).removeprefix("torch."), "vae_slicing": self.vae_slicing,
+                "vae_tiling": self.vae_tiling, "attention_slicing": self.attention_slicing}
+
+
+def generation_switches(profile: str, device: torch.device | str) -> GenerationSwitches:
+    """The generation switches of ``profile`` on ``device``."""
+    check_profile(profile)
+    if profile == "default":
+        return GenerationSwitches()
+    low = profile == "low-memory"
+    return GenerationSwitches(dtype=half_dtype(device), vae_slicing=low, vae_tiling=low)
