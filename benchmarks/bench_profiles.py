@@ -23,6 +23,7 @@ memory is the most the process held while the timed work ran, weights included: 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -36,7 +37,9 @@ import torch
 from .common import gib
 
 TRAIN_VARIANTS = ("reference", "default", "fast", "low-memory")
-GEN_PROFILES = ("default", "fast", "low-memory")
+# Generation: each profile, and low-memory with attention slicing added (an option, off in
+# every profile: with fused SDPA it costs memory and time, which this row shows).
+GEN_VARIANTS = ("default", "fast", "low-memory", "low-memory+attention-slicing")
 
 
 # ----------------------------------------------------------------------------- workers
@@ -95,7 +98,7 @@ def train_worker(variant: str, args) -> dict:
 
     device = torch.device(args.device)
     if variant == "reference":
-        switches = {"optimizer": "adamw8bit" if has_bitsandbytes() else "adamw", "mixed_precision": "no"}
+        switches = {"optimizer": "adamw8bit" if has_bitsandbytes() else "adamw", "mixed_precision": "no", "half_frozen": False}
     else:
         switches = {"profile": variant, **train_switches(variant, device=device)}
     cfg = TrainConfig(resolution=args.resolution, batch_size=args.batch_size, **switches)
@@ -147,7 +150,10 @@ def generation_worker(profile: str, args) -> dict:
     from seas.pipeline import SeaSPipeline
     from seas.profiles import generation_switches
 
+    profile, _, extra = profile.partition("+")
     switches = generation_switches(profile, args.device)
+    if extra == "attention-slicing":
+        switches = dataclasses.replace(switches, attention_slicing=True)
     pipe = SeaSPipeline.from_run(args.run, device=args.device, switches=switches)
     kind = pipe.types[0]
 
@@ -207,7 +213,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="training steps before timing (default 1)")
     parser.add_argument("--repeats", type=int, default=2, help="timed training steps (default 2)")
     parser.add_argument("--gen-batch", type=int, default=2, help="images per sampler call (default 2; 10 on a GPU)")
-    parser.add_argument("--gen-num", type=int, default=2, help="timed images per profile (default 2)")
+    parser.add_argument("--gen-num", type=int, default=4, help="timed images per profile (default 4)")
     parser.add_argument("--gen-steps", type=int, default=5, help="sampling steps (default 5; 25 on a GPU)")
     parser.add_argument("--gen-base", choices=["sd15", "tiny"], default="sd15",
                         help="model shape for generation (default sd15; tiny for a quick check)")
@@ -247,13 +253,13 @@ def main() -> None:
     if not args.skip_generation:
         with tempfile.TemporaryDirectory() as tmp:
             run = _make_run(args, Path(tmp))
-            gen = {p: _run_worker("generation", p, args, ["--run", run]) for p in GEN_PROFILES}
+            gen = {v: _run_worker("generation", v, args, ["--run", run]) for v in GEN_VARIANTS}
         print(f"\ngeneration with masks: {args.gen_base} shape, batch {args.gen_batch}, {args.gen_steps} steps, "
               f"{args.gen_num} timed images")
-        print(f"{'profile':<12}{'images/s':>10}{'peak memory':>14}  switches")
-        for profile, m in gen.items():
+        print(f"{'profile':<30}{'images/s':>10}{'peak memory':>14}  switches")
+        for variant, m in gen.items():
             switches = ", ".join(f"{k}={v}" for k, v in m["switches"].items())
-            print(f"{profile:<12}{m['images_per_second']:>10.3f}{gib(m['peak']):>14}  {switches}")
+            print(f"{variant:<30}{m['images_per_second']:>10.3f}{gib(m['peak']):>14}  {switches}")
 
 
 if __name__ == "__main__":

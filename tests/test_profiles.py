@@ -27,17 +27,31 @@ from seas.training.stage1 import PromptTables, compute_losses, prepare_backbone,
 @pytest.mark.parametrize("bnb", [True, False])
 def test_train_switches_of_each_profile(monkeypatch, bnb):
     monkeypatch.setattr(profiles, "has_bitsandbytes", lambda: bnb)
-    assert profiles.train_switches("default") == {"mixed_precision": "no", "gradient_checkpointing": False,
-                                                   "optimizer": "adamw"}
-    assert profiles.train_switches("fast", device="cpu") == {
-        "mixed_precision": "bf16", "half_frozen": True, "gradient_checkpointing": False, "optimizer": "adamw"}
-    assert profiles.train_switches("low-memory", device="cpu") == {
-        "mixed_precision": "bf16", "half_frozen": True, "gradient_checkpointing": True,
-        "optimizer": "adamw8bit" if bnb else "adamw"}
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    fp32 = {"mixed_precision": "no", "half_frozen": True, "gradient_checkpointing": False, "optimizer": "adamw"}
+    assert profiles.train_switches("default", device="cpu") == fp32
+    assert profiles.train_switches("default", device="cuda") == fp32
+    # fast: half precision on GPUs; fp32 on CPUs, where bf16 autocast measured slower
+    assert profiles.train_switches("fast", device="cpu") == fp32
+    assert profiles.train_switches("fast", device="cuda") == {**fp32, "mixed_precision": "bf16"}
+    low = {"mixed_precision": "bf16", "half_frozen": True, "gradient_checkpointing": True,
+           "optimizer": "adamw8bit" if bnb else "adamw"}
+    assert profiles.train_switches("low-memory", device="cpu") == low
+    assert profiles.train_switches("low-memory", device="cuda") == low
     # stage 2 trains only the head: precision switches alone
     assert profiles.train_switches("low-memory", "mask", device="cpu") == {"mixed_precision": "bf16", "half_frozen": True}
     with pytest.raises(ConfigError, match="--profile huge: choose one of default, fast, low-memory"):
         profiles.train_switches("huge")
+
+
+def test_generation_switches_of_each_profile():
+    half = profiles.GenerationSwitches(dtype=torch.float16)
+    assert profiles.generation_switches("default", "cuda") == profiles.GenerationSwitches()
+    assert profiles.generation_switches("fast", "cuda") == half
+    assert profiles.generation_switches("fast", "cpu") == profiles.GenerationSwitches()
+    assert profiles.generation_switches("low-memory", "cpu") == profiles.GenerationSwitches(
+        dtype=torch.bfloat16, vae_slicing=True, vae_tiling=True)
+    assert profiles.generation_switches("low-memory", "cuda").dtype == torch.float16
 
 
 def test_gpu_without_bf16_falls_back_to_fp16(monkeypatch):
@@ -61,8 +75,9 @@ def test_profile_sets_config_and_explicit_options_win(monkeypatch):
     assert (cfg.mixed_precision, cfg.half_frozen, cfg.gradient_checkpointing, cfg.optimizer) == ("fp16", False, False, "adamw")
     cfg = train_config(_train_args())  # no profile: the reference's fp32 numerics
     assert (cfg.profile, cfg.mixed_precision, cfg.gradient_checkpointing, cfg.optimizer) == ("default", "no", False, "adamw")
-    mask = profile_config(MaskConfig, build_parser().parse_args(["train-mask", "--run", "r", "--profile", "fast"]), "mask")
-    assert (mask.profile, mask.mixed_precision, mask.half_frozen) == ("fast", "bf16", True)
+    mask = profile_config(MaskConfig, build_parser().parse_args(["train-mask", "--run", "r", "--profile", "low-memory"]),
+                          "mask")
+    assert (mask.profile, mask.mixed_precision, mask.half_frozen) == ("low-memory", "bf16", True)
 
 
 def test_unknown_profile_is_refused_by_the_command_line(capsys):
@@ -158,13 +173,13 @@ def test_low_memory_run_records_its_switches_and_exports_fp32(tmp_path, tiny16, 
     assert "--profile was low-memory, now default" in error and "--gradient-checkpointing was True, now False" in error
 
 
-def test_mask_stage_under_the_fast_profile(tmp_path, tiny16, product64):
+def test_mask_stage_under_the_low_memory_profile(tmp_path, tiny16, product64):
     cfg = TrainConfig(base=str(tiny16), resolution=64, batch_size=1, grad_accum=1, steps=1)
     run = train_generator(DataConfig(root=str(product64), layout="mvtec"), cfg, tmp_path / "run")
-    assert main(["train-mask", "--run", str(run), "--steps", "2", "--batch-size", "1", "--profile", "fast"]) == 0
+    assert main(["train-mask", "--run", str(run), "--steps", "2", "--batch-size", "1", "--profile", "low-memory"]) == 0
     from seas.run import MASK_MARKER, load_mask_head
 
     config = json.loads((run / MASK_MARKER).read_text())["config"]
-    assert (config["profile"], config["mixed_precision"], config["half_frozen"]) == ("fast", "bf16", True)
+    assert (config["profile"], config["mixed_precision"], config["half_frozen"]) == ("low-memory", "bf16", True)
     head = load_mask_head(run)
     assert head.dtype == torch.float32 and all(torch.isfinite(p).all() for p in head.parameters())

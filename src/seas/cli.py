@@ -154,9 +154,12 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 PROFILE_HELP = {
-    "generator": "default: fp32, AdamW; fast: bf16 autocast, frozen parts in half; low-memory: fast plus "
-              "gradient checkpointing and 8-bit AdamW (where bitsandbytes is installed). Explicit options win",
-    "mask": "default: fp32; fast and low-memory: bf16 autocast, frozen generator in half. Explicit options win",
+    "generator": "default: fp32, AdamW; fast: bf16 autocast (fp16 on GPUs without bf16) with the frozen parts "
+                 "in half on a GPU, fp32 on a CPU (where bf16 is slower); low-memory: bf16 autocast, frozen parts "
+                 "in half, gradient checkpointing and 8-bit AdamW (where bitsandbytes is installed). "
+                 "Explicit options win",
+    "mask": "default: fp32; fast: bf16 autocast with the frozen generator in half on a GPU, fp32 on a CPU; "
+            "low-memory: bf16 autocast and frozen generator in half on any device. Explicit options win",
 }
 
 

@@ -409,8 +409,9 @@ def add_memory_args(p: argparse.ArgumentParser) -> None:
 
     g = p.add_argument_group("memory and precision (docs/GENERATION.md; a folder resumes only with the same)")
     g.add_argument("--profile", choices=PROFILES, default="default",
-                   help="default: fp32; fast: half-precision weights (fp16 on a GPU, bf16 on a CPU); "
-                   "low-memory: fast plus VAE slicing and tiling. Explicit options below win")
+                   help="default: fp32; fast: fp16 weights on a GPU (fp32 on a CPU, where bf16 is slower); "
+                   "low-memory: half-precision weights (fp16 on a GPU, bf16 on a CPU) plus VAE slicing and tiling. "
+                   "Explicit options below win")
     g.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
                    help="precision of the weights and activations (default: the profile's)")
     g.add_argument("--vae-slicing", action=argparse.BooleanOptionalAction, default=None,
