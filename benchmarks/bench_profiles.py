@@ -8,6 +8,8 @@ encoder, SD VAE), in one run:
                 gradient checkpointing, every cross-attention map materialised and kept on
                 the CPU (benchmarks.common.ReferenceLosses)
     default / fast / low-memory   seas's stage 1 under each --profile (seas.profiles)
+    default+foreach-adamw   the default profile with torch's default AdamW kernel instead of
+                the fused one seas uses (the before/after of that change)
   seconds per step, peak memory, and the speed ratio reference / profile;
 * generation: images per second with masks and peak memory under each profile.
 
@@ -36,7 +38,9 @@ import torch
 
 from .common import gib
 
-TRAIN_VARIANTS = ("reference", "default", "fast", "low-memory")
+# "default+foreach-adamw": the default profile with torch's default multi-tensor AdamW kernel,
+# as seas ran before it switched to the fused kernel (the before/after of that change).
+TRAIN_VARIANTS = ("reference", "default", "fast", "low-memory", "default+foreach-adamw")
 # Generation: each profile, and low-memory with attention slicing added (an option, off in
 # every profile: with fused SDPA it costs memory and time, which this row shows).
 GEN_VARIANTS = ("default", "fast", "low-memory", "low-memory+attention-slicing")
@@ -81,6 +85,17 @@ def _print_profile(fn, device: torch.device, rows: int = 15) -> None:
     print(prof.key_averages().table(sort_by=key, row_limit=rows), file=sys.stderr)
 
 
+def _use_foreach_adamw() -> None:
+    """Make ``torch.optim.AdamW`` ignore ``fused=True`` in this worker process."""
+    base = torch.optim.AdamW
+
+    class ForeachAdamW(base):
+        def __init__(self, *a, fused=None, **kw):
+            super().__init__(*a, foreach=True, **kw)
+
+    torch.optim.AdamW = ForeachAdamW
+
+
 def train_worker(variant: str, args) -> dict:
     """Build the model, run ``args.warmup`` steps, then time ``args.repeats`` steps."""
     from accelerate import Accelerator
@@ -97,6 +112,9 @@ def train_worker(variant: str, args) -> dict:
     from .common import ReferenceLosses, sd15_components
 
     device = torch.device(args.device)
+    variant, _, extra = variant.partition("+")
+    if extra == "foreach-adamw":
+        _use_foreach_adamw()
     if variant == "reference":
         switches = {"optimizer": "adamw8bit" if has_bitsandbytes() else "adamw", "mixed_precision": "no", "half_frozen": False}
     else:
@@ -246,10 +264,10 @@ def main() -> None:
         reference = train["reference"]["seconds"]
         print(f"\ntraining: one stage-1 update, batch {args.batch_size}+{args.batch_size}, "
               f"mean of {args.repeats} timed steps after {args.warmup} warm-up")
-        print(f"{'variant':<12}{'s/step':>10}{'peak memory':>14}{'speed vs reference':>20}  switches")
+        print(f"{'variant':<22}{'s/step':>10}{'peak memory':>14}{'speed vs reference':>20}  switches")
         for variant, m in train.items():
             switches = ", ".join(f"{k}={v}" for k, v in m["config"].items())
-            print(f"{variant:<12}{m['seconds']:>10.3f}{gib(m['peak']):>14}{reference / m['seconds']:>19.2f}x  {switches}")
+            print(f"{variant:<22}{m['seconds']:>10.3f}{gib(m['peak']):>14}{reference / m['seconds']:>19.2f}x  {switches}")
     if not args.skip_generation:
         with tempfile.TemporaryDirectory() as tmp:
             run = _make_run(args, Path(tmp))
