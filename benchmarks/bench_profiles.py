@@ -209,6 +209,16 @@ def _run_worker(kind: str, name: str, args, extra: list[str]) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _print_table(columns: list[str], rows: dict[str, list]) -> None:
+    """One line per variant: its name, the ``columns`` values, then its switches (a dict)."""
+    width = max(len(name) for name in rows) + 2
+    print(f"{'variant':<{width}}" + "".join(f"{c:>14}" for c in columns) + "  switches")
+    for name, values in rows.items():
+        *cells, switches = values
+        print(f"{name:<{width}}" + "".join(f"{c:>14}" for c in cells) + "  "
+              + ", ".join(f"{k}={v}" for k, v in switches.items()))
+
+
 def _table(stderr: str) -> str:
     """The profiler table within a worker's stderr (it starts at a line of dashes)."""
     lines = stderr.splitlines()
@@ -264,20 +274,17 @@ def main() -> None:
         reference = train["reference"]["seconds"]
         print(f"\ntraining: one stage-1 update, batch {args.batch_size}+{args.batch_size}, "
               f"mean of {args.repeats} timed steps after {args.warmup} warm-up")
-        print(f"{'variant':<22}{'s/step':>10}{'peak memory':>14}{'speed vs reference':>20}  switches")
-        for variant, m in train.items():
-            switches = ", ".join(f"{k}={v}" for k, v in m["config"].items())
-            print(f"{variant:<22}{m['seconds']:>10.3f}{gib(m['peak']):>14}{reference / m['seconds']:>19.2f}x  {switches}")
+        _print_table(["s/step", "peak memory", "vs reference"], {
+            variant: [f"{m['seconds']:.3f}", gib(m["peak"]), f"{reference / m['seconds']:.2f}x", m["config"]]
+            for variant, m in train.items()})
     if not args.skip_generation:
         with tempfile.TemporaryDirectory() as tmp:
             run = _make_run(args, Path(tmp))
             gen = {v: _run_worker("generation", v, args, ["--run", run]) for v in GEN_VARIANTS}
         print(f"\ngeneration with masks: {args.gen_base} shape, batch {args.gen_batch}, {args.gen_steps} steps, "
               f"{args.gen_num} timed images")
-        print(f"{'profile':<30}{'images/s':>10}{'peak memory':>14}  switches")
-        for variant, m in gen.items():
-            switches = ", ".join(f"{k}={v}" for k, v in m["switches"].items())
-            print(f"{variant:<30}{m['images_per_second']:>10.3f}{gib(m['peak']):>14}  {switches}")
+        _print_table(["images/s", "peak memory"], {
+            variant: [f"{m['images_per_second']:.3f}", gib(m["peak"]), m["switches"]] for variant, m in gen.items()})
 
 
 if __name__ == "__main__":
