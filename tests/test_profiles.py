@@ -120,11 +120,9 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny16, product64, weig
         torch.testing.assert_close(grads[True][name], grad, rtol=1e-4, atol=1e-7, msg=name)
 
 
-def test_half_frozen_stores_frozen_parts_in_half_and_trains(tiny16, product64):
-    from accelerate import Accelerator
-
+def test_half_frozen_stores_frozen_parts_in_half_and_trains(tiny16, product64, tmp_path):
     cfg, bb, prompts, batch = _one_batch(tiny16, product64, mixed_precision="bf16", half_frozen=True)
-    accelerator = Accelerator(cpu=True, mixed_precision="bf16")
+    accelerator = common.make_accelerator(tmp_path, "bf16")
     unet, text_encoder, optimizer = prepare_training(bb, cfg, accelerator)
     token_embedding = bb.text_encoder.get_input_embeddings().weight
     assert bb.vae.dtype == torch.bfloat16
@@ -142,11 +140,9 @@ def test_half_frozen_stores_frozen_parts_in_half_and_trains(tiny16, product64):
     assert not torch.equal(token_embedding.detach()[used], before[used])
 
 
-def test_without_half_frozen_the_frozen_parts_stay_fp32(tiny16, product64):
-    from accelerate import Accelerator
-
+def test_without_half_frozen_the_frozen_parts_stay_fp32(tiny16, product64, tmp_path):
     cfg, bb, _, _ = _one_batch(tiny16, product64, mixed_precision="bf16", half_frozen=False)
-    prepare_training(bb, cfg, Accelerator(cpu=True, mixed_precision="bf16"))
+    prepare_training(bb, cfg, common.make_accelerator(tmp_path, "bf16"))
     assert bb.vae.dtype == torch.float32
     assert {p.dtype for p in bb.text_encoder.parameters()} == {torch.float32}
 
@@ -183,3 +179,10 @@ def test_mask_stage_under_the_low_memory_profile(tmp_path, tiny16, product64):
     assert (config["profile"], config["mixed_precision"], config["half_frozen"]) == ("low-memory", "bf16", True)
     head = load_mask_head(run)
     assert head.dtype == torch.float32 and all(torch.isfinite(p).all() for p in head.parameters())
+
+
+def test_stages_of_one_process_may_use_different_precisions(tmp_path):
+    """accelerate keeps one precision per process; each stage's accelerator sets its own."""
+    assert common.make_accelerator(tmp_path, "no").mixed_precision == "no"
+    assert common.make_accelerator(tmp_path, "bf16").mixed_precision == "bf16"
+    assert common.make_accelerator(tmp_path, "no").mixed_precision == "no"
