@@ -186,3 +186,36 @@ def test_stages_of_one_process_may_use_different_precisions(tmp_path):
     assert common.make_accelerator(tmp_path, "no").mixed_precision == "no"
     assert common.make_accelerator(tmp_path, "bf16").mixed_precision == "bf16"
     assert common.make_accelerator(tmp_path, "no").mixed_precision == "no"
+
+
+def test_low_memory_run_with_8bit_adamw_resumes_to_the_same_weights(tmp_path, tiny16, product64, monkeypatch):
+    """Every low-memory switch at once (bf16, half frozen parts, checkpointing, 8-bit AdamW):
+    a run stopped after a checkpoint and resumed ends with the weights of an uninterrupted one,
+    so the 8-bit optimizer states and the half-precision parts survive the checkpoint."""
+    pytest.importorskip("bitsandbytes")
+    switches = profiles.train_switches("low-memory", device="cpu")
+    assert switches["optimizer"] == "adamw8bit"
+    cfg = TrainConfig(base=str(tiny16), resolution=64, batch_size=1, grad_accum=1, steps=4, checkpoint_every=2,
+                      profile="low-memory", **switches)
+    dcfg = DataConfig(root=str(product64), layout="mvtec")
+    full = train_generator(dcfg, cfg, tmp_path / "full")
+
+    real_save = common.save_checkpoint
+
+    def save_then_die(accelerator, run, stage, step, keep):
+        real_save(accelerator, run, stage, step, keep)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(common, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_generator(dcfg, cfg, tmp_path / "cut")
+    monkeypatch.setattr(common, "save_checkpoint", real_save)
+    cut = train_generator(dcfg, cfg, tmp_path / "cut", resume="latest")
+
+    from diffusers import UNet2DConditionModel
+
+    unet_full = UNet2DConditionModel.from_pretrained(full / "unet").state_dict()
+    unet_cut = UNet2DConditionModel.from_pretrained(cut / "unet").state_dict()
+    base = UNet2DConditionModel.from_pretrained(tiny16 / "unet").state_dict()
+    assert any(not torch.equal(unet_full[k], base[k]) for k in base)  # it trained
+    assert all(torch.equal(unet_full[k], unet_cut[k]) for k in unet_full)
