@@ -27,7 +27,7 @@ journals into ``manifest.rank<R>.jsonl``; after all have finished, the main proc
 batches do not depend on the process count: the outputs are those of one process.
 
 Modules that import torch are imported inside the functions that use them, so that building
-the command line (:func:`add_parser`) imports only :mod:`seas.profiles` (its profile names).
+the command line (:func:`add_parser`) stays free of torch (profile names come from :mod:`seas.config`).
 """
 
 from __future__ import annotations
