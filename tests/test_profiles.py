@@ -80,6 +80,14 @@ def test_profile_sets_config_and_explicit_options_win(monkeypatch):
     assert (mask.profile, mask.mixed_precision, mask.half_frozen) == ("low-memory", "bf16", True)
 
 
+def test_low_memory_without_bitsandbytes_says_it_falls_back(monkeypatch, capsys):
+    monkeypatch.setattr(profiles, "has_bitsandbytes", lambda: False)
+    assert train_config(_train_args("--profile", "low-memory")).optimizer == "adamw"
+    assert "8-bit AdamW only with bitsandbytes installed" in capsys.readouterr().err
+    train_config(_train_args("--profile", "low-memory", "--optimizer", "adamw"))  # chosen: no note
+    assert capsys.readouterr().err == ""
+
+
 def test_unknown_profile_is_refused_by_the_command_line(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--data", "d", "--out", "o", "--profile", "tiny"])

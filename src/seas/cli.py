@@ -188,7 +188,11 @@ def profile_config(config_class, args, stage: str):
 
 def train_config(args):
     from .config import TrainConfig
+    from .profiles import has_bitsandbytes
 
+    if args.profile == "low-memory" and args.optimizer is None and not has_bitsandbytes():
+        print("note: --profile low-memory uses 8-bit AdamW only with bitsandbytes installed "
+              "(pip install bitsandbytes); training with AdamW (4x the optimizer memory)", file=sys.stderr)
     return profile_config(TrainConfig, args, "generator")
 
 
