@@ -20,7 +20,7 @@ import time
 import torch
 
 
-def seconds_per_update(optimizer, params, device: torch.device, repeats: int) -> float:
+def seconds_per_update(optimizer, device: torch.device, repeats: int) -> float:
     optimizer.step()  # first update allocates the states
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -58,7 +58,7 @@ def main() -> None:
     results = {}
     for name, make in kinds.items():
         optimizer = make()
-        results[name] = (seconds_per_update(optimizer, params, device, args.repeats), state_bytes(optimizer))
+        results[name] = (seconds_per_update(optimizer, device, args.repeats), state_bytes(optimizer))
         del optimizer
     fused = results["AdamW, fused (seas)"][0]
     n = sum(p.numel() for p in params)

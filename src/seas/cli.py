@@ -136,8 +136,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--optimizer", choices=["adamw", "adamw8bit"], default=None,
                    help="adamw8bit needs bitsandbytes (the reference's choice; default: the profile's)")
     g.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
-                   help="recompute U-Net activations in backward: less memory, about a third more compute "
-                   "(default: the profile's)")
+                   help="recompute U-Net activations in backward: less memory, each block's forward runs "
+                   "twice (default: the profile's)")
     g.add_argument("--seed", type=int, default=d.seed, help="seed of every random draw (default 0)")
     g.add_argument("--tokens-per-type", type=int, default=d.tokens_per_type, help="anomaly tokens per type (default 4)")
     g.add_argument("--normal-tokens", type=int, default=d.normal_tokens, help="normal tokens (default 1)")

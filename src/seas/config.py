@@ -90,7 +90,6 @@ def check_profile(profile: str) -> None:
         raise ConfigError(f"--profile {profile}: choose one of {', '.join(PROFILES)}")
 
 
-
 @dataclass
 class MaskConfig:
     """Stage 2: training the Refined Mask Prediction head with the generator frozen."""

@@ -46,15 +46,17 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import PROFILES, check_profile
+from .config import check_profile
 
-__all__ = ["PROFILES", "check_profile", "train_switches", "generation_switches", "GenerationSwitches"]
+
+def _device(device: torch.device | str | None) -> torch.device:
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def autocast_precision(device: torch.device | str | None = None) -> str:
     """The mixed-precision mode of the half-precision profiles on ``device``: bf16, or fp16
     on a CUDA GPU without bf16 support."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = _device(device)
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         return "fp16"
     return "bf16"
@@ -71,13 +73,9 @@ def has_bitsandbytes() -> bool:
 
 def _uses_half(profile: str, device: torch.device) -> bool:
     """low-memory: always; fast: on GPUs only. On this project's CPU (avx512_bf16) bf16 was
-    measured slower than fp32: 1.23-1.30x per training step, 1.8x per generated image
+    measured slower than fp32: 1.23-1.30x per training step, 1.15-1.8x per generated image
     (docs/PERFORMANCE.md), so fast means fp32 there."""
     return profile == "low-memory" or (profile == "fast" and device.type == "cuda")
-
-
-def _device(device: torch.device | str | None) -> torch.device:
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def train_switches(profile: str, stage: str = "generator", device: torch.device | str | None = None) -> dict:
