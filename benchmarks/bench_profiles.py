@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from .common import gib
+from benchmarks.common import gib
 
 # "default+foreach-adamw": the default profile with torch's default multi-tensor AdamW kernel,
 # as seas ran before it switched to the fused kernel (the before/after of that change).
@@ -51,7 +51,7 @@ GEN_VARIANTS = ("default", "fast", "low-memory", "low-memory+attention-slicing")
 
 def _peak_probe(device: torch.device):
     """(start, stop) around the timed work; stop() returns the peak bytes held meanwhile."""
-    from .common import RssSampler, release_free_memory
+    from benchmarks.common import RssSampler, release_free_memory
 
     if device.type == "cuda":
         def start():
@@ -100,16 +100,16 @@ def train_worker(variant: str, args) -> dict:
     """Build the model, run ``args.warmup`` steps, then time ``args.repeats`` steps."""
     from accelerate import Accelerator
 
-    from seas.attention import AttentionCapture
-    from seas.backbone import Backbone
+    from seas.model.attention import AttentionCapture
+    from seas.model.backbone import Backbone
     from seas.config import TrainConfig
     from seas.profiles import has_bitsandbytes, train_switches
-    from seas.prompts import PromptSpec, add_placeholder_tokens
-    from seas.training.common import step_generator
+    from seas.model.prompts import PromptSpec, add_placeholder_tokens
+    from seas.seeds import step_generator
     from seas.training.stage1 import PromptTables, compute_losses, da_blocks, prepare_training, set_trainable
 
-    from .bench_train_step import make_batch
-    from .common import ReferenceLosses, sd15_components
+    from benchmarks.bench_train_step import make_batch
+    from benchmarks.common import ReferenceLosses, sd15_components
 
     device = torch.device(args.device)
     variant, _, extra = variant.partition("+")
@@ -165,7 +165,7 @@ def train_worker(variant: str, args) -> dict:
 
 def generation_worker(profile: str, args) -> dict:
     """Load the benchmark run under ``profile``, warm up one batch, time ``args.gen_num`` images."""
-    from seas.pipeline import SeaSPipeline
+    from seas.generation.pipeline import SeaSPipeline
     from seas.profiles import generation_switches
 
     profile, _, extra = profile.partition("+")
@@ -228,7 +228,7 @@ def _table(stderr: str) -> str:
 
 def _make_run(args, folder: Path) -> str:
     """A finished run on the benchmark's model shape with a random mask head (timing only)."""
-    from .bench_generation import base_folder, make_run
+    from benchmarks.bench_generation import base_folder, make_run
 
     return str(make_run(folder, base_folder(None if args.gen_base == "tiny" else "sd15", folder), args.resolution))
 

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import psutil
 import torch
 
-from seas.attention import install_reference_maps
-from seas.losses import da_loss, diffusion_loss, mask_pyramid
+from seas.model.attention import install_reference_maps
+from seas.model.losses import da_loss, diffusion_loss, mask_pyramid
 
 
 def sd15_components(seed: int = 0) -> dict:
@@ -22,7 +22,7 @@ def sd15_components(seed: int = 0) -> dict:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from seas.backbone import SD_SCHEDULER_CONFIG, tiny_tokenizer_vocab
+    from seas.model.backbone import SD_SCHEDULER_CONFIG, tiny_tokenizer_vocab
 
     torch.manual_seed(seed)
     vocab = tiny_tokenizer_vocab()

@@ -189,13 +189,13 @@ def make_folder(fresh_dir):
 # ----------------------------------------------------------------------------- models and runs
 # A tiny backbone folder, a small synthetic product, and finished runs built from them.
 
-from seas.backbone import build_tiny_components, save_components  # noqa: E402
-from seas.config import TrainConfig  # noqa: E402
+from seas.model.backbone import build_tiny_components, save_components  # noqa: E402
+from seas.config import MaskConfig, TrainConfig  # noqa: E402
 from seas.data.config import DataConfig  # noqa: E402
 from seas.data.synthetic import write_synthetic_product  # noqa: E402
-from seas.features import unet_feature_channels, vae_feature_channels  # noqa: E402
-from seas.mask_head import RefinedMaskPredictor  # noqa: E402
-from seas.run import MASK_DIR, MASK_MARKER, load_run  # noqa: E402
+from seas.model.features import unet_feature_channels, vae_feature_channels  # noqa: E402
+from seas.model.rmp import ReferenceMaskHead, head_config_for  # noqa: E402
+from seas.run import Run  # noqa: E402
 from seas.training.stage1 import train_generator  # noqa: E402
 
 
@@ -225,22 +225,16 @@ def write_mask_head(run: Path, seed: int = 0) -> Path:
     Its BatchNorm running statistics are set away from the identity so that eval and
     training mode give visibly different predictions.
     """
-    backbone = load_run(run).backbone
+    record = Run.load(run)
+    backbone = record.load_backbone()
     torch.manual_seed(seed)
-    head = RefinedMaskPredictor(
-        unet_channels=unet_feature_channels(backbone.unet),
-        vae_channels=vae_feature_channels(backbone.vae),
-        coarse_channels=(16, 16),
-        num_layers=1,
-        num_heads=2,
-        mlp_ratio=2,
-    )
+    config = head_config_for(unet_feature_channels(backbone.unet), vae_feature_channels(backbone.vae))
+    head = ReferenceMaskHead(**(config | {"num_layers": 1}))
     for module in head.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.running_mean.uniform_(-0.5, 0.5)
             module.running_var.uniform_(0.5, 2.0)
-    head.save_pretrained(run / MASK_DIR)
-    (run / MASK_MARKER).write_text(json.dumps({"format": "seas-mask-1"}))
+    record.save_mask_head(head, MaskConfig(), steps=0)
     return run
 
 

@@ -8,8 +8,7 @@ import shutil
 import pytest
 import torch
 
-from seas.backbone import (COMPONENTS, TINY_VERSION, BackboneError, build_tiny_components, load_backbone,
-                           save_components)
+from seas.model.backbone import (COMPONENTS, TINY_VERSION, BackboneError, build_tiny_components, load_backbone, save_components)
 from seas.cli import main
 from seas.errors import SeasError
 
@@ -39,7 +38,7 @@ def public(config) -> dict:
 def test_folder_layout(saved):
     _, folder = saved
     assert sorted(p.name for p in folder.iterdir()) == sorted([*COMPONENTS, "model_index.json"])
-    assert json.loads((folder / "model_index.json").read_text())["_seas_backbone"] is True
+    assert json.loads((folder / "model_index.json").read_text())["_class_name"] == "StableDiffusionPipeline"
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no temporary folder left
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from seas.cli import main
 from seas.data.config import LAYOUT_PRESETS, DataConfig
-from seas.data.images import read_mask, read_rgb
+from seas.files.images import read_mask, read_rgb
 from seas.data.readers import Sample, read_dataset
 from seas.data.split import Split, few_shot_split, summary_rows, write_split
 from seas.errors import ConfigError, DataError
@@ -217,8 +217,8 @@ def test_folder_mask_pattern_placeholders(make_folder, tmp_path):
 def test_yaml_unknown_field_is_refused(tmp_path, capsys):
     description = tmp_path / "bad.yaml"
     description.write_text("layout: folder\nnormals: '*.png'\n")
-    line = assert_refused(capsys, tmp_path, ["--data", description], description, "unknown data field(s) normals")
-    assert "known:" in line
+    line = assert_refused(capsys, tmp_path, ["--data", description], description, "unknown key data.normals")
+    assert "known keys:" in line
 
 
 # ----------------------------------------------------------------------------- behaviour fields
@@ -230,14 +230,17 @@ def test_behaviour_comes_from_the_layout_not_the_path(layout, tmp_path):
     for name in ("VisA_3d_mvtec", "plain"):
         cfg = DataConfig(root=str(tmp_path / name), layout=layout, normal=["*.png"], anomalies={"a": "*.png"})
         preset = LAYOUT_PRESETS[layout]
-        assert (cfg.augment, cfg.guidance, cfg.inside_rule, cfg.mask_threshold) == (
-            preset["augment"], preset["guidance"], preset["inside_rule"], preset["mask_threshold"])
+        assert (cfg.augment, cfg.guidance, cfg.inside_rule, cfg.mask_rule) == (
+            preset["augment"], preset["guidance"], preset["inside_rule"], preset["mask_rule"])
 
 
 def test_presets_table():
-    assert LAYOUT_PRESETS["mvtec"] == dict(augment=True, guidance=8.0, inside_rule="eq1", mask_threshold="half")
-    assert LAYOUT_PRESETS["mvtec3d"] == dict(augment=True, guidance=5.0, inside_rule="gt0", mask_threshold="half")
-    assert LAYOUT_PRESETS["visa"] == dict(augment=False, guidance=2.0, inside_rule="gt0", mask_threshold="nonzero")
+    assert LAYOUT_PRESETS["mvtec"] == dict(augment=True, guidance=8.0, inside_rule="eq1", mask_rule="half",
+                                           normalize_mask_targets=False)
+    assert LAYOUT_PRESETS["mvtec3d"] == dict(augment=True, guidance=5.0, inside_rule="gt0", mask_rule="half",
+                                             normalize_mask_targets=True)
+    assert LAYOUT_PRESETS["visa"] == dict(augment=False, guidance=2.0, inside_rule="gt0", mask_rule="nonzero",
+                                          normalize_mask_targets=True)
 
 
 def test_behaviour_flags_override_the_preset(make_mvtec, capsys):
@@ -245,14 +248,14 @@ def test_behaviour_flags_override_the_preset(make_mvtec, capsys):
     rc, out, _ = run_data(capsys, ["--data", root, "--product", "bottle", "--no-augment", "--guidance", "3",
                                    "--inside-rule", "gt0", "--no-check"])
     assert rc == 0
-    assert "augment False  guidance 3.0  inside_rule gt0  mask_threshold half" in out
+    assert "augment False  guidance 3.0  inside_rule gt0  mask_rule half" in out
 
 
 @pytest.mark.parametrize("values, word", [
     (dict(layout="coco"), "--layout"),
-    (dict(inside_rule="ge1"), "inside_rule"),
-    (dict(train_fraction=1.0), "train_fraction"),
-    (dict(max_normal_train=0), "max_normal_train"),
+    (dict(inside_rule="ge1"), "--inside-rule"),
+    (dict(train_fraction=1.0), "--train-fraction"),
+    (dict(max_normal_train=0), "--max-normal-train"),
     (dict(layout="folder"), "--normal"),
 ])
 def test_config_errors(values, word, tmp_path):
@@ -492,7 +495,7 @@ def test_visa_masks_hold_small_label_values(make_visa, capsys):
     rc, out, _ = run_data(capsys, args)
     assert rc == 0 and "warning" not in out
     # The same masks read at half range (0..255) are empty: the preset's "nonzero" matters.
-    rc, out, _ = run_data(capsys, [*args, "--mask-threshold", "half"])
+    rc, out, _ = run_data(capsys, [*args, "--mask-rule", "half"])
     assert rc == 0 and out.count("mask is empty") == len(VISA_ANOMALIES)
 
 
@@ -561,11 +564,11 @@ def test_rgb_and_palette_masks(tmp_path):
     assert (read_mask(save(palette, tmp_path / "p.png")) == box_mask(True, bool)).all()
 
 
-def test_nonzero_mask_threshold(tmp_path):
+def test_nonzero_mask_rule(tmp_path):
     path = save(box_mask(3), tmp_path / "labels.png")
     assert not read_mask(path, "half").any()
     assert (read_mask(path, "nonzero") == box_mask(True, bool)).all()
-    with pytest.raises(DataError, match="threshold"):
+    with pytest.raises(DataError, match="mask rule 'otsu'"):
         read_mask(path, "otsu")
 
 

@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from seas.backbone import load_backbone
-from seas.bootstrap import BootstrapConfig, bootstrap_backbone
+from seas.model.backbone import load_backbone
+from seas.training.bootstrap import BootstrapConfig, bootstrap_backbone
 from seas.cli import main
 from seas.data.config import DataConfig
 from seas.errors import ConfigError
@@ -58,8 +58,8 @@ def test_bootstrap_learns_the_product(tmp_path):
     cfg = BootstrapConfig(resolution=64, width=16, vae_width=16, vae_steps=40, unet_steps=2, batch_size=4)
     folder = bootstrap_backbone(DataConfig(root=str(root), layout="mvtec"), cfg, tmp_path / "base")
     trained = load_backbone(str(folder))
-    from seas.backbone import build_tiny_components
-    from seas.data.images import read_rgb
+    from seas.model.backbone import build_tiny_components
+    from seas.files.images import read_rgb
     from seas.data.transforms import image_to_tensor
 
     fresh = build_tiny_components(seed=cfg.seed, width=16)["vae"].eval()

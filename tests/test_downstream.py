@@ -8,10 +8,9 @@ import torch
 from PIL import Image
 
 from seas.evaluation.baselines import cut_paste, perlin_blend, perlin_mask, perlin_noise
-from seas.evaluation.downstream import (
-    DownstreamConfig, default_train_sets, load_mask, make_cut_paste_set, predict,
-    run_protocol, segmentation_loss, train_segmenter,
-)
+from seas.evaluation.downstream import DownstreamConfig, evaluate, make_cut_paste_set, predict, segmentation_loss, train_segmenter
+from seas.evaluation.evaluate import EvalConfig, build_train_sets
+from seas.files.images import as_mask
 from seas.evaluation.segmenters import BiSeNetV2, SmallUNet, build_segmenter
 
 METRIC_KEYS = {"image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap",
@@ -165,12 +164,12 @@ def test_paths_and_masks_are_loaded(tmp_path, data):
     Image.fromarray(image).save(tmp_path / "a.png")
     grey = np.where(mask, 200, 100).astype(np.uint8)
     Image.fromarray(grey).save(tmp_path / "a_mask.png")
-    np.testing.assert_array_equal(load_mask(tmp_path / "a_mask.png", mask.shape), mask)
-    np.testing.assert_array_equal(load_mask(mask.astype(np.float32), mask.shape), mask)
-    np.testing.assert_array_equal(load_mask(mask.astype(np.int64), mask.shape), mask)
+    np.testing.assert_array_equal(as_mask(tmp_path / "a_mask.png", mask.shape), mask)
+    np.testing.assert_array_equal(as_mask(mask.astype(np.float32), mask.shape), mask)
+    np.testing.assert_array_equal(as_mask(mask.astype(np.int64), mask.shape), mask)
     upsampled = mask[::2, ::2].repeat(2, axis=0).repeat(2, axis=1)
-    np.testing.assert_array_equal(load_mask(grey[::2, ::2], mask.shape), upsampled)
-    assert load_mask(None, (3, 4)).shape == (3, 4)
+    np.testing.assert_array_equal(as_mask(grey[::2, ::2], mask.shape), upsampled)
+    assert as_mask(None, (3, 4)).shape == (3, 4)
     pairs = make_cut_paste_set([(str(tmp_path / "a.png"), tmp_path / "a_mask.png")],
                                [image], n=3, seed=0)
     assert len(pairs) == 3 and all(m.any() for _, m in pairs)
@@ -178,10 +177,12 @@ def test_paths_and_masks_are_loaded(tmp_path, data):
 
 def test_protocol_end_to_end_bisenet(data):
     real, normals, generated, test = data
-    sets = default_train_sets(real, normals, generated, seed=0)
+    rows = [{"kind": "square", "image": image, "mask": mask} for image, mask in generated]
+    sets, _ = build_train_sets(real, normals, rows, EvalConfig(seed=0))
     assert set(sets) == {"real_only", "real+generated", "cut_paste", "perlin"}
     assert len(sets["real+generated"]) == len(sets["cut_paste"]) == 6 + 6 + 8
-    results = run_protocol(sets, test, _cfg(segmenter="bisenetv2", steps=30, batch_size=4))
+    cfg = _cfg(segmenter="bisenetv2", steps=30, batch_size=4)
+    results = {name: evaluate(train_segmenter(pairs, cfg), test, cfg) for name, pairs in sets.items()}
     assert set(results) == set(sets)
     for metrics in results.values():
         assert set(metrics) >= METRIC_KEYS
@@ -192,8 +193,8 @@ def test_protocol_end_to_end_bisenet(data):
 def test_training_learns_and_is_deterministic(data):
     real, normals, _, test = data
     sets = {"real_only": real + [(n, None) for n in normals]}
-    first = run_protocol(sets, test, _cfg())
-    second = run_protocol(sets, test, _cfg())
+    first = {name: evaluate(train_segmenter(pairs, _cfg()), test, _cfg()) for name, pairs in sets.items()}
+    second = {name: evaluate(train_segmenter(pairs, _cfg()), test, _cfg()) for name, pairs in sets.items()}
     assert first == second
     assert first["real_only"]["pixel_auroc"] > 0.9
     assert first["real_only"]["image_auroc"] > 0.8

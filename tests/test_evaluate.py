@@ -20,17 +20,20 @@ from conftest import TinyInception
 from PIL import Image
 
 from seas.data.config import DataConfig
-from seas.data.images import read_mask, read_rgb
+from seas.files.images import read_mask, read_rgb
 from seas.data.readers import read_dataset
 from seas.data.split import few_shot_split
 from seas.data.synthetic import write_synthetic_product
 from seas.errors import RunError, SeasError
 from seas.evaluation import quality
 from seas.evaluation.baselines import cut_paste
-from seas.evaluation.evaluate import EvalConfig, add_parser, evaluate_run, read_generated
+from seas.cli.evaluate import add_parsers
+from seas.config import TrainConfig
+from seas.evaluation.evaluate import EvalConfig, evaluate_run, read_generated
+from seas.model.prompts import PromptSpec
 from seas.evaluation.lpips import LPIPS
 from seas.evaluation.quality import WEIGHT_FILES, MissingWeightsError
-from seas.run import RUN_FORMAT, RUN_MARKER
+from seas.run import Run
 
 SETS = ("real_only", "real+generated", "cut_paste", "perlin")
 N_PER_TYPE = 8  # generated anomalies per type: more than the 6 real images, so clusters have pairs
@@ -98,9 +101,8 @@ def run_dir(tmp_path_factory) -> Path:
     split = few_shot_split(read_dataset(data), data)
     run = root / "run"
     run.mkdir()
-    meta = {"format": RUN_FORMAT, "base": "tiny", "types": split.types, "guidance": data.guidance,
-            "config": {"steps": 10, "resolution": 64, "seed": 0}, "data": data.to_dict(), "split": split.to_dict()}
-    (run / RUN_MARKER).write_text(json.dumps(meta))
+    Run(path=run, base="tiny", data=data, train=TrainConfig(base="tiny", steps=10, resolution=64),
+        prompt=PromptSpec(split.types), split=split).save()
     _write_generated(run / "generated", split)
     return run
 
@@ -194,7 +196,7 @@ def test_previous_evaluation_is_replaced_and_other_folders_refused(run_dir, tmp_
     metrics = evaluate_run(run_dir, out_dir=previous, cfg=cheap)
     assert json.loads((previous / "metrics.json").read_text())["format"] == metrics["format"]
     assert set(metrics["downstream"]) == {"real_only", "real+generated"}
-    assert metrics["generated"]["hole"] == {"rows": N_PER_TYPE, "used": 1, "with_mask": 1}
+    assert metrics["generated"]["hole"] == {"rows": N_PER_TYPE, "used": 1, "with_mask": 1, "empty_masks": 0}
     assert metrics["quality"] == {"skipped": "turned off (--no-quality)"}
     foreign = tmp_path / "foreign"
     foreign.mkdir()
@@ -235,7 +237,7 @@ def test_bad_generated_folders_give_one_line_errors(run_dir, tmp_path):
 
 def test_command_line_parser_and_command(run_dir, tmp_path, capsys):
     parser = argparse.ArgumentParser(prog="seas")
-    add_parser(parser.add_subparsers(dest="command"))
+    add_parsers(parser.add_subparsers(dest="command"))
     defaults = parser.parse_args(["evaluate", "--run", str(run_dir)])
     assert (defaults.segmenter, defaults.size, defaults.quality, defaults.generated) == ("bisenetv2", 256, None, None)
     args = parser.parse_args(["evaluate", "--run", str(run_dir), "--out", str(tmp_path / "cli"), "--segmenter", "unet",

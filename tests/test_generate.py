@@ -14,15 +14,18 @@ import torch
 from PIL import Image
 
 from seas.data.config import DataConfig
-from seas.data.images import read_mask, read_rgb
+from seas.files.images import read_mask, read_rgb
 from seas.data.readers import read_dataset
 from seas.data.transforms import image_to_tensor
 from seas.errors import ConfigError, RunError
-from seas.export import export_mvtec
-from seas.features import FeatureRecorder
-from seas.generate import add_parser, generate_to_folder, merge_manifests
-from seas.pipeline import SeaSPipeline, resolve_kind
-from seas.run import read_run_meta
+from seas.generation.export import export_mvtec
+from seas.model.features import FeatureRecorder
+from seas.cli.generate import add_parsers
+from seas.cli.options import resolve_config
+from seas.config import GenerationConfig
+from seas.generation.folder import generate_to_folder, merge_manifests
+from seas.generation.pipeline import SeaSPipeline, resolve_kind
+from seas.run import Run
 
 FAST = {"steps": 2, "progress": False}
 
@@ -67,7 +70,7 @@ def test_resolve_kind_prompts_and_labels(gen_run):
 
 
 def test_start_latent_recipe_and_reference_cycle(pipe, gen_run):
-    normals = [s["image"] for s in read_run_meta(gen_run)["split"]["normal_train"]]
+    normals = Run.load(gen_run).references
     assert len(normals) == 4
     x = pipe.start_latents([5], seed=3, signal=0.5, noise=0.25)
     image = image_to_tensor(read_rgb(normals[1]), 64)[None]
@@ -89,12 +92,12 @@ def test_mask_does_not_depend_on_batch_mates(pipe):
         np.testing.assert_allclose(other.prob, alone.prob, atol=1e-4)
         assert other.mask.shape == (64, 64) and other.mask.dtype == bool
         assert (other.mask == alone.mask).mean() > 0.99
-    pipe.mask_head.train()  # BatchNorm on batch statistics: what the reference did (defect 6)
-    try:
-        drift = np.abs(pipe.generate("scratch", [0, 5, 6], steps=2, batch_size=3)[0].prob - alone.prob).max()
-    finally:
-        pipe.mask_head.eval()
-    assert drift > 1e-2
+    # --mask-batchnorm batch: BatchNorm on batch statistics, what the reference did (defect 6)
+    in_batch = pipe.generate("scratch", [0, 5, 6], steps=2, batch_size=3, mask_batchnorm="batch")[0]
+    in_other_batch = pipe.generate("scratch", [0, 1], steps=2, batch_size=2, mask_batchnorm="batch")[0]
+    assert np.abs(in_batch.prob - alone.prob).max() > 1e-2
+    assert np.abs(in_batch.prob - in_other_batch.prob).max() > 1e-3  # a mask depends on its batch mates
+    assert np.array_equal(np.asarray(in_batch.image), np.asarray(with_five.image))  # the images do not
 
 
 def test_stopped_decode_records_the_features_of_a_full_decode(pipe):
@@ -126,7 +129,7 @@ def test_writes_images_masks_and_manifest(gen_run, tmp_path):
     assert sorted(p.name for p in (out / "hole" / "image").iterdir()) == names
     assert sorted(p.name for p in (out / "hole" / "mask").iterdir()) == names
     assert not [p for p in out.rglob(".*")]  # no temporary files left
-    normals = [s["image"] for s in read_run_meta(gen_run)["split"]["normal_train"]]
+    normals = Run.load(gen_run).references
     manifest = rows(out)
     assert [(r["kind"], r["index"], r["seed"]) for r in manifest] == [("hole", i, i) for i in range(3)]
     for i, row in enumerate(manifest):
@@ -144,7 +147,7 @@ def test_writes_images_masks_and_manifest(gen_run, tmp_path):
 
 
 def test_file_names_follow_the_count():
-    from seas.generate import name_width
+    from seas.generation.folder import name_width
 
     assert [name_width(n) for n in (1, 10, 1000, 1001, 10001)] == [3, 3, 3, 4, 5]
 
@@ -175,8 +178,8 @@ def test_resume_regenerates_exactly_the_damaged_outputs(gen_run, tmp_path):
     generate_to_folder(gen_run, out, ["hole", "good"], num=4, batch_size=1, **FAST)
     assert pngs(out) == before
     rewritten = {name for name, stamp in stamps(out).items() if stamp != stamps_before[name]}
-    assert rewritten == {"hole/image/001.png", "hole/mask/001.png", "hole/image/002.png",
-                         "hole/mask/002.png", "good/image/003.png"}
+    assert rewritten == {"hole/image/001.png", "hole/mask/001.png", "hole/prob/001.png", "hole/image/002.png",
+                         "hole/mask/002.png", "hole/prob/002.png", "good/image/003.png"}
     assert [(r["kind"], r["index"]) for r in rows(out)] == [(k, i) for k in ("good", "hole") for i in range(4)]
 
 
@@ -253,7 +256,7 @@ def test_normals_need_no_mask_head(gen_run, tmp_path):
 
 def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="seas")
-    add_parser(parser.add_subparsers(dest="command", required=True))
+    add_parsers(parser.add_subparsers(dest="command", required=True))
     return parser.parse_args(["generate", *argv])
 
 
@@ -274,8 +277,9 @@ def test_cli_types_mixtures_normals_and_export(gen_run, tmp_path, capsys):
 
 def test_cli_defaults_and_errors(gen_run):
     args = parse("--run", str(gen_run), "--normal", "--num", "1", "--steps", "1", "--quiet")
-    assert (args.num, args.steps, args.seed, args.guidance, args.signal, args.mask_threshold) == (1, 1, 0, None, None, 0.2)
-    assert parse("--run", "r", "--type", "hole").num == 1000
+    cfg = resolve_config(GenerationConfig, args)
+    assert (cfg.num, cfg.steps, cfg.seed, cfg.guidance, cfg.signal, cfg.mask_threshold) == (1, 1, 0, None, 0.0979, 0.2)
+    assert resolve_config(GenerationConfig, parse("--run", "r", "--type", "hole")).num == 1000
     assert args.func(args) == 0
     assert (Path(gen_run) / "generated" / "good" / "image" / "000.png").is_file()
     with pytest.raises(ConfigError, match="nothing to generate"):

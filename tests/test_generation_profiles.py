@@ -11,7 +11,7 @@ import torch
 
 from seas.cli import main
 from seas.errors import ConfigError
-from seas.pipeline import SeaSPipeline
+from seas.generation.pipeline import SeaSPipeline
 from seas.profiles import GenerationSwitches
 
 STEPS = 2  # with 3 mask steps: one stopped feature decode and the final decode feed the masks

@@ -9,16 +9,21 @@ import json
 import pytest
 import torch
 
+import seas.training.loop
+
 from seas import profiles
-from seas.attention import AttentionCapture
-from seas.cli import build_parser, main, profile_config, train_config
+from seas.model.attention import AttentionCapture
+from seas.cli import build_parser, main
+from seas.cli.train import mask_config, train_config
 from seas.config import MaskConfig, TrainConfig
 from seas.data.config import DataConfig
 from seas.data.readers import read_dataset
 from seas.data.split import few_shot_split
 from seas.data.training_set import TrainingSet, draw_batch
 from seas.errors import ConfigError
-from seas.training import common
+from seas.seeds import step_generator
+from seas.training.checkpoints import save_checkpoint
+from seas.training.setup import make_accelerator
 from seas.training.stage1 import PromptTables, compute_losses, prepare_backbone, prepare_training, train_generator
 
 # ----------------------------------------------------------------------------- switches
@@ -75,8 +80,7 @@ def test_profile_sets_config_and_explicit_options_win(monkeypatch):
     assert (cfg.mixed_precision, cfg.half_frozen, cfg.gradient_checkpointing, cfg.optimizer) == ("fp16", False, False, "adamw")
     cfg = train_config(_train_args())  # no profile: the reference's fp32 numerics
     assert (cfg.profile, cfg.mixed_precision, cfg.gradient_checkpointing, cfg.optimizer) == ("default", "no", False, "adamw")
-    mask = profile_config(MaskConfig, build_parser().parse_args(["train-mask", "--run", "r", "--profile", "low-memory"]),
-                          "mask")
+    mask = mask_config(build_parser().parse_args(["train-mask", "--run", "r", "--profile", "low-memory"]))
     assert (mask.profile, mask.mixed_precision, mask.half_frozen) == ("low-memory", "bf16", True)
 
 
@@ -117,7 +121,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny16, product64, weig
         bb.unet.train()
         capture = AttentionCapture(bb.unet, ["down_blocks.1", "down_blocks.2"])
         losses = compute_losses(bb, bb.unet, bb.text_encoder, capture, prompts, batch, cfg, "eq1",
-                                common.step_generator(0, 0))
+                                step_generator(0, 0))
         losses["total"].backward()
         grads[checkpointing] = {n: p.grad.clone() for n, p in bb.unet.named_parameters() if p.grad is not None}
         grads[checkpointing]["token_embedding"] = bb.text_encoder.get_input_embeddings().weight.grad.clone()
@@ -130,7 +134,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(tiny16, product64, weig
 
 def test_half_frozen_stores_frozen_parts_in_half_and_trains(tiny16, product64, tmp_path):
     cfg, bb, prompts, batch = _one_batch(tiny16, product64, mixed_precision="bf16", half_frozen=True)
-    accelerator = common.make_accelerator(tmp_path, "bf16")
+    accelerator = make_accelerator(tmp_path, "bf16")
     unet, text_encoder, optimizer = prepare_training(bb, cfg, accelerator)
     token_embedding = bb.text_encoder.get_input_embeddings().weight
     assert bb.vae.dtype == torch.bfloat16
@@ -139,7 +143,7 @@ def test_half_frozen_stores_frozen_parts_in_half_and_trains(tiny16, product64, t
     assert token_embedding.dtype == torch.float32 and bb.unet.dtype == torch.float32  # fp32 masters
     before = token_embedding.detach().clone()
     capture = AttentionCapture(bb.unet, ["down_blocks.1", "down_blocks.2"])
-    losses = compute_losses(bb, unet, text_encoder, capture, prompts, batch, cfg, "eq1", common.step_generator(0, 0))
+    losses = compute_losses(bb, unet, text_encoder, capture, prompts, batch, cfg, "eq1", step_generator(0, 0))
     assert all(torch.isfinite(v) for v in losses.values())
     accelerator.backward(losses["total"])
     assert token_embedding.grad is not None and token_embedding.grad.dtype == torch.float32
@@ -150,7 +154,7 @@ def test_half_frozen_stores_frozen_parts_in_half_and_trains(tiny16, product64, t
 
 def test_without_half_frozen_the_frozen_parts_stay_fp32(tiny16, product64, tmp_path):
     cfg, bb, _, _ = _one_batch(tiny16, product64, mixed_precision="bf16", half_frozen=False)
-    prepare_training(bb, cfg, common.make_accelerator(tmp_path, "bf16"))
+    prepare_training(bb, cfg, make_accelerator(tmp_path, "bf16"))
     assert bb.vae.dtype == torch.float32
     assert {p.dtype for p in bb.text_encoder.parameters()} == {torch.float32}
 
@@ -181,19 +185,19 @@ def test_mask_stage_under_the_low_memory_profile(tmp_path, tiny16, product64):
     cfg = TrainConfig(base=str(tiny16), resolution=64, batch_size=1, grad_accum=1, steps=1)
     run = train_generator(DataConfig(root=str(product64), layout="mvtec"), cfg, tmp_path / "run")
     assert main(["train-mask", "--run", str(run), "--steps", "2", "--batch-size", "1", "--profile", "low-memory"]) == 0
-    from seas.run import MASK_MARKER, load_mask_head
+    from seas.run import Run
 
-    config = json.loads((run / MASK_MARKER).read_text())["config"]
-    assert (config["profile"], config["mixed_precision"], config["half_frozen"]) == ("low-memory", "bf16", True)
-    head = load_mask_head(run)
+    config = Run.load(run).mask_config()
+    assert (config.profile, config.mixed_precision, config.half_frozen) == ("low-memory", "bf16", True)
+    head = Run.load(run).load_mask_head()
     assert head.dtype == torch.float32 and all(torch.isfinite(p).all() for p in head.parameters())
 
 
 def test_stages_of_one_process_may_use_different_precisions(tmp_path):
     """accelerate keeps one precision per process; each stage's accelerator sets its own."""
-    assert common.make_accelerator(tmp_path, "no").mixed_precision == "no"
-    assert common.make_accelerator(tmp_path, "bf16").mixed_precision == "bf16"
-    assert common.make_accelerator(tmp_path, "no").mixed_precision == "no"
+    assert make_accelerator(tmp_path, "no").mixed_precision == "no"
+    assert make_accelerator(tmp_path, "bf16").mixed_precision == "bf16"
+    assert make_accelerator(tmp_path, "no").mixed_precision == "no"
 
 
 def test_low_memory_run_with_8bit_adamw_resumes_to_the_same_weights(tmp_path, tiny16, product64, monkeypatch):
@@ -208,16 +212,16 @@ def test_low_memory_run_with_8bit_adamw_resumes_to_the_same_weights(tmp_path, ti
     dcfg = DataConfig(root=str(product64), layout="mvtec")
     full = train_generator(dcfg, cfg, tmp_path / "full")
 
-    real_save = common.save_checkpoint
+    real_save = save_checkpoint
 
     def save_then_die(accelerator, run, stage, step, keep):
         real_save(accelerator, run, stage, step, keep)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(common, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(seas.training.loop, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train_generator(dcfg, cfg, tmp_path / "cut")
-    monkeypatch.setattr(common, "save_checkpoint", real_save)
+    monkeypatch.setattr(seas.training.loop, "save_checkpoint", real_save)
     cut = train_generator(dcfg, cfg, tmp_path / "cut", resume="latest")
 
     from diffusers import UNet2DConditionModel

@@ -34,29 +34,32 @@ from safetensors.torch import load_file
 
 from seas.cli import main
 from seas.errors import RunError
-from seas.run import load_run
-from seas.training import common
+from seas.run import Run
+import seas.training.loop
+from seas.training.checkpoints import checkpoint_dirs, verify_checkpoint
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
        "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
 SEAS = [sys.executable, "-m", "seas.cli"]
 TINY = ["--resolution", "64", "--batch-size", "1", "--grad-accum", "1"]
-EXPORTS = ["unet", "text_encoder", "tokenizer", "scheduler", "seas_run.json", "split.json"]
+EXPORTS = ["unet", "text_encoder", "tokenizer", "scheduler", "vae", "model_index.json", "seas_run.json", "split.json"]
 
 # Runs `seas ARGV...` with a SIGKILL at an exact point: "before:NAME" / "after:NAME" of the
 # rename that puts a finished checkpoint or export folder NAME in place.
 KILL_AT = """
 import os, signal, sys
-from seas.training import common
+import seas.files.atomic as atomic
+import seas.training.checkpoints as checkpoints
 point, argv = sys.argv[1], sys.argv[2:]
-rename = common.replace_dir
+rename = atomic.replace_dir
 def replace_dir(tmp, final):
     if point == "before:" + final.name:
         os.kill(os.getpid(), signal.SIGKILL)
     rename(tmp, final)
     if point == "after:" + final.name:
         os.kill(os.getpid(), signal.SIGKILL)
-common.replace_dir = replace_dir
+atomic.replace_dir = replace_dir  # folders written by write_dir (exports)
+checkpoints.replace_dir = replace_dir  # checkpoint folders
 from seas.cli import main
 sys.exit(main(argv))
 """
@@ -111,7 +114,7 @@ def assert_equal_tensors(a_file: Path, b_file: Path) -> None:
 def assert_whole(run: Path) -> None:
     """Nothing under a final name is partial: checkpoints pass their check, JSON files parse."""
     for checkpoint in sorted((run / "checkpoints").glob("[!.]*")):
-        common.verify_checkpoint(checkpoint)
+        verify_checkpoint(checkpoint)
     for path in run.glob("[!.]*.json"):
         json.loads(path.read_text())
 
@@ -193,14 +196,14 @@ def test_train_killed_then_resumed_equals_uninterrupted(work, tiny16, product64,
     assert_whole(cut)
     # 2. the newest checkpoint damaged (truncated weights): skipped, with a message; the resumed
     #    run is SIGKILLed inside its first checkpoint, complete but not yet renamed
-    newest = common.checkpoint_dirs(cut, "generator")[-1]
+    newest = checkpoint_dirs(cut, "generator")[-1]
     weights = newest / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     out = kill_at(f"before:{newest.name}", *args, "--resume", "latest", cwd=work)
     assert f"checkpoint {newest} is damaged (model.safetensors has 1000 bytes, " in out
     assert "trying the previous one" in out and "resumed from" in out
     assert (cut / "checkpoints" / f".tmp-{newest.name}").is_dir()
-    assert common.checkpoint_dirs(cut, "generator")[-1] == newest
+    assert checkpoint_dirs(cut, "generator")[-1] == newest
     # 3. resumed, then SIGKILLed inside the export: text_encoder/ in place, the marker not written
     kill_at("after:text_encoder", *args, "--resume", "latest", cwd=work)
     assert (cut / "generator-state.json").is_file() and (cut / "text_encoder").is_dir()
@@ -216,7 +219,7 @@ def test_train_killed_then_resumed_equals_uninterrupted(work, tiny16, product64,
 
 def test_checkpoint_check_finds_missing_truncated_and_altered_files(tmp_path, unfinished_run):
     checkpoint = unfinished_run / "checkpoints" / "generator-000002"
-    assert common.verify_checkpoint(checkpoint)["step"] == 2
+    assert verify_checkpoint(checkpoint)["step"] == 2
     damages = {  # what is done to a copy -> what the check says
         "optimizer.bin altered: checksum differs": lambda f: f.write_bytes(bytes([f.read_bytes()[0] ^ 1]) + f.read_bytes()[1:]),
         "optimizer.bin has 10 bytes": lambda f: f.write_bytes(f.read_bytes()[:10]),
@@ -226,7 +229,7 @@ def test_checkpoint_check_finds_missing_truncated_and_altered_files(tmp_path, un
         copy = shutil.copytree(checkpoint, tmp_path / str(i))
         damage(copy / "optimizer.bin")
         with pytest.raises(RunError, match=problem):
-            common.verify_checkpoint(copy)
+            verify_checkpoint(copy)
 
 
 def test_train_mask_killed_then_resumed_equals_uninterrupted(work, tiny_run):
@@ -319,18 +322,18 @@ def test_unknown_type_at_generation(capsys, tmp_path, gen_run):
 def unfinished_run(work, tiny16, product64):
     """A stage-1 run stopped after its checkpoint at step 2 of 6 (same options as ``train_args``)."""
     out = work / "unfinished"
-    real = common.save_checkpoint
+    real = seas.training.loop.save_checkpoint
 
     def save_then_stop(*args):
         real(*args)
         raise KeyboardInterrupt
 
-    common.save_checkpoint = save_then_stop
+    seas.training.loop.save_checkpoint = save_then_stop
     try:
         with pytest.raises(KeyboardInterrupt):
             main([str(a) for a in train_args(tiny16, product64, "--steps", 6, "--checkpoint-every", 2, "--out", out)])
     finally:
-        common.save_checkpoint = real
+        seas.training.loop.save_checkpoint = real
     return out
 
 
@@ -351,7 +354,7 @@ def test_run_is_not_a_finished_run(capsys, tmp_path, command, unfinished_run, pr
 
 
 def test_checkpoint_from_another_backbone(capsys, tmp_path, tiny16, product64, unfinished_run):
-    from seas.backbone import build_tiny_components, save_components
+    from seas.model.backbone import build_tiny_components, save_components
 
     other = save_components(build_tiny_components(seed=1, width=16), tmp_path / "other")
     args = train_args(other, product64, "--steps", 6, "--checkpoint-every", 2)
@@ -389,9 +392,9 @@ def test_out_holds_another_run(capsys, tmp_path, tiny16, product64, gen_run, one
     (["train", "--batch-size", "-1"], "--batch-size -1: must be at least 1"),
     (["train", "--checkpoint-every", "0"], "--checkpoint-every 0: must be at least 1"),
     (["train-mask", "--steps", "0"], "--steps 0: must be at least 1"),
-    (["generate", "--num", "0"], "--num 0: must be a positive whole number"),
-    (["generate", "--steps", "-2"], "--steps -2: must be a positive whole number"),
-    (["generate", "--batch-size", "0"], "--batch-size 0: must be a positive whole number"),
+    (["generate", "--num", "0"], "--num 0: must be at least 1"),
+    (["generate", "--steps", "-2"], "--steps -2: must be at least 1"),
+    (["generate", "--batch-size", "0"], "--batch-size 0: must be at least 1"),
 ])
 def test_counts_and_steps_must_be_positive(capsys, tmp_path, tiny16, product64, gen_run, argv, message):
     command, *option = argv
@@ -482,10 +485,10 @@ def test_two_process_training_exports_once(work, tiny16, product64):
     out = work / "two-processes"
     args = train_args(tiny16, product64, "--steps", 4, "--checkpoint-every", 2, "--keep-checkpoints", 2)
     two_processes("accelerate", *args, "--out", out, cwd=work)
-    (checkpoint,) = common.checkpoint_dirs(out, "generator")  # step 2 (step 4 is the export)
-    common.verify_checkpoint(checkpoint)
+    (checkpoint,) = checkpoint_dirs(out, "generator")  # step 2 (step 4 is the export)
+    verify_checkpoint(checkpoint)
     assert sorted(p.name for p in checkpoint.glob("random_states_*")) == ["random_states_0.pkl", "random_states_1.pkl"]
-    assert load_run(out).types == ["hole", "scratch", "stain"]
+    assert Run.load(out).types == ["hole", "scratch", "stain"]
     assert temporaries(out) == []
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from seas.backbone import BackboneError, build_tiny_components, load_backbone, save_components
+from seas.model.backbone import BackboneError, build_tiny_components, load_backbone, save_components
 
 # diffusers -> LDM renames inside a U-Net resnet (ResBlock).
 UNET_RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0",

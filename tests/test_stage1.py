@@ -7,13 +7,17 @@ import math
 import pytest
 import torch
 
-from seas.attention import AttentionCapture, install_reference_maps
+import seas.training.loop
+
+from seas.model.attention import AttentionCapture, install_reference_maps
 from seas.config import TrainConfig
 from seas.data.config import DataConfig
 from seas.errors import ConfigError, RunError
-from seas.losses import da_loss, mask_pyramid, minmax
-from seas.prompts import PromptSpec, add_placeholder_tokens, token_positions, tokenize
-from seas.training import common
+from seas.model.losses import da_loss, mask_pyramid, minmax
+from seas.model.prompts import PromptSpec, add_placeholder_tokens, token_positions, tokenize
+from seas.seeds import step_generator
+from seas.training.checkpoints import save_checkpoint
+from seas.training.setup import make_optimizer
 from seas.training.stage1 import PromptTables, compute_losses, prepare_backbone, train_generator
 
 # ----------------------------------------------------------------------------- losses by hand
@@ -102,7 +106,7 @@ def test_mask_pyramid_is_bilinear_then_max_pooled():
 
 
 def test_prompts_and_token_positions(tiny16):
-    from seas.backbone import load_backbone
+    from seas.model.backbone import load_backbone
 
     bb = load_backbone(str(tiny16))
     spec = PromptSpec(["crack", "hole"], tokens_per_type=3, normal_tokens=2)
@@ -135,7 +139,7 @@ def _unet_inputs(unet, batch=3, seed=0):
 
 
 def test_capture_output_equals_sdpa_and_maps_equal_reference(tiny16):
-    from seas.backbone import load_backbone
+    from seas.model.backbone import load_backbone
 
     unet = load_backbone(str(tiny16)).unet.eval()
     x, t, text = _unet_inputs(unet)
@@ -165,7 +169,7 @@ def test_capture_output_equals_sdpa_and_maps_equal_reference(tiny16):
 
 
 def test_token_softmax_option_sums_to_one_over_all_tokens(tiny16):
-    from seas.backbone import load_backbone
+    from seas.model.backbone import load_backbone
 
     unet = load_backbone(str(tiny16)).unet.eval()
     x, t, text = _unet_inputs(unet, batch=1)
@@ -193,7 +197,7 @@ def test_gradients_reach_unet_and_token_rows_only(tiny16, product64):
     data = TrainingSet.from_split(split, 64, "half", False)
     capture = AttentionCapture(bb.unet, ["down_blocks.1", "down_blocks.2"])
     batch = draw_batch(data, 0, 0, 2, augment=True)
-    losses = compute_losses(bb, bb.unet, bb.text_encoder, capture, prompts, batch, cfg, "eq1", common.step_generator(0, 0))
+    losses = compute_losses(bb, bb.unet, bb.text_encoder, capture, prompts, batch, cfg, "eq1", step_generator(0, 0))
     assert {"an", "na", "total"} <= set(losses) and len([k for k in losses if k.startswith("da")]) == 2
     losses["total"].backward()
     assert all(p.grad is not None for p in bb.unet.parameters())
@@ -219,7 +223,7 @@ def test_da_gradient_reaches_unet_through_maps(tiny16, product64):
     capture = AttentionCapture(bb.unet, ["down_blocks.1", "down_blocks.2"])
     batch = draw_batch(TrainingSet.from_split(split, 64, "half", False), 0, 0, 1, augment=False)
     losses = compute_losses(bb, bb.unet, bb.text_encoder, capture, PromptTables.build(bb.tokenizer, spec),
-                            batch, cfg, "gt0", common.step_generator(0, 0))
+                            batch, cfg, "gt0", step_generator(0, 0))
     losses["total"].backward()
     q = bb.unet.down_blocks[1].attentions[0].transformer_blocks[0].attn2.to_q.weight
     assert q.grad is not None and q.grad.abs().sum() > 0
@@ -253,16 +257,16 @@ def test_resumed_run_equals_uninterrupted(tmp_path, tiny16, product64, monkeypat
     train_generator(dcfg, cfg, full)
 
     cut = tmp_path / "cut"
-    real_save = common.save_checkpoint
+    real_save = save_checkpoint
 
     def save_then_die(accelerator, run, stage, step, keep):
         real_save(accelerator, run, stage, step, keep)
         raise KeyboardInterrupt  # the process is stopped right after checkpoint `step`
 
-    monkeypatch.setattr(common, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(seas.training.loop, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train_generator(dcfg, cfg, cut)
-    monkeypatch.setattr(common, "save_checkpoint", real_save)
+    monkeypatch.setattr(seas.training.loop, "save_checkpoint", real_save)
     assert not (cut / "seas_run.json").exists()
     with pytest.raises(RunError, match="unfinished"):
         train_generator(dcfg, cfg, cut)
@@ -279,21 +283,21 @@ def test_resumed_run_equals_uninterrupted(tmp_path, tiny16, product64, monkeypat
 def test_run_exports_a_loadable_generator(tmp_path, tiny16, product64):
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
-    from seas.run import load_run
+    from seas.run import Run
 
     cfg, dcfg, run = _train(tmp_path, tiny16, product64, steps=3, grad_accum=1, train_new_rows_only=True)
     train_generator(dcfg, cfg, run)
     assert (run / "split.json").is_file() and (run / "checkpoints").is_dir()
-    loaded = load_run(run)
+    loaded = Run.load(run)
     assert loaded.types == ["hole", "scratch", "stain"]
-    assert loaded.meta["type_tokens"]["scratch"] == ["sks5", "sks6", "sks7", "sks8"]
+    assert loaded.prompt.type_to_tokens()["scratch"] == ["sks5", "sks6", "sks7", "sks8"]
+    bb = loaded.load_backbone()
     # only the new rows moved (train_new_rows_only)
-    from seas.backbone import load_backbone
+    from seas.model.backbone import load_backbone
 
     base_table = load_backbone(str(tiny16)).text_encoder.get_input_embeddings().weight
-    table = loaded.backbone.text_encoder.get_input_embeddings().weight
+    table = bb.text_encoder.get_input_embeddings().weight
     assert torch.equal(table[: len(base_table)], base_table)
-    bb = loaded.backbone
     pipe = StableDiffusionPipeline(
         vae=bb.vae, text_encoder=bb.text_encoder, tokenizer=bb.tokenizer, unet=bb.unet,
         scheduler=DPMSolverMultistepScheduler.from_config(bb.scheduler.config),
@@ -307,7 +311,7 @@ def test_run_exports_a_loadable_generator(tmp_path, tiny16, product64):
 def test_bad_training_options_are_clear_errors(tmp_path, tiny16, product64, monkeypatch):
     import importlib.util
 
-    from seas.backbone import BackboneError
+    from seas.model.backbone import BackboneError
 
     with pytest.raises(ConfigError, match="--steps"):
         TrainConfig(steps=0)
@@ -318,4 +322,4 @@ def test_bad_training_options_are_clear_errors(tmp_path, tiny16, product64, monk
     real_find = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real_find(name, *a))
     with pytest.raises(ConfigError, match="pip install bitsandbytes"):
-        common.make_optimizer("adamw8bit", [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 1.0}], 0.0)
+        make_optimizer("adamw8bit", [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 1.0}], 0.0)

@@ -6,13 +6,15 @@ import shutil
 
 import pytest
 import torch
+
+import seas.training.loop
 from diffusers import DDPMScheduler
 
-from seas.backbone import SD_SCHEDULER_CONFIG
+from seas.model.backbone import SD_SCHEDULER_CONFIG
 from seas.config import MaskConfig
 from seas.errors import ConfigError, RunError
-from seas.run import load_mask_head
-from seas.training import common
+from seas.run import Run
+from seas.training.checkpoints import save_checkpoint
 from seas.training.stage2 import ddpm_step, low_noise_limit, train_mask_head
 
 
@@ -48,57 +50,55 @@ def _copy_run(src, dst):
 def test_mask_head_trains_resumes_and_exports(tmp_path, tiny_run, monkeypatch):
     cfg = MaskConfig(steps=4, batch_size=1, checkpoint_every=2, keep_checkpoints=3, timesteps="low")
     full = train_mask_head(_copy_run(tiny_run, tmp_path / "full"), cfg)
-    head = load_mask_head(full)
+    head = Run.load(full).load_mask_head()
     assert not head.training  # eval mode: BatchNorm statistics fixed (reference defect 6)
 
     cut = _copy_run(tiny_run, tmp_path / "cut")
-    real_save = common.save_checkpoint
+    real_save = save_checkpoint
 
     def save_then_die(*args):
         real_save(*args)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(common, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(seas.training.loop, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train_mask_head(cut, cfg)
-    monkeypatch.setattr(common, "save_checkpoint", real_save)
+    monkeypatch.setattr(seas.training.loop, "save_checkpoint", real_save)
     with pytest.raises(RunError, match="no trained mask head"):
-        load_mask_head(cut)
+        Run.load(cut).load_mask_head()
     train_mask_head(cut, cfg, resume="latest")
-    a, b = load_mask_head(full).state_dict(), load_mask_head(cut).state_dict()
+    a, b = Run.load(full).load_mask_head().state_dict(), Run.load(cut).load_mask_head().state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     # the head moved away from its initialisation; a finished head is not overwritten silently
     torch.manual_seed(cfg.seed)
-    from seas.run import load_run
     from seas.training.stage2 import build_head
 
-    init = build_head(load_run(full)).state_dict()
+    init = build_head(Run.load(full).load_backbone()).state_dict()
     assert any(not torch.equal(init[k], a[k]) for k in a if a[k].is_floating_point())
     with pytest.raises(RunError, match="finished mask run"):
         train_mask_head(full, cfg)
 
 
 def test_only_the_head_gets_gradients(tiny_run):
-    from seas.data.split import Split
     from seas.data.training_set import TrainingSet, draw_batch
-    from seas.features import FeatureRecorder
-    from seas.prompts import tokenize
-    from seas.run import load_run
+    from seas.model.features import FeatureRecorder
+    from seas.model.prompts import tokenize
     from seas.training.stage2 import build_head, mask_step
 
-    run = load_run(tiny_run)
-    bb = run.backbone
-    head = build_head(run)
-    split = Split.from_dict(run.meta["split"])
-    batch = draw_batch(TrainingSet.from_split(split, 64, "half", False), 0, 0, 2, augment=False)
-    prompts = [run.prompts.anomaly_prompt(k) for k in run.types] + [run.prompts.normal_prompt()]
+    run = Run.load(tiny_run)
+    bb = run.load_backbone()
+    head = build_head(bb)
+    batch = draw_batch(TrainingSet.from_split(run.split, 64, "half", False), 0, 0, 2, augment=False)
+    prompts = [run.prompt.anomaly_prompt(k) for k in run.types] + [run.prompt.normal_prompt()]
     with torch.no_grad():
         text = bb.text_encoder(tokenize(bb.tokenizer, prompts))[0]
     with FeatureRecorder(bb.unet, bb.vae) as recorder:
-        loss = mask_step(bb, head, recorder, text, batch, 1000, 2.0, torch.Generator().manual_seed(0), torch.float32)
+        loss = mask_step(bb, head, recorder, text, batch, 1000, MaskConfig(), False, torch.Generator().manual_seed(0),
+                         torch.float32)
     loss["total"].backward()
     assert torch.isfinite(loss["total"])
-    assert all(p.grad is not None for p in head.parameters())
+    # every parameter but the reference's never-called conv6 of each MRM
+    assert all((p.grad is not None) != (".conv6." in name) for name, p in head.named_parameters())
     assert all(p.grad is None for m in (bb.unet, bb.vae, bb.text_encoder) for p in m.parameters())
 
 

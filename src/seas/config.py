@@ -1,88 +1,33 @@
-"""Dataclass configs of the two training stages. Each run writes its resolved config.
+"""Configs of the two training stages and of generation, and the run-configuration file.
 
-Defaults follow the authors' release (spec section 4); every deviation is an option whose
-reference value is documented next to it.
+Defaults follow the authors' release (spec sections 4-6) except where the spec asks for a fix;
+each such field says what the reference does, and ``--reference`` (:data:`REFERENCE`) sets every
+one of them back to the release's behaviour at once.
+
+Where a value comes from, last wins: the field's default < ``--profile`` (memory and speed
+switches) < ``--reference`` < the run-configuration file (``--config run.yaml``, sections
+``train:``, ``mask:``, ``generate:``) < options given on the command line. The resolved values
+are written into the run (``seas_run.json``, ``mask_head.json``, ``generation.json``).
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 
-from .errors import ConfigError
+from seas.errors import ConfigError
+from seas.fields import Config, option
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 PROFILES = ("default", "fast", "low-memory")  # resolved into switches by seas.profiles
 OPTIMIZERS = ("adamw", "adamw8bit")
-
-
-@dataclass
-class TrainConfig:
-    """Stage 1: separation-and-sharing fine-tuning of U-Net and token embeddings."""
-
-    base: str = "tiny"  # --base: diffusers folder, .safetensors/.ckpt file, hub id, or "tiny"
-    base_config: str | None = None  # configs for a single-file --base (diffusers folder or hub id)
-    resolution: int = 512
-    batch_size: int = 2  # B anomaly + B normal samples per micro-batch (one U-Net call of 2B)
-    grad_accum: int = 2
-    steps: int | None = None  # optimizer updates; None -> 800 x number of types
-    steps_per_type: int = 800
-    lr_unet: float = 4e-6
-    lr_text: float = 4e-5
-    weight_decay: float = 0.01
-    profile: str = "default"  # memory/speed profile the switches below were resolved from (seas.profiles)
-    optimizer: str = "adamw"  # the reference uses 8-bit AdamW ("adamw8bit", needs bitsandbytes)
-    mixed_precision: str = "no"  # reference: fp32
-    half_frozen: bool = True  # under mixed precision: VAE and frozen text-encoder layers stored in half
-    gradient_checkpointing: bool = False
-    seed: int = 0
-    # UA prompt
-    tokens_per_type: int = 4
-    normal_tokens: int = 1
-    train_new_rows_only: bool = False  # reference: the whole token-embedding matrix trains
-    # losses
-    weight_an: float = 1.0
-    weight_na: float = 1.0
-    weight_da: float = 1.0  # applied to each resolution's L_DA term
-    da_blocks: list[int] = field(default_factory=lambda: [1, 2])  # down blocks read by L_DA
-    da_with_up_blocks: bool = False  # reference: down blocks only (its defect discards up blocks)
-    attention_softmax: str = "spatial"  # reference: softmax over pixels; "token" as option
-    attention_normalize: str = "joint"  # reference: joint over the anomaly half; "sample" option
-    attention_eps: float = 1e-8  # the reference uses none (NaN on constant maps)
-    binarize_masks: bool = False  # reference keeps the soft bilinear mask borders
-    # checkpoints and logging
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    log_every: int = 10
-
-    def __post_init__(self) -> None:
-        positive = ("resolution", "batch_size", "grad_accum", "steps_per_type", "checkpoint_every", "keep_checkpoints")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
-        if self.steps is not None and self.steps < 1:
-            raise ConfigError(f"--steps {self.steps}: must be at least 1")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise ConfigError(f"--mixed-precision {self.mixed_precision}: choose one of {', '.join(MIXED_PRECISION)}")
-        check_profile(self.profile)
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"--optimizer {self.optimizer}: choose one of {', '.join(OPTIMIZERS)}")
-        if len(self.da_blocks) < 1:
-            raise ConfigError("da_blocks: give at least one down-block index (reference: 1 2)")
-
-    def total_steps(self, n_types: int) -> int:
-        return self.steps if self.steps is not None else self.steps_per_type * n_types
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
-
-
+SOFTMAX_AXES = ("spatial", "token")
+NORMALIZE_MODES = ("joint", "sample")
 TIMESTEP_RANGES = ("all", "low")
+MASK_TARGETS = ("reference", "soft")
+COARSE_TARGETS = ("bilinear", "maxpool")
+NORMAL_PATHS = ("coarse", "refined")
+BATCHNORM_MODES = ("eval", "batch")
 
 
 def check_profile(profile: str) -> None:
@@ -91,40 +36,156 @@ def check_profile(profile: str) -> None:
 
 
 @dataclass
-class MaskConfig:
+class TrainConfig(Config):
+    """Stage 1: separation-and-sharing fine-tuning of U-Net and token embeddings."""
+
+    section = "train"
+
+    base: str | None = option(None, help="base SD 1.x model: diffusers folder, .safetensors/.ckpt file, hub id, "
+                              "or 'tiny' (a random tiny model, for tests)")
+    base_config: str | None = option(None, help="for a single-file --base: a diffusers folder (or hub id) "
+                                     "holding its configs")
+    resolution: int = option(512, help="training image size", minimum=8)
+    batch_size: int = option(2, help="anomaly samples per micro-batch, plus as many normal ones", minimum=1)
+    grad_accum: int = option(2, help="micro-batches per optimizer update", minimum=1)
+    steps: int | None = option(None, help="optimizer updates (default: steps_per_type x number of types)", minimum=1)
+    steps_per_type: int = option(800, help="optimizer updates per anomaly type when --steps is not given", minimum=1)
+    lr_unet: float = option(4e-6, help="U-Net learning rate", minimum=0.0)
+    lr_text: float = option(4e-5, help="token-embedding learning rate", minimum=0.0)
+    weight_decay: float = option(0.01, help="AdamW weight decay", minimum=0.0)
+    profile: str = option("default", help="memory/speed profile the precision switches were resolved from",
+                          choices=PROFILES, cli=False)
+    optimizer: str = option("adamw", help="adamw, or adamw8bit (the reference's; needs bitsandbytes)",
+                            choices=OPTIMIZERS)
+    mixed_precision: str = option("no", help="autocast precision; trained weights stay fp32 (reference: no)",
+                                  choices=MIXED_PRECISION)
+    half_frozen: bool = option(True, help="under mixed precision, store the frozen parts (VAE, text-encoder "
+                               "layers) in half precision")
+    gradient_checkpointing: bool = option(False, help="recompute U-Net activations in backward: less memory, "
+                                          "each block's forward runs twice")
+    seed: int = option(0, help="seed of every random draw")
+    tokens_per_type: int = option(4, help="anomaly tokens per type (UA prompt)", minimum=1)
+    normal_tokens: int = option(1, help="normal tokens (UA prompt)", minimum=1)
+    train_new_rows_only: bool = option(False, help="train only the new token rows (reference: the whole "
+                                       "token-embedding matrix)")
+    weight_an: float = option(1.0, help="weight of L_an", minimum=0.0)
+    weight_na: float = option(1.0, help="weight of L_NA", minimum=0.0)
+    weight_da: float = option(1.0, help="weight of each resolution's L_DA term", minimum=0.0)
+    da_blocks: list[int] = option(help="U-Net down blocks whose cross-attention maps L_DA reads",
+                                  factory=lambda: [1, 2])
+    da_with_up_blocks: bool = option(False, help="L_DA maps: mean of the down block and the up block at the "
+                                     "same size (reference: down blocks only)")
+    attention_softmax: str = option("spatial", help="softmax axis of the L_DA maps (reference: spatial)",
+                                    choices=SOFTMAX_AXES)
+    attention_normalize: str = option("joint", help="min-max of the L_DA maps: jointly over the anomaly half "
+                                      "(reference) or per sample", choices=NORMALIZE_MODES)
+    attention_eps: float = option(1e-8, help="epsilon of the min-max division (reference: 0, NaN on constant "
+                                  "maps)", minimum=0.0)
+    binarize_masks: bool = option(False, help="threshold resized masks at 0.5 (reference keeps soft borders)")
+    checkpoint_every: int = option(500, help="optimizer updates between checkpoints", minimum=1)
+    keep_checkpoints: int = option(2, help="checkpoints kept (oldest removed first)", minimum=1)
+    log_every: int = option(10, help="optimizer updates between TensorBoard log entries", minimum=1)
+
+    def validate(self) -> None:
+        if not self.da_blocks:
+            raise ConfigError("train.da_blocks: give at least one down-block index (reference: 1 2)")
+
+    def total_steps(self, n_types: int) -> int:
+        return self.steps if self.steps is not None else self.steps_per_type * n_types
+
+
+@dataclass
+class MaskConfig(Config):
     """Stage 2: training the Refined Mask Prediction head with the generator frozen."""
 
-    steps: int | None = None  # optimizer updates; None -> those of stage 1 (reference)
-    batch_size: int = 2  # anomaly samples per micro-batch, plus as many normal (empty masks)
-    grad_accum: int = 1
-    lr: float = 5e-4
-    weight_decay: float = 0.01
-    focal_gamma: float = 2.0
-    # "all": t ~ U{0..T-1} (reference, defect 7: the head is used only at the last, low-noise
-    # steps); "low": t within the noise levels of the last `mask_steps` of a `sample_steps` run
-    timesteps: str = "all"
-    sample_steps: int = 25
-    mask_steps: int = 3
-    profile: str = "default"  # memory/speed profile the precision switches were resolved from
-    mixed_precision: str = "no"
-    half_frozen: bool = True  # under mixed precision: the frozen generator stored in half
-    seed: int = 0
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    log_every: int = 10
+    section = "mask"
 
-    def __post_init__(self) -> None:
-        positive = ("batch_size", "grad_accum", "sample_steps", "mask_steps", "checkpoint_every", "keep_checkpoints")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least 1")
-        if self.steps is not None and self.steps < 1:
-            raise ConfigError(f"--steps {self.steps}: must be at least 1")
-        check_profile(self.profile)
-        if self.timesteps not in TIMESTEP_RANGES:
-            raise ConfigError(f"--timesteps {self.timesteps}: choose one of {', '.join(TIMESTEP_RANGES)}")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise ConfigError(f"--mixed-precision {self.mixed_precision}: choose one of {', '.join(MIXED_PRECISION)}")
+    steps: int | None = option(None, help="optimizer updates (default: as many as stage 1, the reference)",
+                               minimum=1)
+    batch_size: int = option(2, help="anomaly samples per micro-batch, plus as many normal (empty masks)",
+                             minimum=1)
+    grad_accum: int = option(2, help="micro-batches per optimizer update", minimum=1)
+    lr: float = option(5e-4, help="AdamW learning rate", minimum=0.0)
+    weight_decay: float = option(0.01, help="AdamW weight decay", minimum=0.0)
+    optimizer: str = option("adamw", help="adamw, or adamw8bit (the reference's; needs bitsandbytes)",
+                            choices=OPTIMIZERS)
+    focal_gamma: float = option(2.0, help="focal-loss gamma", minimum=0.0)
+    timesteps: str = option("all", help="training noise levels: all of 0..T-1 (reference) or low: those of the "
+                            "last --low-noise-last steps of a --low-noise-of-steps sampler", choices=TIMESTEP_RANGES)
+    low_noise_of_steps: int = option(25, help="sampler steps that define the low-noise range", minimum=1)
+    low_noise_last: int = option(3, help="last sampler steps of the low-noise range", minimum=1)
+    targets: str = option("reference", help="loss targets: reference (class = target truncated to an integer, "
+                          "so soft borders count as normal) or soft (soft focal loss on the soft mask)",
+                          choices=MASK_TARGETS)
+    coarse_target: str = option("bilinear", help="coarse-output target: bilinear resize (reference) or max-pool "
+                                "(a defect smaller than a cell still counts)", choices=COARSE_TARGETS)
+    normal_path: str = option("coarse", help="normal samples in training: coarse path only, resized (reference), "
+                              "or through the refinement chain", choices=NORMAL_PATHS)
+    profile: str = option("default", help="memory/speed profile the precision switches were resolved from",
+                          choices=PROFILES, cli=False)
+    mixed_precision: str = option("no", help="autocast precision (reference: no)", choices=MIXED_PRECISION)
+    half_frozen: bool = option(True, help="under mixed precision, store the frozen generator in half precision")
+    seed: int = option(0, help="seed of the head's weights and every draw")
+    checkpoint_every: int = option(500, help="optimizer updates between checkpoints", minimum=1)
+    keep_checkpoints: int = option(2, help="checkpoints kept", minimum=1)
+    log_every: int = option(10, help="optimizer updates between TensorBoard log entries", minimum=1)
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+
+@dataclass
+class GenerationConfig(Config):
+    """``seas generate``: what to sample and how (spec section 6)."""
+
+    section = "generate"
+
+    num: int = option(1000, help="outputs per kind", minimum=1)
+    seed: int = option(0, help="image i uses seed + i")
+    batch_size: int = option(4, help="images per sampler call; outputs do not depend on it", minimum=1)
+    steps: int = option(25, help="DPM-Solver++ steps", minimum=1)
+    guidance: float | None = option(None, help="classifier-free guidance scale; <= 1 turns it off (default: the "
+                                    "run's dataset preset: 8 MVTec AD, 2 VisA, 5 MVTec 3D AD)")
+    signal: float = option(0.0979, help="weight of the normal image's latent in the start latent (the reference's "
+                           "recipe)")
+    noise: float = option(0.99984, help="weight of the noise in the start latent (the reference's recipe)")
+    reference_images: int | None = option(None, help="normal training images cycled as start latents (default: "
+                                          "all; the reference: the first 10)", minimum=1)
+    mask_threshold: float = option(0.2, help="binary mask = mean anomaly probability > this", minimum=0.0,
+                                   maximum=1.0)
+    mask_steps: int = option(3, help="last denoising steps whose mask probabilities are averaged", minimum=1)
+    mask_batchnorm: str = option("eval", help="mask head BatchNorm at generation: eval (running statistics) or "
+                                 "batch (the reference: statistics of the generation batch, so a mask depends on "
+                                 "the other images of its batch)", choices=BATCHNORM_MODES)
+
+
+# Every behaviour of the authors' release that differs from our defaults (spec sections 4-8).
+# Fields the reference shares with our defaults (spatial softmax, joint normalisation, down
+# blocks only, soft masks, all timesteps, reference targets, the start-latent recipe) are
+# listed too, so that --reference pins them whatever a profile or file said before it.
+REFERENCE = {
+    "train": dict(attention_eps=0.0, attention_normalize="joint", attention_softmax="spatial",
+                  da_with_up_blocks=False, binarize_masks=False, train_new_rows_only=False,
+                  optimizer="adamw8bit", mixed_precision="no"),
+    "mask": dict(optimizer="adamw8bit", mixed_precision="no", timesteps="all", targets="reference",
+                 coarse_target="bilinear", normal_path="coarse"),
+    "generate": dict(mask_batchnorm="batch", signal=0.0979, noise=0.99984, reference_images=10),
+}
+
+
+def read_config_file(path: str | Path, section: str) -> dict:
+    """The ``section`` mapping (``train``, ``mask`` or ``generate``) of a run-configuration YAML
+    file; unknown sections are refused so that a typo is not silently ignored."""
+    import yaml
+
+    path = Path(path)
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"--config {path}: cannot be read ({str(err).splitlines()[0]}); fix the file") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"--config {path}: a run configuration is a mapping with sections train:, mask:, generate:")
+    unknown = sorted(set(values) - set(REFERENCE))
+    if unknown:
+        raise ConfigError(f"--config {path}: unknown section {unknown[0]}; sections: {', '.join(REFERENCE)}")
+    section_values = values.get(section) or {}
+    if not isinstance(section_values, dict):
+        raise ConfigError(f"--config {path}: section {section} must be a mapping of field: value")
+    return section_values

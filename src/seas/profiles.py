@@ -46,7 +46,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import check_profile
+from seas.config import check_profile
 
 
 def _device(device: torch.device | str | None) -> torch.device:

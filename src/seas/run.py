@@ -1,82 +1,242 @@
-"""A finished stage-1 run folder and how to load it back.
+"""The run folder: what a trained SeaS model is on disk, and the only module that knows its files.
 
-Layout (diffusers format, so standard tools read it too):
-    unet/  text_encoder/  tokenizer/  scheduler/      the fine-tuned generator
-    seas_run.json    metadata: base model and its VAE location, types in order, the
-                     type -> tokens map, prompt template, resolved configs; written last,
-                     so its presence means stage 1 finished
-    split.json       the few-shot split (every file used for training and testing)
-    mask_head/       the RMP head, once stage 2 has finished (``mask_head.json`` marks it)
+A finished run is a self-contained diffusers folder (it loads with the base model gone)::
+
+    model_index.json                       diffusers' index (StableDiffusionPipeline layout)
+    unet/  text_encoder/  tokenizer/       the fine-tuned generator (stage 1)
+    scheduler/  vae/                       the base's training schedule and (frozen) VAE
+    seas_run.json                          the Run record below; written last by stage 1, so
+                                           its presence means the generator is complete
+    split.json                             the few-shot split with its data config (written
+                                           when stage 1 starts, for the user to read)
+    mask_head/  mask_head.json             the RMP head and its record, once stage 2 finished
+    generator-state.json  mask-state.json  a stage's resolved config while it runs (resume)
+    checkpoints/  logs/                    training checkpoints and TensorBoard logs
+
+``seas_run.json`` holds every fact a reader needs, each once: where the base came from, the
+data config (its guidance scale and mask rule included), the stage-1 config, the prompt
+(types in token order, tokens per type), the split, library versions, and the size and SHA-256
+of every weight file (checked on load: a damaged file is one line naming it).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .backbone import Backbone, load_vae
-from .errors import RunError
-from .prompts import PromptSpec
-from .training.common import read_json
+from seas.config import MaskConfig, TrainConfig
+from seas.data.config import DataConfig
+from seas.data.split import Split
+from seas.errors import ConfigError, RunError
+from seas.files.atomic import (check_file_table, file_table, read_json, remove_path, write_dir, write_json)
+from seas.model.backbone import Backbone, load_backbone, load_vae, model_index
+from seas.model.prompts import PromptSpec
 
-RUN_MARKER = "seas_run.json"
-RUN_FORMAT = "seas-run-1"
+FORMAT = "seas-run-2"
+RUN_FILE = "seas_run.json"
+SPLIT_FILE = "split.json"
+INDEX_FILE = "model_index.json"
+GENERATOR_PARTS = ("unet", "text_encoder", "tokenizer", "scheduler", "vae")
 MASK_DIR = "mask_head"
-MASK_MARKER = "mask_head.json"  # written last by stage 2: the mask head is complete
+MASK_FILE = "mask_head.json"
+MASK_FORMAT = "seas-mask-2"
+CHECKPOINTS = "checkpoints"
+LOGS = "logs"
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+def state_file(stage: str) -> str:
+    """The file a training stage writes when it starts: ``<stage>-state.json``."""
+    return f"{stage}-state.json"
+
+
+def library_versions() -> dict[str, str]:
+    import diffusers
+    import transformers
+
+    import seas
+
+    return {"seas": seas.__version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__}
 
 
 @dataclass
-class LoadedRun:
+class Run:
+    """A run folder and its record (``seas_run.json``)."""
+
     path: Path
-    meta: dict
-    backbone: Backbone  # fine-tuned unet, text encoder, tokenizer; base VAE; DDPM scheduler
-    prompts: PromptSpec
+    base: str  # the --base it was trained from (a record only: the run does not read it)
+    data: DataConfig
+    train: TrainConfig
+    prompt: PromptSpec
+    split: Split
+    versions: dict = field(default_factory=library_versions)
+    weights: dict = field(default_factory=dict)  # part -> {file: [size, sha256]} of its weight files
+
+    # ------------------------------------------------------------------ what it holds
 
     @property
     def types(self) -> list[str]:
-        return self.prompts.types
+        """Anomaly types in token order: type k owns token group k."""
+        return self.prompt.types
+
+    @property
+    def guidance(self) -> float:
+        """The dataset's default guidance scale (8 MVTec AD, 2 VisA, 5 MVTec 3D AD)."""
+        return float(self.data.guidance)
+
+    @property
+    def mask_rule(self) -> str:
+        """How the dataset's mask files are binarised ("half" or "nonzero")."""
+        return self.data.mask_rule
+
+    @property
+    def resolution(self) -> int:
+        return self.train.resolution
+
+    @property
+    def product(self) -> str:
+        return self.data.product_name
+
+    @property
+    def references(self) -> list[str]:
+        """Normal training images, in split order (the start latents of generation)."""
+        return [s.image for s in self.split.normal_train]
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "base": self.base, "data": self.data.to_dict(), "train": self.train.to_dict(),
+                "prompt": self.prompt.to_dict(), "split": self.split.to_dict(), "versions": self.versions,
+                "weights": self.weights}
+
+    # ------------------------------------------------------------------ writing (stage 1)
+
+    def write_split(self) -> Path:
+        """``split.json`` (split + data config), written when stage 1 starts."""
+        return write_json(self.path / SPLIT_FILE, {"data": self.data.to_dict(), **self.split.to_dict()})
+
+    def save_generator(self, parts: dict) -> None:
+        """Write the generator parts, the VAE and ``model_index.json``, then the record (last).
+
+        ``parts``: ``unet``, ``text_encoder``, ``tokenizer``, ``scheduler`` objects with
+        ``save_pretrained``. The VAE is taken from the base unchanged: its files are hard-linked
+        (copied across disks) from a diffusers base folder, else loaded and saved in fp32.
+        """
+        for name in ("unet", "text_encoder", "tokenizer", "scheduler"):
+            write_dir(self.path / name, parts[name].save_pretrained)
+        write_dir(self.path / "vae", self._save_base_vae)
+        write_json(self.path / INDEX_FILE, model_index())
+        self.weights = {name: _weight_table(self.path / name) for name in ("unet", "text_encoder", "vae")}
+        self.save()
+
+    def _save_base_vae(self, folder: Path) -> None:
+        source = Path(self.base) / "vae"
+        if source.is_dir():
+            folder.mkdir(parents=True)
+            for item in source.iterdir():
+                if item.is_file():
+                    _link_or_copy(item, folder / item.name)
+            return
+        load_vae(self.base, self.train.base_config).to(torch.float32).save_pretrained(folder)
+
+    def save(self) -> Path:
+        """Write the record ``seas_run.json`` atomically."""
+        return write_json(self.path / RUN_FILE, self.to_dict())
+
+    # ------------------------------------------------------------------ reading
+
+    @classmethod
+    def load(cls, path: str | Path, verify: bool = True) -> "Run":
+        """The record of a finished stage-1 run; one line naming the problem otherwise.
+
+        ``verify``: check the size and SHA-256 of every weight file against the record.
+        """
+        path = Path(path)
+        record = path / RUN_FILE
+        if not path.is_dir():
+            raise RunError(f"--run {path}: no such folder; give the --out folder of a finished 'seas train'")
+        if not record.is_file():
+            raise RunError(f"--run {path}: not a finished SeaS run (no {RUN_FILE}); "
+                           f"finish 'seas train --out {path}' first")
+        values = read_json(record)
+        if values.get("format") == "seas-run-1":
+            raise RunError(f"{record}: written by seas 0.1 (format seas-run-1, no VAE of its own); "
+                           f"retrain it with 'seas train' to get a self-contained run")
+        if values.get("format") != FORMAT:
+            raise RunError(f"{record}: unknown run format {values.get('format')!r}; it was written by another "
+                           f"tool or version")
+        try:
+            run = cls(path=path, base=values["base"], data=DataConfig.from_dict(values["data"]),
+                      train=TrainConfig.from_dict(values["train"]), prompt=PromptSpec(**values["prompt"]),
+                      split=Split.from_dict(values["split"]), versions=values["versions"],
+                      weights=values["weights"])
+        except (KeyError, TypeError, ConfigError) as err:
+            raise RunError(f"{record}: damaged record ({type(err).__name__}: {err}); start a new run") from None
+        if verify:
+            run.verify(("unet", "text_encoder", "vae"))
+        return run
+
+    def verify(self, parts) -> None:
+        """Check the weight files of ``parts`` against the record; one line naming a damaged one."""
+        for part in parts:
+            problem = check_file_table(self.path / part, self.weights.get(part, {}))
+            if problem:
+                raise RunError(f"{self.path / part / problem.split()[0]}: damaged ({problem}); "
+                               f"restore it from a backup or retrain the run")
+
+    def load_backbone(self, torch_dtype: torch.dtype = torch.float32) -> Backbone:
+        """The fine-tuned generator, the VAE and the DDPM schedule, from this folder only."""
+        return load_backbone(str(self.path), torch_dtype=torch_dtype)
+
+    # ------------------------------------------------------------------ the mask head (stage 2)
+
+    @property
+    def has_mask_head(self) -> bool:
+        return (self.path / MASK_FILE).is_file()
+
+    def mask_record(self) -> dict:
+        if not self.has_mask_head:
+            raise RunError(f"--run {self.path}: has no trained mask head; run 'seas train-mask --run {self.path}' first")
+        record = read_json(self.path / MASK_FILE)
+        if record.get("format") != MASK_FORMAT:
+            raise RunError(f"{self.path / MASK_FILE}: a mask head of another version ({record.get('format')}); "
+                           f"retrain it with 'seas train-mask --run {self.path} --overwrite'")
+        return record
+
+    def mask_config(self) -> MaskConfig:
+        return MaskConfig.from_dict(self.mask_record()["config"], where=str(self.path / MASK_FILE))
+
+    def save_mask_head(self, head, cfg: MaskConfig, steps: int) -> None:
+        """Write ``mask_head/`` then its record ``mask_head.json`` (last: the marker)."""
+        write_dir(self.path / MASK_DIR, head.save_pretrained)
+        write_json(self.path / MASK_FILE, {"format": MASK_FORMAT, "config": cfg.to_dict(), "steps": steps,
+                                           "weights": _weight_table(self.path / MASK_DIR)})
+
+    def load_mask_head(self, torch_dtype: torch.dtype = torch.float32):
+        """The RMP head, in eval mode (BatchNorm running statistics); see ``set_batchnorm_mode``."""
+        from seas.model.rmp import ReferenceMaskHead
+
+        record = self.mask_record()
+        problem = check_file_table(self.path / MASK_DIR, record.get("weights", {}))
+        if problem:
+            raise RunError(f"{self.path / MASK_DIR / problem.split()[0]}: damaged ({problem}); "
+                           f"retrain it with 'seas train-mask --run {self.path} --overwrite'")
+        return ReferenceMaskHead.from_pretrained(self.path / MASK_DIR, torch_dtype=torch_dtype).eval()
+
+    def remove_mask_head(self) -> None:
+        for name in (MASK_FILE, MASK_DIR):
+            remove_path(self.path / name)
 
 
-def read_run_meta(run: str | Path) -> dict:
-    """The metadata of a finished stage-1 run; a clear error for anything else."""
-    run = Path(run)
-    marker = run / RUN_MARKER
-    if not run.is_dir():
-        raise RunError(f"--run {run}: no such folder; give the --out folder of a finished 'seas train'")
-    if not marker.is_file():
-        raise RunError(f"--run {run}: not a finished SeaS run (no {RUN_MARKER}); finish 'seas train --out {run}' first")
-    meta = read_json(marker)
-    if meta.get("format") != RUN_FORMAT:
-        raise RunError(f"{marker}: unknown run format {meta.get('format')!r}; it was written by another tool or version")
-    return meta
+def _weight_table(folder: Path) -> dict:
+    return {name: entry for name, entry in file_table(folder).items() if name.endswith(WEIGHT_SUFFIXES)}
 
 
-def load_run(run: str | Path, torch_dtype: torch.dtype = torch.float32) -> LoadedRun:
-    """Load the fine-tuned generator of a finished run (VAE from the recorded base)."""
-    from diffusers import DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    run = Path(run)
-    meta = read_run_meta(run)
-    backbone = Backbone(
-        tokenizer=CLIPTokenizer.from_pretrained(run / "tokenizer"),
-        text_encoder=CLIPTextModel.from_pretrained(run / "text_encoder", dtype=torch_dtype),
-        unet=UNet2DConditionModel.from_pretrained(run / "unet", torch_dtype=torch_dtype),
-        vae=load_vae(meta["base"], meta["config"].get("base_config"), torch_dtype),
-        scheduler=DDPMScheduler.from_pretrained(run / "scheduler"),
-        source=str(run),
-    )
-    return LoadedRun(run, meta, backbone, PromptSpec(**meta["prompt"]))
-
-
-def load_mask_head(run: str | Path, torch_dtype: torch.dtype = torch.float32):
-    """The RMP head of a run whose stage 2 finished, in eval mode (BatchNorm statistics fixed)."""
-    from .mask_head import RefinedMaskPredictor
-
-    run = Path(run)
-    if not (run / MASK_MARKER).is_file():
-        raise RunError(f"--run {run}: has no trained mask head; run 'seas train-mask --run {run}' first")
-    head = RefinedMaskPredictor.from_pretrained(run / MASK_DIR, torch_dtype=torch_dtype)
-    return head.eval()
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)

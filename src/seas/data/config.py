@@ -19,70 +19,86 @@ A description comes from command-line flags or from a YAML file such as::
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from ..errors import ConfigError
+from seas.errors import ConfigError
+from seas.fields import Config, option
+from seas.files.images import MASK_RULES
 
-# Behaviour defaults per layout preset (spec sections 2, 4 and 6).
+# Behaviour defaults per layout preset (spec sections 2, 4, 5 and 6).
 #   augment:       rotations by 90 degrees and flips in stage 1 (off for VisA)
 #   guidance:      classifier-free guidance scale at generation
 #   inside_rule:   which pixels are "inside the anomaly" for the ob1 term of L_DA:
 #                  "eq1" -> M == 1 (MVTec AD), "gt0" -> M > 0 (VisA, MVTec 3D AD)
-#   mask_threshold: binarisation of mask files ("half" of the range, or "nonzero" for VisA)
+#   mask_rule:     binarisation of mask files ("half" of the range, or "nonzero" for VisA)
+#   normalize_mask_targets: stage 2 divides its targets by their maximum (VisA, MVTec 3D AD)
 LAYOUT_PRESETS = {
-    "mvtec": dict(augment=True, guidance=8.0, inside_rule="eq1", mask_threshold="half"),
-    "mvtec3d": dict(augment=True, guidance=5.0, inside_rule="gt0", mask_threshold="half"),
-    "visa": dict(augment=False, guidance=2.0, inside_rule="gt0", mask_threshold="nonzero"),
+    "mvtec": dict(augment=True, guidance=8.0, inside_rule="eq1", mask_rule="half", normalize_mask_targets=False),
+    "mvtec3d": dict(augment=True, guidance=5.0, inside_rule="gt0", mask_rule="half", normalize_mask_targets=True),
+    "visa": dict(augment=False, guidance=2.0, inside_rule="gt0", mask_rule="nonzero", normalize_mask_targets=True),
     # VisA already re-split into the MVTec AD layout: MVTec reader, VisA behaviour.
-    "visa-mvtec": dict(augment=False, guidance=2.0, inside_rule="gt0", mask_threshold="half"),
-    "folder": dict(augment=True, guidance=8.0, inside_rule="eq1", mask_threshold="half"),
+    "visa-mvtec": dict(augment=False, guidance=2.0, inside_rule="gt0", mask_rule="half",
+                       normalize_mask_targets=True),
+    "folder": dict(augment=True, guidance=8.0, inside_rule="eq1", mask_rule="half", normalize_mask_targets=False),
 }
+LAYOUTS = tuple(LAYOUT_PRESETS)
 INSIDE_RULES = ("eq1", "gt0")
 
 
 @dataclass
-class DataConfig:
-    """Where one product's data is and how it is used. ``None`` fields take the preset's value."""
+class DataConfig(Config):
+    """Where one product's data is and how it is used. ``None`` behaviour fields take the preset's value."""
 
-    root: str
-    layout: str = "mvtec"
-    product: str | None = None
-    # "folder" layout: globs relative to root (a string or a list of strings)
-    normal: list[str] = field(default_factory=list)
-    normal_test: list[str] = field(default_factory=list)
-    anomalies: dict[str, list[str]] = field(default_factory=dict)
-    mask: str = "{parent}/{stem}.png"  # placeholders: {root} {parent} {stem} {name} {type}
-    # behaviour (None -> preset)
-    augment: bool | None = None
-    guidance: float | None = None
-    inside_rule: str | None = None
-    mask_threshold: str | None = None
-    # few-shot protocol
-    train_fraction: float = 1.0 / 3.0  # first max(floor(n * f), 1) images per type train
-    max_normal_train: int = 60  # normal training images (first of the sorted train partition)
-    normal_test_fraction: float = 1.0 / 3.0  # folder layout without normal_test: last share is test
+    section = "data"
+
+    root: str = option(help="dataset root folder, or a YAML dataset description (.yaml/.yml)", flag="--data")
+    layout: str = option("mvtec", help="dataset layout preset: mvtec (MVTec AD), mvtec3d (MVTec 3D AD, RGB), "
+                         "visa (VisA original), visa-mvtec (VisA re-split into the MVTec layout), folder "
+                         "(described by --normal/--anomaly/--mask)", choices=LAYOUTS)
+    product: str | None = option(None, help="product sub-folder (e.g. bottle); omit when --data is the product")
+    normal: list[str] = option(help="folder layout: globs of normal images, relative to the root",
+                               factory=list, cli=False)
+    normal_test: list[str] = option(help="folder layout: globs of normal test images (default: the last third "
+                                    "of the normal images, sorted)", factory=list, cli=False)
+    anomalies: dict[str, list[str]] = option(help="folder layout: type -> globs of its anomaly images",
+                                             factory=dict, cli=False)
+    mask: str = option("{parent}/{stem}.png", help="folder layout: mask path pattern with {root} {parent} {stem} "
+                       "{name} {type}")
+    augment: bool | None = option(None, help="rotation/flip augmentation in training (default: the layout's; on "
+                                  "except VisA)")
+    guidance: float | None = option(None, help="default guidance scale at generation (layout: 8 MVTec, 2 VisA, "
+                                    "5 MVTec 3D)")
+    inside_rule: str | None = option(None, help="pixels inside the anomaly for L_DA's ob1 term: M==1 (eq1, MVTec "
+                                     "AD) or M>0 (gt0, VisA, 3D)", choices=INSIDE_RULES)
+    mask_rule: str | None = option(None, help="mask-file binarisation: half of the value range or any non-zero "
+                                   "value (VisA)", choices=MASK_RULES)
+    normalize_mask_targets: bool | None = option(None, help="stage 2 divides its targets by their maximum "
+                                                 "(reference for VisA and MVTec 3D AD)")
+    train_fraction: float = option(1.0 / 3.0, help="few-shot share of each type's images used for training "
+                                   "(strictly between 0 and 1)")
+    max_normal_train: int = option(60, help="normal training images (the first of the sorted train partition)",
+                                   minimum=1)
+    normal_test_fraction: float = option(1.0 / 3.0, help="folder layout without normal_test: the last share of "
+                                         "the normal images is for testing (at least 0, below 1)")
 
     def __post_init__(self) -> None:
-        if self.layout not in LAYOUT_PRESETS:
-            raise ConfigError(f"--layout {self.layout!r}: choose one of {', '.join(LAYOUT_PRESETS)}")
+        if isinstance(self.normal, str) or isinstance(self.normal_test, str):
+            self.normal, self.normal_test = _as_list(self.normal), _as_list(self.normal_test)
+        if isinstance(self.anomalies, dict):
+            self.anomalies = {str(k): _as_list(v) for k, v in self.anomalies.items()}
+        super().__post_init__()
+
+    def validate(self) -> None:
+        if not 0.0 < self.train_fraction < 1.0:
+            raise ConfigError(f"--train-fraction {self.train_fraction}: must be between 0 and 1 (spec: 1/3)")
+        if not 0.0 <= self.normal_test_fraction < 1.0:
+            raise ConfigError(f"normal_test_fraction {self.normal_test_fraction}: must be in [0, 1)")
         for key, value in LAYOUT_PRESETS[self.layout].items():
             if getattr(self, key) is None:
                 setattr(self, key, value)
-        self.normal = _as_list(self.normal)
-        self.normal_test = _as_list(self.normal_test)
-        self.anomalies = {str(k): _as_list(v) for k, v in self.anomalies.items()}
-        if self.inside_rule not in INSIDE_RULES:
-            raise ConfigError(f"inside_rule {self.inside_rule!r}: choose one of {', '.join(INSIDE_RULES)}")
-        if not 0.0 < self.train_fraction < 1.0:
-            raise ConfigError(f"train_fraction {self.train_fraction}: must be between 0 and 1 (spec: 1/3)")
-        if self.max_normal_train < 1:
-            raise ConfigError(f"max_normal_train {self.max_normal_train}: must be at least 1 (spec: 60)")
-        if not 0.0 <= self.normal_test_fraction < 1.0:
-            raise ConfigError(f"normal_test_fraction {self.normal_test_fraction}: must be in [0, 1)")
         if self.layout == "folder" and (not self.normal or not self.anomalies):
             raise ConfigError(
                 "folder layout: give --normal GLOB and at least one --anomaly TYPE=GLOB "
@@ -92,17 +108,6 @@ class DataConfig:
     @property
     def product_name(self) -> str:
         return self.product or Path(self.root).resolve().name
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "DataConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown data field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**values)
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides) -> "DataConfig":
@@ -117,10 +122,7 @@ class DataConfig:
         values.setdefault("root", ".")
         values["root"] = str((path.parent / values["root"]).resolve())
         values.update({k: v for k, v in overrides.items() if v is not None})
-        try:
-            return cls.from_dict(values)
-        except ConfigError as err:
-            raise ConfigError(f"{path}: {err}") from None
+        return cls.from_dict(values, where=str(path))
 
 
 def _as_list(value) -> list[str]:

@@ -13,8 +13,8 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..errors import DataError
-from .config import DataConfig
+from seas.errors import DataError
+from seas.data.config import DataConfig
 
 GOOD = "good"
 COMBINED = "combined"

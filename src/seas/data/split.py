@@ -14,10 +14,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import DataError
-from .config import DataConfig
-from .images import image_size, read_mask, read_rgb
-from .readers import Sample
+from seas.errors import DataError
+from seas.data.config import DataConfig
+from seas.files.images import image_size, read_mask, read_rgb
+from seas.data.readers import Sample
 
 
 def _by_name(samples: list[Sample]) -> list[Sample]:
@@ -74,7 +74,7 @@ def few_shot_split(samples: list[Sample], cfg: DataConfig) -> Split:
     return Split(types, train, normal_train, test, unused_normals=len(pool) - len(normal_train))
 
 
-def check_samples(samples: list[Sample], mask_threshold: str) -> list[str]:
+def check_samples(samples: list[Sample], mask_rule: str) -> list[str]:
     """Decode every image and mask; raise on the first unusable file, return warnings.
 
     Errors: unreadable/truncated image or mask, mask size different from its image.
@@ -91,7 +91,7 @@ def check_samples(samples: list[Sample], mask_threshold: str) -> list[str]:
                 f"{s.mask}: mask is {mask_w}x{mask_h} but its image {s.image} is "
                 f"{image.shape[1]}x{image.shape[0]}; resize the mask to the image size"
             )
-        if not read_mask(s.mask, mask_threshold).any():
+        if not read_mask(s.mask, mask_rule).any():
             warnings.append(f"{s.mask}: mask is empty (no defect pixel) for anomaly image {s.image}")
     return warnings
 

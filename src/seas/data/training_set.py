@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..training.common import stream_index
-from .images import read_mask, read_rgb
-from .split import Split
-from .transforms import apply_augmentation, draw_augmentation, image_to_tensor, mask_to_tensor
+from seas.seeds import stream_index
+from seas.files.images import read_mask, read_rgb
+from seas.data.split import Split
+from seas.data.transforms import apply_augmentation, draw_augmentation, image_to_tensor, mask_to_tensor
 
 
 @dataclass
@@ -28,12 +28,12 @@ class TrainingSet:
     normal_images: torch.Tensor  # (Nn, 3, R, R) float32 in [-1, 1]
 
     @classmethod
-    def from_split(cls, split: Split, resolution: int, mask_threshold: str, binarize: bool) -> "TrainingSet":
+    def from_split(cls, split: Split, resolution: int, mask_rule: str, binarize: bool) -> "TrainingSet":
         images, masks, types = [], [], []
         for k, kind in enumerate(split.types):
             for sample in split.train[kind]:
                 images.append(image_to_tensor(read_rgb(sample.image), resolution))
-                masks.append(mask_to_tensor(read_mask(sample.mask, mask_threshold), resolution, binarize))
+                masks.append(mask_to_tensor(read_mask(sample.mask, mask_rule), resolution, binarize))
                 types.append(k)
         normals = [image_to_tensor(read_rgb(s.image), resolution) for s in split.normal_train]
         return cls(torch.stack(images), torch.stack(masks), torch.tensor(types), torch.stack(normals))

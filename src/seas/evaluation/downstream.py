@@ -8,10 +8,11 @@ training sets shows what generated data adds.
 
 Data are lists of pairs ``(image, mask)``: ``image`` is an ``(H, W, 3)`` uint8
 RGB array or a path, ``mask`` an ``(H, W)`` array, a path, or ``None`` for a
-normal image.  Masks are binarised at half their range (``> 127`` for uint8,
-``> 0.5`` for floats or 0/1 labels), see :func:`load_mask`.
+normal image.  Images and masks are read by :mod:`seas.files.images` (``as_rgb``,
+``as_mask``: masks binarised at half their range, 0/1 masks included), like everywhere
+in the package.
 
-Resolution: training and :func:`run_protocol`'s evaluation both happen at
+Resolution: training and :func:`evaluate` both happen at
 ``cfg.size x cfg.size`` (images resized bilinearly/area, masks by nearest
 neighbour), which keeps images of different sizes comparable and the metrics
 cheap.  :func:`predict` can instead resize its maps back to the input size.
@@ -28,15 +29,14 @@ import os
 from dataclasses import dataclass
 from typing import Iterator, Sequence, Union
 
-import cv2
 import numpy as np
 import torch
-from PIL import Image
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from seas.evaluation.baselines import cut_paste, perlin_blend
 from seas.evaluation.segmenters import Segmenter, build_segmenter
+from seas.files.images import as_mask, as_rgb, resize_image, resize_mask
 
 ImageLike = Union[np.ndarray, str, os.PathLike]
 Pair = tuple[ImageLike, Union[ImageLike, None]]
@@ -85,60 +85,13 @@ class DownstreamConfig:
 # ----------------------------------------------------------------------------
 
 
-def load_image(image: ImageLike) -> np.ndarray:
-    """Path or array -> ``(H, W, 3)`` uint8 RGB (grey is replicated, alpha dropped)."""
-    if isinstance(image, (str, os.PathLike)):
-        with Image.open(image) as im:
-            return np.asarray(im.convert("RGB"))
-    arr = np.asarray(image)
-    if arr.dtype != np.uint8:
-        raise ValueError(f"images must be uint8, got {arr.dtype}")
-    if arr.ndim == 2:
-        arr = np.repeat(arr[..., None], 3, axis=-1)
-    return np.ascontiguousarray(arr[..., :3])
-
-
-def load_mask(mask: ImageLike | None, shape: tuple[int, int]) -> np.ndarray:
-    """Path, array or ``None`` -> ``(H, W)`` bool at ``shape``.
-
-    Binarised at half range: ``> 127`` for uint8 (files are read as 8-bit
-    grey), ``> 32767`` for uint16, ``> 0.5`` for other types (0/1 labels or
-    [0, 1] floats); bool as is, a trailing channel axis is reduced by max.
-    ``None`` gives an empty mask; a mask of another size is resized to
-    ``shape`` by nearest neighbour.
-    """
-    if mask is None:
-        return np.zeros(shape, dtype=bool)
-    if isinstance(mask, (str, os.PathLike)):
-        with Image.open(mask) as im:
-            arr = np.asarray(im.convert("L"))
-    else:
-        arr = np.asarray(mask)
-        arr = arr.max(axis=-1) if arr.ndim == 3 else arr
-    if arr.dtype == bool:
-        binary = arr
-    elif arr.dtype in (np.uint8, np.uint16):
-        binary = arr > np.iinfo(arr.dtype).max // 2
-    else:
-        binary = arr > 0.5
-    if binary.shape != tuple(shape):
-        binary = cv2.resize(binary.astype(np.uint8), shape[::-1], interpolation=cv2.INTER_NEAREST) > 0
-    return binary
-
-
-def _resize_image(image: np.ndarray, size: int) -> np.ndarray:
-    shrink = min(image.shape[:2]) > size
-    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-
-
 def _prepare(pairs: Sequence[Pair], size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Load and resize pairs -> images ``(N, 3, S, S)`` uint8 and masks ``(N, S, S)`` bool."""
     images, masks = [], []
     for image, mask in pairs:
-        rgb = load_image(image)
-        binary = load_mask(mask, rgb.shape[:2]).astype(np.uint8)
-        images.append(_resize_image(rgb, size))
-        masks.append(cv2.resize(binary, (size, size), interpolation=cv2.INTER_NEAREST) > 0)
+        rgb = as_rgb(image)
+        images.append(resize_image(rgb, size))
+        masks.append(resize_mask(as_mask(mask, rgb.shape[:2]), size))
     return (torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(),
             torch.from_numpy(np.stack(masks)))
 
@@ -267,8 +220,8 @@ def predict(model: Segmenter, images: Sequence[ImageLike], size: int, *,
     result is ``(N, H, W)`` float32 (all images must then share one size);
     otherwise it is ``(N, size, size)``.
     """
-    rgbs = [load_image(im) for im in images]
-    batch = torch.from_numpy(np.stack([_resize_image(im, size) for im in rgbs])).permute(0, 3, 1, 2)
+    rgbs = [as_rgb(im) for im in images]
+    batch = torch.from_numpy(np.stack([resize_image(im, size) for im in rgbs])).permute(0, 3, 1, 2)
     probs = _predict_tensor(model, batch, batch_size)
     if not resize_back:
         return probs.numpy()
@@ -293,18 +246,6 @@ def evaluate(model: Segmenter, test_pairs: Sequence[Pair], cfg: DownstreamConfig
     return _metrics(model, *_prepare(test_pairs, cfg.size), cfg)
 
 
-def run_protocol(train_sets: dict[str, Sequence[Pair]], test_pairs: Sequence[Pair],
-                 cfg: DownstreamConfig) -> dict[str, dict[str, float]]:
-    """Train one segmenter per named training set, evaluate all on ``test_pairs``.
-
-    Returns ``{name: metrics}`` with the keys of ``all_metrics``.  Every run
-    uses the same config and seed, so differences come from the data only.
-    """
-    images, masks = _prepare(test_pairs, cfg.size)
-    return {name: _metrics(train_segmenter(pairs, cfg, desc=name), images, masks, cfg)
-            for name, pairs in train_sets.items()}
-
-
 # ----------------------------------------------------------------------------
 # Training-set helpers
 # ----------------------------------------------------------------------------
@@ -314,12 +255,12 @@ def make_cut_paste_set(real_anomaly_pairs: Sequence[Pair], normal_images: Sequen
                        n: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """``n`` cut-paste pairs: a random real defect pasted on a random normal image."""
     rng = np.random.default_rng(seed)
-    defects = [(load_image(im), m) for im, m in real_anomaly_pairs]
-    defects = [(im, load_mask(m, im.shape[:2])) for im, m in defects]
+    defects = [(as_rgb(im), m) for im, m in real_anomaly_pairs]
+    defects = [(im, as_mask(m, im.shape[:2])) for im, m in defects]
     defects = [(im, m) for im, m in defects if m.any()]
     if not defects or not normal_images:
         raise ValueError("need at least one non-empty real defect and one normal image")
-    normals = [load_image(im) for im in normal_images]
+    normals = [as_rgb(im) for im in normal_images]
     out = []
     for _ in range(n):
         defect_rgb, defect_mask = defects[rng.integers(len(defects))]
@@ -333,26 +274,5 @@ def make_perlin_set(normal_images: Sequence[ImageLike], n: int,
     if not normal_images:
         raise ValueError("need at least one normal image")
     rng = np.random.default_rng(seed)
-    normals = [load_image(im) for im in normal_images]
+    normals = [as_rgb(im) for im in normal_images]
     return [perlin_blend(normals[rng.integers(len(normals))], rng) for _ in range(n)]
-
-
-def default_train_sets(real_pairs: Sequence[Pair], normal_images: Sequence[ImageLike],
-                       generated_pairs: Sequence[Pair] | None = None, *,
-                       n_synthetic: int | None = None, seed: int = 0) -> dict[str, list[Pair]]:
-    """The paper's comparison plus classic baselines.
-
-    ``"real_only"``: real anomaly pairs + normals; ``"real+generated"`` (when
-    ``generated_pairs`` is given): + generated pairs; ``"cut_paste"`` and
-    ``"perlin"``: + ``n_synthetic`` synthesised pairs (default: as many as
-    generated pairs, else as many as normal images).
-    """
-    base = list(real_pairs) + [(im, None) for im in normal_images]
-    if n_synthetic is None:
-        n_synthetic = len(generated_pairs) if generated_pairs else len(normal_images)
-    sets = {"real_only": base}
-    if generated_pairs:
-        sets["real+generated"] = base + list(generated_pairs)
-    sets["cut_paste"] = base + make_cut_paste_set(real_pairs, normal_images, n_synthetic, seed)
-    sets["perlin"] = base + make_perlin_set(normal_images, n_synthetic, seed)
-    return sets

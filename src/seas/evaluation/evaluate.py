@@ -16,42 +16,38 @@ Protocol for one product (spec section 7, docs/EVALUATION.md):
   against every real image of that type (training and test, as in the paper).
 
 Everything happens at ``size x size``: images are resized (area when shrinking, else
-bilinear), masks binarised with the dataset's rule (``mask_threshold``) then resized by
+bilinear), masks binarised with the dataset's rule (``mask_rule``) then resized by
 nearest neighbour. Outputs: ``<out>/metrics.json`` (NaN written as null) and
 ``<out>/report.html``, each written to a temporary file and renamed.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import os
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
-from ..data.images import read_mask, read_rgb
-from ..data.split import Split, summary_rows
-from ..errors import ConfigError, RunError
-from ..run import read_run_meta
-from .downstream import (DownstreamConfig, make_cut_paste_set, make_perlin_set, predict,
-                         resolve_device, train_segmenter)
-from .metrics import UndefinedMetricError, all_metrics, pr_curve, roc_curve
-from .quality import WEIGHT_FILES, MissingWeightsError, find_weights, quality_scores
-from .report import write_report
+from seas.data.split import Split, summary_rows
+from seas.errors import ConfigError, RunError
+from seas.files.atomic import write_text
+from seas.files.images import read_mask, read_rgb, resize_image, resize_mask
+from seas.generation.folder import MANIFEST
+from seas.model.prompts import GOOD, MIX
+from seas.run import Run
+from seas.evaluation.downstream import (DownstreamConfig, make_cut_paste_set, make_perlin_set, predict, resolve_device, train_segmenter)
+from seas.evaluation.metrics import UndefinedMetricError, all_metrics, pr_curve, roc_curve
+from seas.evaluation.quality import MissingWeightsError, check_weights, quality_scores
+from seas.evaluation.report import write_report
+from seas.evaluation.segmenters import SEGMENTERS
 
 EVAL_FORMAT = "seas-evaluation-1"
-MANIFEST = "manifest.jsonl"
 METRICS_FILE = "metrics.json"
 REPORT_FILE = "report.html"
-GOOD = "good"
-MIX = "+"  # kind of a mixed-token anomaly: "a+b"
-SEGMENTERS = ("bisenetv2", "unet")
 GRID_GENERATED = 8  # generated images per kind in the report
 GRID_REAL = 4  # real training images per kind in the report
 CURVE_POINTS = 300  # points kept per curve in metrics.json and the report
@@ -177,21 +173,10 @@ def _kind_order(kinds, types: list[str]) -> list[str]:
 # ----------------------------------------------------------------------------- loading at size
 
 
-def _fit_image(rgb: np.ndarray, size: int) -> np.ndarray:
-    """(H, W, 3) uint8 -> (size, size, 3): area when shrinking, bilinear when enlarging."""
-    shrink = min(rgb.shape[:2]) > size
-    return cv2.resize(rgb, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-
-
-def _fit_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """(H, W) bool -> (size, size) bool, nearest neighbour."""
-    return cv2.resize(mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST) > 0
-
-
 def _load_pairs(samples, size: int, threshold: str) -> list[tuple[np.ndarray, np.ndarray | None]]:
     """Samples -> [(image (S, S, 3) uint8, mask (S, S) bool or None for normals)]."""
-    return [(_fit_image(read_rgb(s.image), size),
-             None if s.mask is None else _fit_mask(read_mask(s.mask, threshold), size)) for s in samples]
+    return [(resize_image(read_rgb(s.image), size),
+             None if s.mask is None else resize_mask(read_mask(s.mask, threshold), size)) for s in samples]
 
 
 def _components(kind: str) -> list[str]:
@@ -291,8 +276,7 @@ def check_quality_weights(cfg: EvalConfig) -> str | None:
     if cfg.quality is False:
         return "turned off (--no-quality)"
     try:
-        for name in WEIGHT_FILES:
-            find_weights(name, cfg.weights_dir)
+        check_weights(cfg.weights_dir)
     except MissingWeightsError as err:
         if cfg.quality:
             raise
@@ -353,14 +337,11 @@ def _grids(generated: list[dict], split: Split, threshold: str, kinds: list[str]
     return grids
 
 
-def _run_summary(run: Path, gen_dir: Path, meta: dict) -> dict:
-    data = meta.get("data", {})
+def _run_summary(run: Run, gen_dir: Path) -> dict:
     return {
-        "path": str(run), "generated": str(gen_dir),
-        "product": data.get("product") or Path(data.get("root", run)).name,
-        "layout": data.get("layout"), "root": data.get("root"), "base": meta.get("base"),
-        "guidance": meta.get("guidance"), "types": meta.get("types", meta["split"]["types"]),
-        "stage1": meta.get("config", {}),
+        "path": str(run.path), "generated": str(gen_dir), "product": run.product, "layout": run.data.layout,
+        "root": run.data.root, "base": run.base, "guidance": run.guidance, "types": run.types,
+        "stage1": run.train.to_dict(),
     }
 
 
@@ -387,12 +368,6 @@ def _check_out(out: Path) -> None:
                        f"(holds {', '.join(sorted(names)[:3])}); choose a new folder")
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 # ----------------------------------------------------------------------------- entry point
 
 
@@ -407,16 +382,14 @@ def evaluate_run(run_dir: str | Path, generated_dir: str | Path | None = None, o
     training, and nothing is written when one fails.
     """
     cfg = cfg or EvalConfig()
-    run = Path(run_dir).resolve()
-    meta = read_run_meta(run)
-    gen_dir = Path(generated_dir).resolve() if generated_dir else run / "generated"
-    out = Path(out_dir).resolve() if out_dir else run / "evaluation"
+    run = Run.load(Path(run_dir).resolve(), verify=False)  # reads the split, not the weights
+    gen_dir = Path(generated_dir).resolve() if generated_dir else run.path / "generated"
+    out = Path(out_dir).resolve() if out_dir else run.path / "evaluation"
     all_rows = read_generated(gen_dir)
     _check_out(out)
     quality_skipped = check_quality_weights(cfg)
 
-    split = Split.from_dict(meta["split"])
-    threshold = meta.get("data", {}).get("mask_threshold", "half")
+    split, threshold = run.split, run.mask_rule
     rows = _cap_per_kind(all_rows, cfg.max_generated)
     real_pairs = _load_pairs([s for t in split.types for s in split.train[t]], cfg.size, threshold)
     normals = [image for image, _ in _load_pairs(split.normal_train, cfg.size, threshold)]
@@ -430,11 +403,14 @@ def evaluate_run(run_dir: str | Path, generated_dir: str | Path | None = None, o
     total, used = Counter(r["kind"] for r in all_rows), Counter(r["kind"] for r in rows)
     metrics = _json_safe({
         "format": EVAL_FORMAT,
-        "run": _run_summary(run, gen_dir, meta),
+        "run": _run_summary(run, gen_dir),
         "config": asdict(cfg),
         "split": [dict(zip(("type", "images", "train", "test"), row)) for row in summary_rows(split)],
         "generated": {k: {"rows": total[k], "used": used[k],
-                          "with_mask": sum(1 for r in rows if r["kind"] == k and r.get("mask"))} for k in kinds},
+                          # an empty mask is not a mask: counted apart
+                          "with_mask": sum(1 for r in rows if r["kind"] == k and r.get("mask") and r.get("mask_area")),
+                          "empty_masks": sum(1 for r in rows if r["kind"] == k and r.get("mask")
+                                             and not r.get("mask_area"))} for k in kinds},
         "train_sets": {name: dict(composition[name], seconds=downstream["seconds"][name]) for name in train_sets},
         "downstream": downstream["metrics"],
         "per_type": downstream["per_type"],
@@ -445,62 +421,5 @@ def evaluate_run(run_dir: str | Path, generated_dir: str | Path | None = None, o
     out.mkdir(parents=True, exist_ok=True)
     report = out / REPORT_FILE
     write_report(report, metrics, metrics["curves"], _grids(rows, split, threshold, kinds), metrics["extra"])
-    _write_text(out / METRICS_FILE, json.dumps(metrics, indent=1, allow_nan=False))
+    write_text(out / METRICS_FILE, json.dumps(metrics, indent=1, allow_nan=False))
     return metrics
-
-
-# ----------------------------------------------------------------------------- command line
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Register ``seas evaluate`` on an ``argparse`` subparsers object."""
-    d = EvalConfig()
-    p = subparsers.add_parser(
-        "evaluate", help="downstream segmentation and quality scores of generated data, with an HTML report",
-        description="Train a segmenter on the real few-shot data with and without the generated pairs "
-                    "(and on cut-paste and Perlin baselines), test it on the held-out split, score the "
-                    "generated images (IS, KID, IC-LPIPS) and write metrics.json and report.html "
-                    "(see docs/EVALUATION.md).")
-    p.add_argument("--run", required=True, help="folder of a finished 'seas train' run")
-    p.add_argument("--generated", default=None, help="folder of 'seas generate' output (default: <run>/generated)")
-    p.add_argument("--out", default=None,
-                   help="folder for metrics.json and report.html (default: <run>/evaluation); "
-                        "a previous evaluation there is replaced, any other content refused")
-    p.add_argument("--segmenter", choices=SEGMENTERS, default=d.segmenter, help=f"downstream network (default {d.segmenter})")
-    p.add_argument("--size", type=int, default=d.size, help=f"training and test resolution (default {d.size})")
-    p.add_argument("--steps", type=int, default=d.steps, help=f"optimiser steps per training set (default {d.steps})")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"images per step (default {d.batch_size})")
-    p.add_argument("--width", type=float, default=d.width, help=f"segmenter channel multiplier (default {d.width})")
-    p.add_argument("--seed", type=int, default=d.seed, help=f"seed of the segmenters and baselines (default {d.seed})")
-    p.add_argument("--device", default=d.device, help="auto (CUDA when available), cpu, cuda, cuda:1, ... (default auto)")
-    p.add_argument("--no-baselines", action="store_true", help="skip the cut-paste and Perlin training sets")
-    p.add_argument("--quality", action=argparse.BooleanOptionalAction, default=None,
-                   help="require (--quality) or skip (--no-quality) IS/KID/IC-LPIPS; default: computed "
-                        "when the weight files are found, else the report says which file is missing")
-    p.add_argument("--weights-dir", default=None, help="first folder searched for the quality weight files")
-    p.add_argument("--quality-size", type=int, default=d.quality_size,
-                   help=f"resolution of the quality scores (default {d.quality_size})")
-    p.add_argument("--max-generated", type=int, default=None, metavar="N", help="use at most N generated images per kind")
-    p.set_defaults(func=cmd_evaluate)
-    return p
-
-
-def cmd_evaluate(args) -> int:
-    cfg = EvalConfig(segmenter=args.segmenter, size=args.size, steps=args.steps, batch_size=args.batch_size,
-                     width=args.width, seed=args.seed, device=args.device, baselines=not args.no_baselines,
-                     quality=args.quality, weights_dir=args.weights_dir, quality_size=args.quality_size,
-                     max_generated=args.max_generated)
-    out = Path(args.out) if args.out else Path(args.run) / "evaluation"
-    metrics = evaluate_run(args.run, args.generated, out, cfg)
-    keys = ("image_auroc", "pixel_auroc", "pixel_ap", "pixel_f1_max", "iou")
-    print(f"{'training set':<16}" + "".join(f"{k:>14}" for k in keys))
-    for name, values in metrics["downstream"].items():
-        print(f"{name:<16}" + "".join(f"{_percent(values[k]):>14}" for k in keys))
-    if "skipped" in metrics["quality"]:
-        print(f"quality scores skipped: {metrics['quality']['skipped']}")
-    print(f"metrics and report written to {out}")
-    return 0
-
-
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.2f}"

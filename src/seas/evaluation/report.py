@@ -15,13 +15,14 @@ from __future__ import annotations
 import base64
 import io
 import math
-import os
 from html import escape
 from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image
+
+from seas.files.atomic import write_text
 
 METRICS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max",
            "iou", "iou_at_0.5", "aupro_0.3")
@@ -307,7 +308,4 @@ def write_report(path: str | Path, metrics: dict, curves: dict, grids: dict, ext
             + _quality(metrics) + _samples(grids) + _extra(extra or {}))
     page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
             f"<style>{STYLE}</style></head><body><h1>{escape(title)}</h1>{nav}{body}</body></html>\n")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text(path, page)

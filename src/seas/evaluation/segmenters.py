@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 NUM_CLASSES = 2
+SEGMENTERS = ("bisenetv2", "unet")  # names build_segmenter knows
 
 
 def _channels(base: int, width: float) -> int:

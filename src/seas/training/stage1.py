@@ -9,63 +9,29 @@ final norm and position embeddings stay frozen.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from ..attention import AttentionCapture
-from ..backbone import Backbone, load_backbone
-from ..config import TrainConfig
-from ..data.config import DataConfig
-from ..data.readers import read_dataset
-from ..data.split import Split, check_samples, few_shot_split, write_split
-from ..data.training_set import Batch, TrainingSet, draw_batch
-from ..losses import da_loss, diffusion_loss, mask_pyramid
-from ..prompts import PromptSpec, add_placeholder_tokens, token_positions, tokenize
-from ..run import RUN_FORMAT, RUN_MARKER
-from . import common
+from seas.model.backbone import Backbone, load_backbone
+from seas.config import TrainConfig
+from seas.data.config import DataConfig
+from seas.data.readers import read_dataset
+from seas.data.split import check_samples, few_shot_split
+from seas.data.training_set import Batch, TrainingSet, draw_batch
+from seas.model.losses import da_loss, diffusion_loss, mask_pyramid
+from seas.errors import ConfigError
+from seas.model.attention import AttentionCapture, da_levels
+from seas.model.prompts import PromptSpec, PromptTables, add_placeholder_tokens
+from seas.run import (CHECKPOINTS, GENERATOR_PARTS, INDEX_FILE, LOGS, RUN_FILE, SPLIT_FILE, Run,
+                      state_file)
+from seas.seeds import step_generator
+from seas.training.checkpoints import resume_checkpoint
+from seas.training.loop import run_updates
+from seas.training.run_folder import check_run_folder, start_run_folder
+from seas.training.setup import autocast_dtype, make_accelerator, make_optimizer
 
 STAGE = "generator"
-EXPORTED = ("unet", "text_encoder", "tokenizer", "scheduler")
-
-
-@dataclass
-class PromptTables:
-    """Token ids and loss columns of every prompt, computed once from the tokenised prompts."""
-
-    anomaly_ids: torch.Tensor  # (K, L) input ids of each type's prompt
-    normal_ids: torch.Tensor  # (L,) input ids of the normal prompt
-    columns: torch.Tensor  # (K, M + N) positions of the M normal then N anomaly tokens
-    n_normal: int  # M
-
-    @classmethod
-    def build(cls, tokenizer, spec: PromptSpec) -> "PromptTables":
-        anomaly_ids = tokenize(tokenizer, [spec.anomaly_prompt(kind) for kind in spec.types])
-        normal_names = spec.normal_token_names
-        columns = torch.stack([
-            token_positions(
-                anomaly_ids[k : k + 1],
-                tokenizer.convert_tokens_to_ids(normal_names + spec.type_token_names(kind)),
-            )[0]
-            for k, kind in enumerate(spec.types)
-        ])
-        normal_ids = tokenize(tokenizer, [spec.normal_prompt()])[0]
-        return cls(anomaly_ids, normal_ids, columns, len(normal_names))
-
-
-def da_blocks(cfg: TrainConfig, unet) -> dict[int, list[str]]:
-    """Latent level -> U-Net blocks whose maps are averaged for L_DA at that level.
-
-    Down block i works at latent size / 2^i; the up block at the same size is n - 1 - i.
-    """
-    n = len(unet.config.down_block_types)
-    blocks = {}
-    for i in cfg.da_blocks:
-        if not 0 <= i < n or "CrossAttn" not in unet.config.down_block_types[i]:
-            raise ValueError(f"da_blocks: down block {i} has no cross attention in this U-Net")
-        blocks[i] = [f"down_blocks.{i}"] + ([f"up_blocks.{n - 1 - i}"] if cfg.da_with_up_blocks else [])
-    return blocks
 
 
 def compute_losses(
@@ -102,7 +68,7 @@ def compute_losses(
 
     losses = {"an": diffusion_loss(eps_pred[:B], noise[:B]), "na": diffusion_loss(eps_pred[B:], noise[B:])}
     latent_size = tuple(latents.shape[-2:])
-    levels = da_blocks(cfg, backbone.unet)
+    levels = da_levels(backbone.unet, cfg.da_blocks, cfg.da_with_up_blocks)
     masks = mask_pyramid(batch.anomaly_masks.to(device), latent_size, list(levels))
     total = cfg.weight_an * losses["an"] + cfg.weight_na * losses["na"]
     for level, blocks in levels.items():
@@ -146,7 +112,7 @@ def prepare_training(backbone: Backbone, cfg: TrainConfig, accelerator) -> tuple
     the text encoder's layers after its token embedding) are stored in the autocast dtype, which
     halves their memory. Returns the prepared (unet, text_encoder, optimizer).
     """
-    weight_dtype = common.autocast_dtype(cfg.mixed_precision)
+    weight_dtype = autocast_dtype(cfg.mixed_precision)
     if cfg.half_frozen and weight_dtype != torch.float32:
         backbone.vae.to(weight_dtype)
         token_embedding = backbone.text_encoder.get_input_embeddings()
@@ -157,7 +123,7 @@ def prepare_training(backbone: Backbone, cfg: TrainConfig, accelerator) -> tuple
         token_embedding.register_forward_hook(lambda module, args, output: output.to(weight_dtype))
     backbone.vae.to(accelerator.device)
     embeddings = backbone.text_encoder.get_input_embeddings().weight
-    optimizer = common.make_optimizer(cfg.optimizer, [
+    optimizer = make_optimizer(cfg.optimizer, [
         {"params": list(backbone.unet.parameters()), "lr": cfg.lr_unet},
         {"params": [embeddings], "lr": cfg.lr_text},
     ], cfg.weight_decay)
@@ -167,26 +133,30 @@ def prepare_training(backbone: Backbone, cfg: TrainConfig, accelerator) -> tuple
 def train_generator(data_cfg: DataConfig, cfg: TrainConfig, out: str | Path,
                     resume: str | None = None, overwrite: bool = False) -> Path:
     """Run stage 1 into ``out`` and export the generator; returns the run folder."""
-    run = Path(out)
+    if cfg.base is None:
+        raise ConfigError("--base is required: a diffusers SD 1.x folder, a .safetensors/.ckpt file, a hub id, "
+                          "or 'tiny' (a random tiny model for tests; use 'seas bootstrap' for a small trained one)")
+    path = Path(out)
     config = {"train": cfg.to_dict(), "data": data_cfg.to_dict()}
-    common.check_run_folder(run, STAGE, RUN_MARKER, config, resume, overwrite,
-                            allowed={"checkpoints", "logs", "split.json", f"{STAGE}-state.json", *EXPORTED, RUN_MARKER})
+    check_run_folder(path, STAGE, RUN_FILE, config, resume, overwrite,
+                     allowed={CHECKPOINTS, LOGS, SPLIT_FILE, state_file(STAGE), *GENERATOR_PARTS, INDEX_FILE, RUN_FILE})
     samples = read_dataset(data_cfg)
     split = few_shot_split(samples, data_cfg)
     train_samples = [s for v in split.train.values() for s in v] + split.normal_train
-    warnings = check_samples(train_samples, data_cfg.mask_threshold)
+    warnings = check_samples(train_samples, data_cfg.mask_rule)
     backbone, spec, new_ids = prepare_backbone(cfg, split.types)
-    accelerator = common.make_accelerator(run, cfg.mixed_precision)
-    common.start_run_folder(accelerator, run, STAGE, RUN_MARKER, config, overwrite)
+    run = Run(path=path, base=backbone.source, data=data_cfg, train=cfg, prompt=spec, split=split)
+    accelerator = make_accelerator(path, cfg.mixed_precision)
+    start_run_folder(accelerator, path, STAGE, RUN_FILE, config, overwrite)
     if accelerator.is_main_process:
-        with common.write_errors(run / "split.json"):
-            write_split(split, data_cfg, run / "split.json")
+        run.write_split()
 
     for message in warnings:
         accelerator.print(f"warning: {message}")
     prompts = PromptTables.build(backbone.tokenizer, spec)
-    data = TrainingSet.from_split(split, cfg.resolution, data_cfg.mask_threshold, cfg.binarize_masks)
-    blocks = sorted({b for group in da_blocks(cfg, backbone.unet).values() for b in group})
+    data = TrainingSet.from_split(split, cfg.resolution, data_cfg.mask_rule, cfg.binarize_masks)
+    blocks = sorted({b for group in da_levels(backbone.unet, cfg.da_blocks, cfg.da_with_up_blocks).values()
+                     for b in group})
     capture = AttentionCapture(backbone.unet, blocks, cfg.attention_softmax)
 
     unet, text_encoder, optimizer = prepare_training(backbone, cfg, accelerator)
@@ -194,7 +164,7 @@ def train_generator(data_cfg: DataConfig, cfg: TrainConfig, out: str | Path,
     frozen_rows = _frozen_rows(embeddings, new_ids) if cfg.train_new_rows_only else None
 
     total_steps = cfg.total_steps(len(split.types))
-    start = common.resume_checkpoint(accelerator, run, STAGE, resume) if resume else 0
+    start = resume_checkpoint(accelerator, path, STAGE, resume) if resume else 0
     if accelerator.is_main_process and accelerator.log_with:
         accelerator.init_trackers("seas-generator")
     unet.train()
@@ -203,11 +173,11 @@ def train_generator(data_cfg: DataConfig, cfg: TrainConfig, out: str | Path,
     def micro_losses(micro: int) -> dict:
         batch = draw_batch(data, cfg.seed, micro, cfg.batch_size, data_cfg.augment,
                            accelerator.process_index, accelerator.num_processes)
-        generator = common.step_generator(cfg.seed, micro, accelerator.process_index)
+        generator = step_generator(cfg.seed, micro, accelerator.process_index)
         return compute_losses(backbone, unet, text_encoder, capture, prompts, batch, cfg, data_cfg.inside_rule, generator)
 
-    common.run_updates(
-        accelerator, run=run, stage=STAGE, models=[unet, text_encoder], optimizer=optimizer,
+    run_updates(
+        accelerator, run=path, stage=STAGE, models=[unet, text_encoder], optimizer=optimizer,
         start=start, total_steps=total_steps, grad_accum=cfg.grad_accum, micro_losses=micro_losses,
         after_update=(lambda: _restore_rows(embeddings, *frozen_rows)) if frozen_rows else None,
         checkpoint_every=cfg.checkpoint_every, keep_checkpoints=cfg.keep_checkpoints,
@@ -215,10 +185,16 @@ def train_generator(data_cfg: DataConfig, cfg: TrainConfig, out: str | Path,
     )
     capture.remove()
     if accelerator.is_main_process:
-        export_generator(accelerator, backbone, unet, text_encoder, spec, cfg, data_cfg, split, run)
+        run.save_generator({
+            "unet": accelerator.unwrap_model(unet),
+            # fp32 like the base, also where half_frozen stored its frozen layers in half
+            "text_encoder": accelerator.unwrap_model(text_encoder).to(torch.float32),
+            "tokenizer": backbone.tokenizer,
+            "scheduler": backbone.scheduler,
+        })
     accelerator.wait_for_everyone()
     accelerator.end_training()  # last: it also ends the process group
-    return run
+    return path
 
 
 def _frozen_rows(embeddings: torch.Tensor, new_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -231,37 +207,3 @@ def _restore_rows(embeddings: torch.Tensor, keep: torch.Tensor, values: torch.Te
     """Put back every row but the new tokens' (option train_new_rows_only)."""
     with torch.no_grad():
         embeddings[keep] = values
-
-
-def export_generator(accelerator, backbone: Backbone, unet, text_encoder, spec: PromptSpec,
-                     cfg: TrainConfig, data_cfg: DataConfig, split: Split, run: Path) -> None:
-    """Write unet/, text_encoder/, tokenizer/, scheduler/ then the metadata (last: the marker)."""
-    parts = {
-        "unet": accelerator.unwrap_model(unet),
-        # fp32 like the base, also where half_frozen stored its frozen layers in half
-        "text_encoder": accelerator.unwrap_model(text_encoder).to(torch.float32),
-        "tokenizer": backbone.tokenizer,
-        "scheduler": backbone.scheduler,
-    }
-    for name, part in parts.items():
-        common.write_dir(run / name, part.save_pretrained)
-    meta = {
-        "format": RUN_FORMAT,
-        "base": backbone.source,
-        "vae": _vae_location(backbone.source),
-        "types": spec.types,
-        "type_tokens": spec.type_to_tokens(),
-        "normal_tokens": spec.normal_token_names,
-        "prompt_template": {"normal": "a {normal_tokens}", "anomaly": "a {normal_tokens} with {type_tokens}"},
-        "prompt": spec.to_dict(),
-        "config": cfg.to_dict(),
-        "data": data_cfg.to_dict(),
-        "guidance": data_cfg.guidance,
-        "split": split.to_dict(),
-    }
-    common.write_json(run / RUN_MARKER, meta)
-
-
-def _vae_location(source: str) -> str:
-    path = Path(source)
-    return str(path / "vae") if path.is_dir() else source

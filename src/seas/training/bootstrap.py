@@ -24,14 +24,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .backbone import build_tiny_components, save_components
-from .data.config import DataConfig
-from .data.images import read_rgb
-from .data.readers import read_dataset
-from .data.transforms import apply_augmentation, draw_augmentation, image_to_tensor
-from .errors import ConfigError
-from .prompts import tokenize
-from .training.common import progress, step_generator
+from seas.model.backbone import build_tiny_components, save_components
+from seas.data.config import DataConfig
+from seas.files.images import read_rgb
+from seas.data.readers import read_dataset
+from seas.data.transforms import apply_augmentation, draw_augmentation, image_to_tensor
+from seas.errors import ConfigError
+from seas.model.prompts import tokenize
+from seas.training.loop import progress
+from seas.seeds import step_generator
 
 
 @dataclass

@@ -16,7 +16,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .errors import ConfigError
+from seas.errors import ConfigError
+
+GOOD = "good"  # the label of normal images (MVTec AD's folder name)
+MIX = "+"  # separator of the types of a mixture in its label: "hole+scratch"
 
 
 @dataclass
@@ -115,3 +118,27 @@ def token_positions(input_ids: torch.Tensor, token_ids: list[int]) -> torch.Tens
             found.append(int(where[0]))
         positions.append(found)
     return torch.tensor(positions, dtype=torch.long)
+
+
+@dataclass
+class PromptTables:
+    """Token ids and loss columns of every prompt, computed once from the tokenised prompts."""
+
+    anomaly_ids: torch.Tensor  # (K, L) input ids of each type's prompt
+    normal_ids: torch.Tensor  # (L,) input ids of the normal prompt
+    columns: torch.Tensor  # (K, M + N) positions of the M normal then N anomaly tokens
+    n_normal: int  # M
+
+    @classmethod
+    def build(cls, tokenizer, spec: PromptSpec) -> "PromptTables":
+        anomaly_ids = tokenize(tokenizer, [spec.anomaly_prompt(kind) for kind in spec.types])
+        normal_names = spec.normal_token_names
+        columns = torch.stack([
+            token_positions(
+                anomaly_ids[k : k + 1],
+                tokenizer.convert_tokens_to_ids(normal_names + spec.type_token_names(kind)),
+            )[0]
+            for k, kind in enumerate(spec.types)
+        ])
+        normal_ids = tokenize(tokenizer, [spec.normal_prompt()])[0]
+        return cls(anomaly_ids, normal_ids, columns, len(normal_names))

@@ -10,18 +10,24 @@ Image ``i`` of a call with ``seed`` s, prompt P and guidance g:
    with classifier-free guidance against an empty prompt:
    ``eps_hat = eps_u + g (eps_c - eps_u)``; for ``g <= 1`` only the conditional pass runs
    (as in diffusers: guidance below 1 acts as 1);
-3. anomaly kinds only: after each of the last ``mask_steps`` steps, the latent is decoded while
-   hooks record the VAE decoder features, and the mask head reads them together with the
-   conditional half's U-Net features of that step; the anomaly probabilities are averaged
-   over those steps and thresholded (``prob > mask_threshold``);
-4. the final decode is the output image (it doubles as the last mask step's decode).
+3. anomaly kinds only, as the reference (spec section 5, "Inference"): at each of the last
+   ``mask_steps`` steps, the conditional half's U-Net features of that step's U-Net call
+   (input x_t) are kept with x_t itself; after the loop the kept latents are decoded while
+   hooks record the VAE decoder features, and the mask head reads them with the U-Net
+   features of the same step; the anomaly probabilities are averaged over those steps and
+   thresholded (``prob > mask_threshold``);
+4. the final latent is decoded into the output image.
 
-At the intermediate mask steps the decoder stops after the last block the mask head reads
-(``vae.decoder.up_blocks[2]``): the remaining block and the output convolution would only make
-pixels that nobody looks at. A forward hook ends the pass, so the VAE stays upstream code.
+The mask decodes stop after the last block the mask head reads (``vae.decoder.up_blocks[2]``):
+the remaining block and the output convolution would only make pixels that nobody looks at. A
+forward hook ends the pass, so the VAE stays upstream code. With the head in eval mode (the
+default) the decodes and head calls of all mask steps run as one batch, which is exact (every
+layer acts per sample); with ``mask_batchnorm="batch"`` (the reference's BatchNorm behaviour)
+the head runs once per step on that step's batch, as the reference does, and a mask then
+depends on the other images of its batch.
 
 Batching: every random draw of image ``i`` comes from its own generator and the mask head is
-in eval mode, so image ``i`` is the same whatever batch it shares. Floating-point kernels may
+in eval mode by default, so image ``i`` is the same whatever batch it shares. Floating-point kernels may
 round differently for other batch shapes or thread counts (about 1e-6 on the CPU), which can
 move a pixel value by one grey level; with the same batch size, device and thread count,
 outputs are bit-identical.
@@ -29,13 +35,14 @@ outputs are bit-identical.
 Memory switches (:class:`~seas.profiles.GenerationSwitches`, docs/GENERATION.md): weights in
 half precision; VAE slicing decodes, and runs the mask head on, one image at a time (the
 outputs equal the batched ones up to float rounding); VAE tiling tiles only the decodes whose
-features nobody reads (images without masks), since the recorder's hooks would keep only the
+features nobody reads (the image decodes), since the recorder's hooks would keep only the
 last tile's features; attention slicing computes the U-Net's attention in slices of heads.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,20 +51,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .data.images import read_rgb
-from .data.transforms import image_to_tensor
-from .errors import ConfigError
-from .features import VAE_BLOCKS, FeatureRecorder, conditional_half
-from .profiles import GenerationSwitches
-from .prompts import PromptSpec, tokenize
-from .run import LoadedRun, load_mask_head, load_run
+from seas.files.images import read_rgb
+from seas.data.transforms import image_to_tensor
+from seas.errors import ConfigError
+from seas.model.features import VAE_BLOCKS, FeatureRecorder, conditional_half
+from seas.profiles import GenerationSwitches
+from seas.model.prompts import GOOD, MIX, PromptSpec, tokenize
+from seas.config import GenerationConfig
+from seas.model.rmp import set_batchnorm_mode
+from seas.run import Run
 
-GOOD = "good"
-MIX = "+"  # separator of the types of a mixture in its label: "hole+scratch"
-
-# Start-latent recipe of the reference (spec section 6).
-SIGNAL = 0.0979
-NOISE = 0.99984
 
 
 @dataclass(frozen=True)
@@ -115,29 +118,29 @@ class SeaSPipeline:
     """A finished run's generator (and mask head) on one device, ready to sample.
 
     Args:
-        run: the loaded run (:func:`seas.run.load_run`).
-        mask_head: its :class:`~seas.mask_head.RefinedMaskPredictor`, or ``None`` for images only.
+        run: the run (:meth:`seas.run.Run.load`).
+        backbone: its generator (:meth:`Run.load_backbone`).
+        mask_head: its mask head (:meth:`Run.load_mask_head`), or ``None`` for images only.
         device: where the models run.
         switches: memory switches; the models are cast to ``switches.dtype``. ``None``: the
             run's precision and no slicing or tiling.
     """
 
-    def __init__(self, run: LoadedRun, mask_head=None, device: str | torch.device = "cpu",
+    def __init__(self, run: Run, backbone, mask_head=None, device: str | torch.device = "cpu",
                  switches: GenerationSwitches | None = None):
         self.run = run
         self.device = torch.device(device)
-        parts = run.backbone
-        self.switches = switches or GenerationSwitches(dtype=parts.unet.dtype)
+        self.switches = switches or GenerationSwitches(dtype=backbone.unet.dtype)
         self.dtype = self.switches.dtype
-        self.tokenizer = parts.tokenizer
+        self.tokenizer = backbone.tokenizer
+        self.scheduler_config = backbone.scheduler.config
         self.text_encoder, self.unet, self.vae = (
-            _frozen(m, self.device, self.dtype) for m in (parts.text_encoder, parts.unet, parts.vae)
+            _frozen(m, self.device, self.dtype) for m in (backbone.text_encoder, backbone.unet, backbone.vae)
         )
         self.mask_head = None if mask_head is None else _frozen(mask_head, self.device, self.dtype)
         if self.switches.attention_slicing:
             _slice_attention(self.unet)
-        self.resolution = int(run.meta["config"]["resolution"])
-        self.references = [s["image"] for s in run.meta["split"]["normal_train"]]
+        self.resolution = run.resolution
         self._reference_latents: dict[int, torch.Tensor] = {}
 
     @classmethod
@@ -149,69 +152,61 @@ class SeaSPipeline:
             switches = GenerationSwitches(dtype=dtype or torch.float32)
         elif dtype is not None and dtype != switches.dtype:
             raise ConfigError(f"dtype {dtype} differs from the switches' {switches.dtype}; give one of them")
-        head = load_mask_head(run_dir, switches.dtype) if with_masks else None
-        return cls(load_run(run_dir, switches.dtype), head, device, switches)
+        run = Run.load(run_dir)
+        head = run.load_mask_head(switches.dtype) if with_masks else None
+        return cls(run, run.load_backbone(switches.dtype), head, device, switches)
 
     @property
     def prompts(self) -> PromptSpec:
-        return self.run.prompts
+        return self.run.prompt
 
     @property
     def types(self) -> list[str]:
         return self.run.types
 
-    @property
-    def default_guidance(self) -> float:
-        """The dataset's guidance scale recorded by the run (8 MVTec AD, 2 VisA, 5 MVTec 3D AD)."""
-        return float(self.run.meta["guidance"])
-
     # ------------------------------------------------------------------------- public
 
-    def generate(
-        self,
-        kind: str | Sequence[str],
-        indices: Sequence[int],
-        seed: int = 0,
-        steps: int = 25,
-        guidance: float | None = None,
-        signal: float = SIGNAL,
-        noise: float = NOISE,
-        mask_threshold: float = 0.2,
-        mask_steps: int = 3,
-        batch_size: int = 4,
-    ) -> list[Generated]:
+    def generate(self, kind: str | Sequence[str], indices: Sequence[int], cfg: GenerationConfig | None = None,
+                 **options) -> list[Generated]:
         """Generate image ``i`` for each ``i`` in ``indices`` (see the module docstring).
 
-        ``kind``: ``"good"``, a type, ``"A+B"`` or a list of types. ``guidance``: ``None`` takes
-        the run's default. Masks come with anomaly kinds when the pipeline has a mask head.
+        ``kind``: ``"good"``, a type, ``"A+B"`` or a list of types. ``cfg`` (default
+        :class:`GenerationConfig`), with any of its fields overridden by ``options``; its
+        ``guidance`` ``None`` takes the run's default. Masks come with anomaly kinds when the
+        pipeline has a mask head.
         """
-        if steps < 1 or batch_size < 1 or mask_steps < 1:
-            raise ConfigError(f"steps, batch size and mask steps must be >= 1, got {steps}, {batch_size}, {mask_steps}")
+        cfg = dataclasses.replace(cfg or GenerationConfig(), **options)
         kind = resolve_kind(kind, self.prompts)
-        guidance = self.default_guidance if guidance is None else float(guidance)
+        guidance = self.run.guidance if cfg.guidance is None else float(cfg.guidance)
         text = self._text_embeddings(kind.prompt, guided=guidance > 1)
         with_masks = self.mask_head is not None and not kind.is_normal
+        if with_masks:
+            set_batchnorm_mode(self.mask_head, cfg.mask_batchnorm)
+        references = self.run.references[: cfg.reference_images]
         results = []
-        for start in range(0, len(indices), batch_size):
-            chunk = [int(i) for i in indices[start : start + batch_size]]
-            latents = self.start_latents(chunk, seed, signal, noise)
-            pixels, prob = self._sample(latents, text, guidance, steps, mask_steps if with_masks else 0)
+        for start in range(0, len(indices), cfg.batch_size):
+            chunk = [int(i) for i in indices[start : start + cfg.batch_size]]
+            latents = self.start_latents(chunk, cfg.seed, cfg.signal, cfg.noise, len(references))
+            pixels, prob = self._sample(latents, text, guidance, cfg.steps, cfg.mask_steps if with_masks else 0,
+                                        cfg.mask_batchnorm == "batch")
             for j, i in enumerate(chunk):
                 p = None if prob is None else prob[j].float().cpu().numpy()
                 results.append(Generated(
-                    image=_to_pil(pixels[j]), mask=None if p is None else p > mask_threshold, prob=p,
-                    kind=kind.label, index=i, seed=seed + i, prompt=kind.prompt,
-                    reference=self.references[i % len(self.references)],
+                    image=_to_pil(pixels[j]), mask=None if p is None else p > cfg.mask_threshold, prob=p,
+                    kind=kind.label, index=i, seed=cfg.seed + i, prompt=kind.prompt,
+                    reference=references[i % len(references)],
                 ))
         return results
 
     @torch.no_grad()
-    def start_latents(self, indices: Sequence[int], seed: int, signal: float = SIGNAL,
-                      noise: float = NOISE) -> torch.Tensor:
-        """``x_init = signal * z + noise * eps`` for each index: ``(B, 4, h, w)``."""
+    def start_latents(self, indices: Sequence[int], seed: int, signal: float = 0.0979, noise: float = 0.99984,
+                      cycle: int | None = None) -> torch.Tensor:
+        """``x_init = signal * z + noise * eps`` for each index: ``(B, 4, h, w)``; image ``i``
+        starts from normal training image ``i % cycle`` (default: all of them in turn)."""
+        cycle = cycle or len(self.run.references)
         rows = []
         for i in indices:
-            z = self.reference_latent(i % len(self.references))
+            z = self.reference_latent(i % cycle)
             generator = torch.Generator().manual_seed(seed + i)
             eps = torch.randn(z.shape, generator=generator, dtype=torch.float32).to(self.device, self.dtype)
             rows.append(signal * z + noise * eps)
@@ -221,7 +216,7 @@ class SeaSPipeline:
     def reference_latent(self, number: int) -> torch.Tensor:
         """Scaled latent mean ``(1, 4, h, w)`` of normal training image ``number`` (cached)."""
         if number not in self._reference_latents:
-            pixels = image_to_tensor(read_rgb(self.references[number]), self.resolution)[None]
+            pixels = image_to_tensor(read_rgb(self.run.references[number]), self.resolution)[None]
             with self._vae_tiling(False):  # start latents do not depend on the switches' tiling
                 posterior = self.vae.encode(pixels.to(self.device, self.dtype)).latent_dist
             self._reference_latents[number] = posterior.mean * self.vae.config.scaling_factor
@@ -233,7 +228,7 @@ class SeaSPipeline:
         from diffusers import DPMSolverMultistepScheduler
 
         scheduler = DPMSolverMultistepScheduler.from_config(
-            self.run.backbone.scheduler.config, algorithm_type="dpmsolver++", solver_order=2,
+            self.scheduler_config, algorithm_type="dpmsolver++", solver_order=2,
             timestep_spacing="linspace", final_sigmas_type="sigma_min",
         )
         scheduler.set_timesteps(steps, device=self.device)
@@ -248,7 +243,7 @@ class SeaSPipeline:
 
     @torch.no_grad()
     def _sample(self, latents: torch.Tensor, text: torch.Tensor, guidance: float, steps: int,
-                mask_steps: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+                mask_steps: int, batch_norm: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Denoise ``latents (B, 4, h, w)``.
 
         Returns images ``(B, 3, H, W)`` in [-1, 1] and, when ``mask_steps > 0``, the anomaly
@@ -257,51 +252,52 @@ class SeaSPipeline:
         scheduler = self._scheduler(steps)
         guided = text.shape[0] == 2
         text = text.repeat_interleave(latents.shape[0], dim=0)  # (2B or B, L, D): [uncond..., cond...]
-        mask_from = steps - min(mask_steps, steps)  # first step whose latent feeds the mask head
+        mask_from = steps - min(mask_steps, steps)  # first step whose x_t feeds the mask head
         recorder = FeatureRecorder(self.unet, self.vae) if mask_steps else None
-        prob_sum = 0.0
+        kept = []  # per mask step: (x_t (B, 4, h, w), conditional U-Net features [(B, C_i, h_i, w_i)])
         with recorder or contextlib.nullcontext():
             for step, t in enumerate(scheduler.timesteps):
                 model_in = scheduler.scale_model_input(torch.cat([latents] * 2) if guided else latents, t)
                 eps = self.unet(model_in, t, encoder_hidden_states=text).sample
+                if recorder is not None and step >= mask_from:
+                    kept.append((latents, [conditional_half(f) if guided else f for f in recorder.unet_features]))
                 if guided:
                     eps_u, eps_c = eps.chunk(2)
                     eps = eps_u + guidance * (eps_c - eps_u)
                 latents = scheduler.step(eps, t, latents).prev_sample
-                if mask_from <= step < steps - 1:
-                    prob_sum = prob_sum + self._decode(latents, recorder, guided, full=False)[1]
-            pixels, prob = self._decode(latents, recorder, guided, full=True)
-        if recorder is None:
-            return pixels, None
-        return pixels, (prob_sum + prob) / (steps - mask_from)
+            prob = None if recorder is None else self._mask_probability(kept, recorder, batch_norm)
+        return self._decode_images(latents), prob
 
-    def _decode(self, latents: torch.Tensor, recorder: FeatureRecorder | None, guided: bool,
-                full: bool) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Decode ``latents (B, 4, h, w)``, one image at a time with VAE slicing, and with a
-        ``recorder`` run the mask head on each decode's features.
+    def _decode_images(self, latents: torch.Tensor) -> torch.Tensor:
+        """``(B, 4, h, w)`` -> images ``(B, 3, H, W)``; one at a time with VAE slicing, tiled
+        with VAE tiling (nobody reads these decodes' features)."""
+        size = 1 if self.switches.vae_slicing else latents.shape[0]
+        with self._vae_tiling(self.switches.vae_tiling):
+            return torch.cat([self.vae.decode(z / self.vae.config.scaling_factor).sample
+                              for z in latents.split(size)])
 
-        ``full``: whole decodes, returning images ``(B, 3, H, W)``; otherwise decodes stopped
-        after the last block the mask head reads (images ``None``). Returns also the anomaly
-        probability ``(B, H, W)`` with a recorder, else ``None``.
+    def _mask_probability(self, kept: list, recorder: FeatureRecorder, batch_norm: bool) -> torch.Tensor:
+        """Mean anomaly probability ``(B, H, W)`` over the kept mask steps.
+
+        Eval-mode head: all steps' latents are decoded and read as one batch (in slices of one
+        image with VAE slicing), exact since every layer then acts per sample. ``batch_norm``
+        (the reference's train-mode BatchNorm): one head call per step over that step's batch.
         """
-        # U-Net features of this step: [(B, C_i, h_i, w_i)], recorded before any decode.
-        unet_feats = None if recorder is None else [
-            conditional_half(f) if guided else f for f in recorder.unet_features
-        ]
-        count = latents.shape[0]
-        size = 1 if self.switches.vae_slicing else count
-        pixels, probs = [], []
-        for part in (slice(start, start + size) for start in range(0, count, size)):
-            z = latents[part]  # (b, 4, h, w): b = 1 with VAE slicing, else B
-            if full:
-                # Tiling only where nobody reads the features: the hooks keep the last tile's.
-                with self._vae_tiling(recorder is None and self.switches.vae_tiling):
-                    pixels.append(self.vae.decode(z / self.vae.config.scaling_factor).sample)
-            else:
+        latents = torch.cat([x for x, _ in kept])  # (S * B, 4, h, w), step-major
+        unet_feats = [torch.cat(level) for level in zip(*(feats for _, feats in kept))]
+        B = kept[0][0].shape[0]
+        head_group = B if batch_norm else (1 if self.switches.vae_slicing else latents.shape[0])
+        decode_size = 1 if self.switches.vae_slicing else head_group
+        probs = []
+        for start in range(0, latents.shape[0], head_group):
+            group = slice(start, start + head_group)
+            vae_feats = []
+            for z in latents[group].split(decode_size):
                 self._decode_features(z)
-            if recorder is not None:
-                probs.append(self.mask_head.predict_proba([f[part] for f in unet_feats], recorder.vae_features))
-        return (torch.cat(pixels) if full else None), (None if recorder is None else torch.cat(probs))
+                vae_feats.append(recorder.vae_features)
+            vae_feats = [torch.cat(level) for level in zip(*vae_feats)]
+            probs.append(self.mask_head([f[group] for f in unet_feats], vae_feats)[0][:, 1])
+        return torch.cat(probs).view(len(kept), B, *probs[0].shape[-2:]).mean(dim=0)
 
     def _decode_features(self, latents: torch.Tensor) -> None:
         """Run the VAE decoder on ``latents (B, 4, h, w)`` only as far as the last block the mask

@@ -26,11 +26,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .bootstrap import BootstrapConfig, bootstrap_backbone
-from .config import MaskConfig, TrainConfig
-from .data.config import DataConfig
-from .data.split import Split
-from .errors import RunError
+from seas.training.bootstrap import BootstrapConfig, bootstrap_backbone
+from seas.config import MaskConfig, TrainConfig
+from seas.data.config import DataConfig
+from seas.errors import RunError
 
 DEMO_MARKER = "demo.json"
 
@@ -51,7 +50,7 @@ class DemoConfig:
     lr_unet: float = 2e-4
     lr_text: float = 2e-3
     # stage 2
-    mask_steps: int = 80
+    mask_head_updates: int = 80
     # generation
     num_per_kind: int = 12
     sample_steps: int = 20
@@ -65,7 +64,7 @@ class DemoConfig:
     def quick(cls) -> "DemoConfig":
         """A shortened demo for the test suite: every stage, far fewer steps, 64 px."""
         return cls(resolution=64, n_train_good=8, n_test_good=4, n_per_type=4, vae_steps=4, unet_steps=4,
-                   train_steps=3, mask_steps=2, num_per_kind=2, sample_steps=3, seg_steps=4, seg_size=64)
+                   train_steps=3, mask_head_updates=2, num_per_kind=2, sample_steps=3, seg_steps=4, seg_size=64)
 
 
 class StageClock:
@@ -96,13 +95,13 @@ def prepare_out(out: Path) -> None:
 
 def run_demo(out: str | Path, cfg: DemoConfig, data_cfg: DataConfig | None = None) -> dict:
     """Run every stage into ``out``; return the metrics written to ``out/evaluation``."""
-    from .data.synthetic import write_synthetic_product
-    from .evaluation.evaluate import EvalConfig, evaluate_run
-    from .evaluation.localisation import attention_localisation, mask_head_localisation
-    from .generate import generate_to_folder
-    from .run import load_mask_head, load_run
-    from .training.stage1 import train_generator
-    from .training.stage2 import train_mask_head
+    from seas.data.synthetic import write_synthetic_product
+    from seas.evaluation.evaluate import EvalConfig, evaluate_run
+    from seas.evaluation.localisation import attention_localisation, mask_head_localisation
+    from seas.generation.folder import generate_to_folder
+    from seas.run import Run
+    from seas.training.stage1 import train_generator
+    from seas.training.stage2 import train_mask_head
 
     out = Path(out).resolve()
     prepare_out(out)
@@ -124,16 +123,17 @@ def run_demo(out: str | Path, cfg: DemoConfig, data_cfg: DataConfig | None = Non
                                 checkpoint_every=max(cfg.train_steps // 2, 1))
         train_generator(data_cfg, train_cfg, run_dir)
     with clock.stage("stage 2: mask head"):
-        train_mask_head(run_dir, MaskConfig(steps=cfg.mask_steps, timesteps="low", seed=cfg.seed,
-                                            checkpoint_every=max(cfg.mask_steps // 2, 1)))
-    run = load_run(run_dir)
+        train_mask_head(run_dir, MaskConfig(steps=cfg.mask_head_updates, grad_accum=1, timesteps="low", seed=cfg.seed,
+                                            checkpoint_every=max(cfg.mask_head_updates // 2, 1)))
+    run = Run.load(run_dir)
     kinds = [*run.types, "good"] + (["+".join(run.types[:2])] if len(run.types) > 1 else [])
     with clock.stage("generation"):
         generate_to_folder(run_dir, run_dir / "generated", kinds, num=cfg.num_per_kind, seed=cfg.seed,
                            steps=cfg.sample_steps, device="cpu")
     with clock.stage("evidence on held-out real images"):
-        test = Split.from_dict(run.meta["split"]).test
-        evidence = attention_localisation(run, test) | mask_head_localisation(run, load_mask_head(run_dir), test)
+        backbone = run.load_backbone()
+        evidence = (attention_localisation(run, backbone, run.split.test)
+                    | mask_head_localisation(run, backbone, run.load_mask_head(), run.split.test))
     with clock.stage("downstream evaluation"):
         eval_cfg = EvalConfig(segmenter=cfg.segmenter, size=cfg.seg_size, steps=cfg.seg_steps, width=cfg.seg_width,
                               seed=cfg.seed, device="cpu", quality=False)
@@ -159,3 +159,26 @@ def print_summary(out: Path, metrics: dict, evidence: dict, seconds: dict) -> No
         print(f"downstream {name:<16} pixel AP {values.get('pixel_ap', float('nan')):.3f}  IoU {values.get('iou', float('nan')):.3f}")
     print("stage timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()) + f"; total {sum(seconds.values()):.0f} s")
     print(f"report: {out / 'evaluation' / 'report.html'}")
+
+
+def add_parsers(sub) -> None:
+    from seas.cli.options import add_data_args
+
+    p = sub.add_parser("demo", help="the whole pipeline on a CPU in minutes (synthetic product or --data)",
+                       description="Write a synthetic product (or read --data), bootstrap a tiny base model, run "
+                       "stage 1 and stage 2, generate every type, normal images and a mixture, measure what was "
+                       "learned on the held-out real split, run the downstream evaluation and write report.html.")
+    add_data_args(p, required=False)
+    p.add_argument("--out", default="demo-out", help="output folder (default demo-out; a previous demo there is replaced)")
+    p.add_argument("--quick", action="store_true", help="a shortened run (64 px, a few steps per stage) to check the setup")
+    p.add_argument("--seed", type=int, default=0, help="seed of every stage (default 0)")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args) -> int:
+    from seas.cli.options import data_config
+
+    cfg = DemoConfig.quick() if args.quick else DemoConfig()
+    cfg.seed = args.seed
+    run_demo(args.out, cfg, data_config(args) if args.data else None)
+    return 0

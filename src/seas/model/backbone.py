@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .errors import SeasError
+from seas.errors import SeasError
+from seas.files.atomic import write_dir
 
 # Components and the classes that read them, in the diffusers folder layout.
 COMPONENTS = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
@@ -162,22 +161,29 @@ def build_tiny_components(seed: int = 0, width: int = 32, vae_width: int | None 
     return dict(tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, vae=vae, scheduler=scheduler)
 
 
+def model_index() -> dict:
+    """diffusers' ``model_index.json`` of an SD 1.x folder, so that ``StableDiffusionPipeline``
+    (and this module) load it; no safety checker."""
+    import diffusers
+
+    return {
+        "_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusers.__version__,
+        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
+        "scheduler": ["diffusers", "DDPMScheduler"], "safety_checker": [None, None],
+        "feature_extractor": [None, None], "requires_safety_checker": False,
+    }
+
+
 def save_components(components: dict, folder: Path) -> Path:
     """Write parts in the diffusers folder layout, atomically (temporary folder, then rename)."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+
+    def save(tmp: Path) -> None:
         for name in COMPONENTS:
             components[name].save_pretrained(tmp / name)
-        index = {"_class_name": "StableDiffusionPipeline", "_seas_backbone": True}
-        (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
+        (tmp / "model_index.json").write_text(json.dumps(model_index(), indent=2))
+
+    return write_dir(Path(folder), save)
 
 
 def tiny_cache_dir() -> Path:

@@ -81,3 +81,16 @@ def da_loss(
 def diffusion_loss(eps_pred: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
     """MSE between predicted and true noise, mean over every element (L_an or L_NA)."""
     return F.mse_loss(eps_pred.float(), eps.float(), reduction="mean")
+
+
+def soft_focal_loss(probs: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    """Focal loss on soft targets (stage 2's ``targets="soft"`` variant; not the reference's).
+
+    ``probs (N, 2, H, W)`` class probabilities, ``target (N, H, W)`` anomaly values in [0, 1]:
+    per pixel ``-sum_c y_c (1 - p_c) ** gamma * log p_c`` with ``y = (1 - target, target)``, so a
+    soft border pixel (0.6) pulls towards 0.6 instead of counting as normal; probabilities are
+    clamped to [1e-5, 1] before the log. Mean over pixels.
+    """
+    p = probs.float().clamp(1e-5, 1.0)
+    y = torch.stack([1.0 - target.float(), target.float()], dim=1)
+    return (-y * (1.0 - p) ** gamma * p.log()).sum(dim=1).mean()

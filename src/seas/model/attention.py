@@ -23,6 +23,8 @@ from collections import defaultdict
 import torch
 from diffusers.models.attention_processor import AttnProcessor2_0
 
+from seas.errors import ConfigError
+
 SOFTMAX_MODES = ("spatial", "token")
 
 
@@ -176,3 +178,19 @@ def install_reference_maps(unet) -> list:
     }
     unet.set_attn_processor(processors)
     return sink
+
+
+def da_levels(unet, down_blocks: list[int], with_up_blocks: bool = False) -> dict[int, list[str]]:
+    """Latent level -> names of the U-Net blocks whose maps are averaged for L_DA at that level.
+
+    Down block i works at latent size / 2^i; the up block at the same size is n - 1 - i
+    (``with_up_blocks``: the mean of both; the reference reads down blocks only).
+    """
+    n = len(unet.config.down_block_types)
+    levels = {}
+    for i in down_blocks:
+        if not 0 <= i < n or "CrossAttn" not in unet.config.down_block_types[i]:
+            raise ConfigError(f"train.da_blocks: down block {i} has no cross attention in this U-Net "
+                              f"(its down blocks: {', '.join(unet.config.down_block_types)})")
+        levels[i] = [f"down_blocks.{i}"] + ([f"up_blocks.{n - 1 - i}"] if with_up_blocks else [])
+    return levels

@@ -22,42 +22,45 @@ existing non-empty ``<out>/<product>`` is refused.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
-from .errors import RunError
-from .generate import MANIFEST, SETTINGS, read_rows
-from .pipeline import GOOD
+from seas.errors import RunError
+from seas.files.atomic import write_dir
+from seas.generation.curation import CURATION, accepted_keys
+from seas.generation.folder import MANIFEST, SETTINGS, read_rows
+from seas.model.prompts import GOOD
 
 
-def export_mvtec(generated_dir: str | Path, out_dir: str | Path, product: str | None = None) -> Path:
+def export_mvtec(generated_dir: str | Path, out_dir: str | Path, product: str | None = None,
+                 curated: bool = False) -> Path:
     """Write the outputs listed in ``generated_dir``'s manifest as ``out_dir/<product>``.
 
-    ``product`` defaults to the product of the run that generated the folder. Returns the
+    ``product`` defaults to the product of the run that generated the folder. ``curated``: only
+    the pairs accepted in ``seas gallery`` (refused when nothing was curated). Returns the
     product folder.
     """
     generated_dir = Path(generated_dir)
     rows = read_rows(generated_dir / MANIFEST)
     if not rows:
         raise RunError(f"{generated_dir}: no {MANIFEST} rows; give the --out folder of a finished 'seas generate'")
+    if curated:
+        accepted = accepted_keys(generated_dir)
+        if not accepted:
+            raise RunError(f"--curated: {generated_dir} has no accepted pairs (no {CURATION}, or nothing accepted); "
+                           f"curate it with 'seas gallery {generated_dir}' first")
+        rows = [row for row in rows if (row["kind"], int(row["index"])) in accepted]
     product = product or _generated_product(generated_dir)
     target = Path(out_dir) / product
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise RunError(f"--export-mvtec {out_dir}: {target} already exists and is not empty; choose another folder")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{product}.", dir=target.parent))
-    try:
+
+    def write(tmp: Path) -> None:
         (tmp / "test" / GOOD).mkdir(parents=True)
         exported = [_copy_row(generated_dir, tmp, row) for row in rows]
         (tmp / "export.jsonl").write_text("".join(json.dumps(row) + "\n" for row in exported))
-        if target.exists():
-            target.rmdir()
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+    return write_dir(target, write)
 
 
 def _generated_product(generated_dir: Path) -> str:

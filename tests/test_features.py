@@ -1,4 +1,4 @@
-"""Tests for feature capture (seas.features) and the Refined Mask Predictor (seas.mask_head)."""
+"""Tests for feature capture (seas.model.features) and the mask head on real tiny-backbone features."""
 
 from __future__ import annotations
 
@@ -7,16 +7,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.nn.functional as F
 
-from seas.backbone import build_tiny_components
-from seas.features import (
-    FeatureRecorder,
-    conditional_half,
-    unet_feature_channels,
-    vae_feature_channels,
-)
-from seas.mask_head import RefinedMaskPredictor, coarse_target, focal_loss, mask_loss
+from seas.model.backbone import build_tiny_components
+from seas.model.features import ( FeatureRecorder, conditional_half, unet_feature_channels, vae_feature_channels, )
+from seas.model.losses import soft_focal_loss
+from seas.model.rmp import ReferenceMaskHead, head_config_for, reference_focal_loss, reference_targets
 
 WIDTH = 16  # tiny backbone width: U-Net (16, 32, 64, 64), VAE (16, 32, 32, 32)
 LATENT = 8  # 64 px images
@@ -131,32 +126,23 @@ def test_conditional_half():
         conditional_half(torch.arange(3))
 
 
-# ----------------------------------------------------------------------------- mask head
+# ----------------------------------------------------------------------------- the head on real features
 
 
-def test_head_shapes_on_tiny_backbone(tiny, tiny_features):
+def tiny_head(tiny, seed=0):
+    torch.manual_seed(seed)
+    return ReferenceMaskHead(**head_config_for(unet_feature_channels(tiny["unet"]), vae_feature_channels(tiny["vae"])))
+
+
+def test_head_on_tiny_backbone_features(tiny, tiny_features):
     head = tiny_head(tiny).eval()
     with torch.no_grad():
         refined, coarse = head(*tiny_features)
         proba = head.predict_proba(*tiny_features)
     assert refined.shape == (BATCH, 2, 8 * LATENT, 8 * LATENT)
     assert coarse.shape == (BATCH, 2, LATENT, LATENT)
-    assert proba.shape == (BATCH, 8 * LATENT, 8 * LATENT)
-    assert torch.allclose(proba, refined.softmax(1)[:, 1])
-    assert 0 <= proba.min() and proba.max() <= 1
-
-
-def test_head_at_sd_scale():
-    torch.manual_seed(0)
-    head = RefinedMaskPredictor().eval()
-    n_params = sum(p.numel() for p in head.parameters())
-    assert 6_000_000 < n_params < 7_000_000
-    unet_feats = [torch.randn(1, 1280, 2, 2), torch.randn(1, 640, 4, 4)]  # as for 32 px images
-    vae_feats = [torch.randn(1, c, s, s) for c, s in ((512, 8), (512, 16), (256, 32))]
-    with torch.no_grad():
-        refined, coarse = head(unet_feats, vae_feats)
-    assert refined.shape == (1, 2, 32, 32)
-    assert coarse.shape == (1, 2, 4, 4)
+    assert torch.allclose(proba, refined[:, 1])
+    assert torch.allclose(refined.sum(dim=1), torch.ones(()), atol=1e-6)  # softmax over the 2 classes
 
 
 def test_save_load_round_trip(tiny, tiny_features, tmp_path):
@@ -164,80 +150,34 @@ def test_save_load_round_trip(tiny, tiny_features, tmp_path):
     with torch.no_grad():
         head(*tiny_features)  # a training-mode pass moves the BatchNorm running statistics
     head.eval().save_pretrained(tmp_path / "rmp")
-    loaded = RefinedMaskPredictor.from_pretrained(tmp_path / "rmp").eval()
-    assert loaded.config.coarse_channels == [16, 16]
+    loaded = ReferenceMaskHead.from_pretrained(tmp_path / "rmp").eval()
+    assert loaded.config.low_channels == head.config.low_channels
     with torch.no_grad():
         for a, b in zip(head(*tiny_features), loaded(*tiny_features)):
             assert torch.equal(a, b)
 
 
-def _first_image(features):
-    return [f[:1] for f in features]
-
-
-def test_eval_mask_does_not_depend_on_batch(tiny, tiny_features):
-    head = tiny_head(tiny).eval()
-    unet_feats, vae_feats = tiny_features
-    with torch.no_grad():
-        alone = head.predict_proba(_first_image(unet_feats), _first_image(vae_feats))
-        in_batch = head.predict_proba(unet_feats, vae_feats)[:1]
-    assert torch.allclose(alone, in_batch, atol=1e-5)
-
-
-def test_train_mode_mask_depends_on_batch(tiny, tiny_features):
-    """BatchNorm in training mode normalises with batch statistics: the reason to call eval()."""
+def test_gradients_reach_every_head_parameter_but_the_unused_convs(tiny, tiny_features):
+    """Training forward (anomaly half refined, normal half coarse): every parameter but the
+    reference's never-called conv6 gets a gradient."""
     head = tiny_head(tiny).train()
     unet_feats, vae_feats = tiny_features
-    with torch.no_grad():
-        alone = head.predict_proba(_first_image(unet_feats), _first_image(vae_feats))
-        in_batch = head.predict_proba(unet_feats, vae_feats)[:1]
-    assert (alone - in_batch).abs().max() > 1e-3
-
-
-# ----------------------------------------------------------------------------- losses
-
-
-def test_focal_loss_hand_computed():
-    log3 = math.log(3.0)
-    # Anomaly probabilities sigmoid(logit difference): [[0.75, 0.75], [0.5, 0.25]].
-    logits = torch.zeros(1, 2, 2, 2)
-    logits[0, 1] = torch.tensor([[log3, log3], [0.0, -log3]])
-    target = torch.tensor([[[True, False], [False, True]]])
-    # p_t per pixel: 0.75, 0.25, 0.5, 0.25; loss = (1 - p_t)^2 * -log p_t.
-    terms = [
-        0.25**2 * -math.log(0.75),
-        0.75**2 * -math.log(0.25),
-        0.5**2 * -math.log(0.5),
-        0.75**2 * -math.log(0.25),
-    ]
-    assert focal_loss(logits, target).item() == pytest.approx(sum(terms) / 4, rel=1e-6)
-    weights = [0.25, 0.75, 0.75, 0.25]  # alpha for anomalous pixels, 1 - alpha for normal ones
-    expected = sum(w * t for w, t in zip(weights, terms)) / 4
-    assert focal_loss(logits, target, alpha=0.25).item() == pytest.approx(expected, rel=1e-6)
-
-
-def test_focal_loss_is_cross_entropy_at_gamma_zero():
-    torch.manual_seed(0)
-    logits = torch.randn(2, 2, 5, 7)
-    target = torch.rand(2, 5, 7) > 0.5
-    expected = F.cross_entropy(logits, target.long())
-    assert torch.allclose(focal_loss(logits, target, gamma=0.0), expected)
-    with pytest.raises(ValueError, match="does not fit"):
-        focal_loss(logits, target[:1])
-
-
-def test_coarse_target_keeps_small_defects():
-    mask = torch.zeros(1, 64, 64)
-    mask[0, 13, 50] = 1
-    coarse = coarse_target(mask, (8, 8))
-    assert coarse.shape == (1, 8, 8)
-    assert coarse.sum() == 1 and coarse[0, 1, 6] == 1
-
-
-def test_gradients_reach_every_head_parameter(tiny, tiny_features):
-    head = tiny_head(tiny).train()
-    mask = torch.zeros(BATCH, 8 * LATENT, 8 * LATENT)
+    n = 1  # anomaly samples: the first; the other BATCH - 1 are the normal half
+    refined, coarse = head(unet_feats, [f[:n] for f in vae_feats], n_anomaly=n)
+    mask = torch.zeros(n, 8 * LATENT, 8 * LATENT)
     mask[0, 10:30, 20:40] = 1
-    mask_loss(*head(*tiny_features), mask).backward()
-    missing = [name for name, p in head.named_parameters() if p.grad is None or not p.grad.any()]
-    assert missing == []
+    full, small = reference_targets(mask, BATCH - n, tuple(coarse.shape[-2:]), normalize_max=False)
+    (reference_focal_loss(refined, full) + reference_focal_loss(coarse, small)).backward()
+    missing = sorted(name for name, p in head.named_parameters() if p.grad is None or not p.grad.any())
+    assert missing and all(".conv6." in name for name in missing)
+    assert len(missing) == 3 * 3  # conv6's weight, BatchNorm weight and bias in each of the 3 MRMs
+
+
+def test_soft_focal_loss_hand_computed():
+    probs = torch.zeros(1, 2, 1, 2)
+    probs[0, 1] = torch.tensor([[0.75, 0.5]])
+    probs[0, 0] = 1 - probs[0, 1]
+    target = torch.tensor([[[1.0, 0.6]]])  # a defect pixel and a soft border pixel
+    first = 0.25**2 * -math.log(0.75)
+    second = 0.4 * 0.5**2 * -math.log(0.5) + 0.6 * 0.5**2 * -math.log(0.5)
+    assert soft_focal_loss(probs, target).item() == pytest.approx((first + second) / 2, rel=1e-6)

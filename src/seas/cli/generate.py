@@ -1,0 +1,138 @@
+"""``seas generate`` and ``seas export``: sample a finished run into a folder, and export it.
+
+Several processes (torchrun / accelerate launch) share the work: each samples its batches, then
+the main process merges the manifest parts and runs the export.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from seas.cli.options import add_run_config_args, resolve_config
+from seas.config import GenerationConfig
+from seas.errors import ConfigError
+from seas.model.prompts import GOOD, MIX
+
+PROFILE_HELP = ("memory/speed profile. default: fp32; fast: fp16 weights on a GPU (fp32 on a CPU, where bf16 is "
+                "slower); low-memory: half-precision weights (fp16 on a GPU, bf16 on a CPU) plus VAE slicing and "
+                "tiling. Explicit memory options win")
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser(
+        "generate", help="generate anomaly images with masks, and normal images",
+        description="Sample a finished run (stage 1 and 2) into a folder of images, masks and a manifest "
+        "(see docs/GENERATION.md). Re-running the same command resumes; several processes "
+        "(torchrun / accelerate launch) share the work.",
+    )
+    p.add_argument("--run", required=True, metavar="RUN_DIR", help="folder of a finished 'seas train' + 'seas train-mask'")
+    p.add_argument("--out", default=None, metavar="DIR", help="output folder (default: <run>/generated)")
+    p.add_argument("--type", action="append", default=None, metavar="NAME",
+                   help="anomaly type to generate (repeatable), or 'all' for every type of the run")
+    p.add_argument("--normal", action="store_true", help="also generate normal images (folder 'good', no masks)")
+    p.add_argument("--mix", action="append", default=None, metavar="A+B",
+                   help="unseen anomalies mixing the token groups of several types, in this order (repeatable)")
+    add_run_config_args(p, PROFILE_HELP)
+    GenerationConfig.add_arguments(p.add_argument_group("sampling (defaults: the authors' release)"))
+    p.add_argument("--device", default=None,
+                   help="torch device (default: cuda if available, else cpu; with several processes each takes its own GPU)")
+    _add_memory_args(p)
+    p.add_argument("--export-mvtec", default=None, metavar="DIR",
+                   help="afterwards, also write the outputs as an MVTec AD product folder DIR/<product>")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("export", help="write a generated folder as an MVTec AD product folder",
+                       description="Copy the outputs of 'seas generate' into the MVTec AD layout "
+                       "(docs/GENERATION.md, Export) for detectors that read it.")
+    p.add_argument("generated", metavar="GENERATED_DIR", help="the --out folder of 'seas generate'")
+    p.add_argument("--out", required=True, metavar="DIR", help="writes DIR/<product>")
+    p.add_argument("--curated", action="store_true",
+                   help="only the pairs accepted in 'seas gallery' (its curation.json)")
+    p.set_defaults(func=cmd_export)
+
+
+def _add_memory_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("memory and precision (docs/GENERATION.md; a folder resumes only with the same)")
+    g.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
+                   help="precision of the weights and activations (default: the profile's)")
+    g.add_argument("--vae-slicing", action=argparse.BooleanOptionalAction, default=None,
+                   help="decode, and run the mask head, one image at a time (default: the profile's)")
+    g.add_argument("--vae-tiling", action=argparse.BooleanOptionalAction, default=None,
+                   help="decode the output images in tiles when larger than the VAE's tile size; decodes the "
+                   "mask head reads are never tiled (default: the profile's)")
+    g.add_argument("--attention-slicing", action=argparse.BooleanOptionalAction, default=None,
+                   help="U-Net attention computed in slices of heads (default: off in every profile)")
+
+
+def switches_from_args(args, device: str):
+    """The switches of ``args.profile`` on ``device``, with the options given explicitly."""
+    import torch
+
+    from seas.profiles import generation_switches
+
+    names = ("vae_slicing", "vae_tiling", "attention_slicing")
+    given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+    if args.dtype is not None:
+        given["dtype"] = getattr(torch, args.dtype)
+    return dataclasses.replace(generation_switches(args.profile, device), **given)
+
+
+def kinds_from_args(args, types: list[str]) -> list[str]:
+    """The kinds an invocation asks for: types (``all`` expanded), mixtures, then ``good``."""
+    kinds = []
+    for name in args.type or []:
+        kinds += types if name == "all" else [name]
+    kinds += args.mix or []
+    if args.normal:
+        kinds.append(GOOD)
+    if not kinds:
+        raise ConfigError("nothing to generate: give --type NAME (or --type all), --mix A+B and/or --normal")
+    bad_mix = [m for m in args.mix or [] if MIX not in m]
+    if bad_mix:
+        raise ConfigError(f"--mix {bad_mix[0]}: name two or more types joined by '+', e.g. --mix {'+'.join(types[:2])}")
+    named = [("--type", name) for name in args.type or [] if name not in ("all", GOOD)]
+    named += [("--mix", part) for mix in args.mix or [] for part in mix.split(MIX)]
+    for option, name in named:
+        if name not in types:
+            raise ConfigError(f"{option} {name}: the run {args.run} has no such type; "
+                              f"choose from {', '.join(types)} (or --type all)")
+    return kinds
+
+
+def cmd_generate(args) -> int:
+    import torch
+    from accelerate import PartialState
+
+    from seas.generation.export import export_mvtec
+    from seas.generation.folder import generate_to_folder, merge_manifests, read_rows
+    from seas.run import Run
+
+    kinds = kinds_from_args(args, Run.load(args.run, verify=False).types)
+    cfg = resolve_config(GenerationConfig, args)
+    # On a machine without a GPU, cpu=True lets torchrun's processes find each other (gloo).
+    state = PartialState(cpu=args.device == "cpu" or (args.device is None and not torch.cuda.is_available()))
+    # One GPU per process under torchrun / accelerate. A distributed CPU state says "cpu:0",
+    # which takes other kernels than "cpu": plain "cpu" keeps the outputs of one process.
+    device = args.device or ("cpu" if state.device.type == "cpu" else str(state.device))
+    out = generate_to_folder(
+        args.run, args.out, kinds, cfg, device=device, rank=state.process_index, world=state.num_processes,
+        progress=state.is_main_process and not args.quiet, profile=args.profile,
+        switches=switches_from_args(args, device),
+    )
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return 0
+    manifest = merge_manifests(out)
+    print(f"{len(read_rows(manifest))} outputs in {out} (manifest {manifest})")
+    if args.export_mvtec:
+        print(f"MVTec AD layout written to {export_mvtec(out, args.export_mvtec)}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from seas.generation.export import export_mvtec
+
+    print(f"MVTec AD layout written to {export_mvtec(args.generated, args.out, curated=args.curated)}")
+    return 0

@@ -1,0 +1,74 @@
+"""Options shared by several subcommands: the dataset, the run configuration, the processes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from seas.data.config import DataConfig
+from seas.errors import SeasError
+
+
+def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    """``--data`` and the dataset fields (docs/DATA.md); the folder layout's globs by hand."""
+    g = p.add_argument_group("data (see docs/DATA.md)")
+    g.add_argument("--data", required=required, help="dataset root folder, or a YAML dataset description (.yaml/.yml)")
+    g.add_argument("--normal", action="append", default=None, metavar="GLOB", help="folder layout: normal images (repeatable)")
+    g.add_argument("--normal-test", action="append", default=None, metavar="GLOB",
+                   help="folder layout: normal test images (default: the last third of --normal, sorted)")
+    g.add_argument("--anomaly", action="append", default=None, metavar="TYPE=GLOB",
+                   help="folder layout: anomaly images of one type (repeatable)")
+    DataConfig.add_arguments(g, exclude=("root", "normal_test_fraction"))
+
+
+def data_config(args) -> DataConfig:
+    """The DataConfig of ``--data`` (a folder, or a YAML description) and the options given."""
+    given = DataConfig.given(args)
+    if args.anomaly:
+        anomalies: dict[str, list[str]] = {}
+        for item in args.anomaly:
+            kind, sep, pattern = item.partition("=")
+            if not sep or not kind or not pattern:
+                raise SeasError(f"--anomaly {item!r}: write TYPE=GLOB, e.g. --anomaly scratch='scratch/*.png'")
+            anomalies.setdefault(kind, []).append(pattern)
+        given["anomalies"] = anomalies
+    for name in ("normal", "normal_test"):
+        if getattr(args, name):
+            given[name] = getattr(args, name)
+    if Path(args.data).suffix in (".yaml", ".yml"):
+        return DataConfig.from_yaml(args.data, **given)
+    return DataConfig.from_dict({"root": args.data, **given})
+
+
+def add_run_config_args(p: argparse.ArgumentParser, profile_help: str) -> None:
+    """``--config``, ``--reference`` and ``--profile`` (train, train-mask, generate)."""
+    from seas.config import PROFILES
+
+    g = p.add_argument_group("where settings come from (last wins: defaults < --profile < --reference < "
+                             "--config < options)")
+    g.add_argument("--config", default=None, metavar="RUN.yaml",
+                   help="run-configuration file with sections train:, mask:, generate: (any field of "
+                        "docs/TRAINING.md and docs/GENERATION.md)")
+    g.add_argument("--reference", action="store_true",
+                   help="every behaviour of the authors' release at once (docs/TRAINING.md, 'The reference switch')")
+    g.add_argument("--profile", choices=PROFILES, default="default", help=profile_help)
+
+
+def resolve_config(cls, args, defaults: dict | None = None):
+    """``cls`` (a config of :mod:`seas.config`) from ``defaults`` (a profile's switches),
+    ``--reference``, ``--config`` and the options given, last wins."""
+    from seas.config import REFERENCE, read_config_file
+
+    values = dict(defaults or {})
+    if args.reference:
+        values.update(REFERENCE[cls.section])
+    if args.config:
+        values.update(read_config_file(args.config, cls.section))
+    values.update(cls.given(args))
+    return cls.from_dict(values, where=args.config or "")
+
+
+def main_process() -> bool:
+    """True in a single process, and in process 0 under torchrun / accelerate launch."""
+    return os.environ.get("RANK", "0") == "0"

@@ -1,0 +1,108 @@
+"""``seas train``, ``seas train-mask`` and ``seas bootstrap``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from seas.cli.options import add_data_args, add_run_config_args, data_config, main_process, resolve_config
+from seas.config import MaskConfig, TrainConfig
+
+PROFILE_HELP = {
+    "generator": "memory/speed profile (docs/PERFORMANCE.md). default: fp32, AdamW; fast: bf16 autocast "
+                 "(fp16 on GPUs without bf16) with the frozen parts in half on a GPU, fp32 on a CPU (where bf16 "
+                 "is slower); low-memory: bf16 autocast, frozen parts in half, gradient checkpointing and 8-bit "
+                 "AdamW (where bitsandbytes is installed)",
+    "mask": "memory/speed profile (docs/PERFORMANCE.md). default: fp32; fast: bf16 autocast with the frozen "
+            "generator in half on a GPU, fp32 on a CPU; low-memory: bf16 autocast and frozen generator in half",
+}
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("train", help="stage 1: SeaS fine-tuning of the generator",
+                       description="Fine-tune U-Net and token embeddings with L_an + L_DA + L_NA (spec section 4). "
+                       "Defaults are the authors' release; docs/TRAINING.md lists every option against it.")
+    add_data_args(p)
+    p.add_argument("--out", required=True, help="run folder to create (refused if it holds a finished run)")
+    add_run_config_args(p, PROFILE_HELP["generator"])
+    TrainConfig.add_arguments(p.add_argument_group("stage 1 (defaults: the authors' release)"))
+    _add_resume_args(p, "stage 1")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("train-mask", help="stage 2: train the Refined Mask Prediction head",
+                       description="Train the RMP head on a finished stage-1 run, generator frozen (spec section 5).")
+    p.add_argument("--run", required=True, help="run folder of a finished 'seas train'")
+    add_run_config_args(p, PROFILE_HELP["mask"])
+    MaskConfig.add_arguments(p.add_argument_group("stage 2 (defaults: the authors' release)"))
+    _add_resume_args(p, "stage 2")
+    p.set_defaults(func=cmd_train_mask)
+
+    from seas.training.bootstrap import BootstrapConfig
+
+    d = BootstrapConfig()
+    p = sub.add_parser("bootstrap", help="train a tiny base model on a product's normal images (no SD weights needed)",
+                       description="Build the tiny SD-1.x-shaped model and train its VAE and U-Net briefly on the "
+                       "product's normal training images: a small base model of your own product for machines "
+                       "without Stable Diffusion weights. The output folder is a valid --base.")
+    add_data_args(p)
+    p.add_argument("--out", required=True, help="folder to write the model to (diffusers layout)")
+    p.add_argument("--resolution", type=int, default=d.resolution, help="image size (default 128)")
+    p.add_argument("--width", type=int, default=d.width, help="tiny U-Net and text encoder width (default 32)")
+    p.add_argument("--vae-width", type=int, default=d.vae_width, help="tiny VAE width (default 16)")
+    p.add_argument("--vae-steps", type=int, default=d.vae_steps, help="VAE updates (default 300)")
+    p.add_argument("--unet-steps", type=int, default=d.unet_steps, help="U-Net updates (default 400)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per update (default 8)")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed (default 0)")
+    p.set_defaults(func=cmd_bootstrap)
+
+
+def _add_resume_args(p: argparse.ArgumentParser, stage: str) -> None:
+    p.add_argument("--resume", default=None, metavar="latest|PATH", help=f"continue an unfinished {stage} from a checkpoint")
+    p.add_argument("--overwrite", action="store_true", help=f"replace a finished or unfinished {stage} in this folder")
+
+
+def train_config(args) -> TrainConfig:
+    """Stage 1's config from the profile, --reference, --config and the options given."""
+    from seas.profiles import has_bitsandbytes, train_switches
+
+    cfg = resolve_config(TrainConfig, args, {"profile": args.profile, **train_switches(args.profile, "generator")})
+    if args.profile == "low-memory" and args.optimizer is None and cfg.optimizer == "adamw" and not has_bitsandbytes():
+        print("note: --profile low-memory uses 8-bit AdamW only with bitsandbytes installed "
+              "(pip install bitsandbytes); training with AdamW (4x the optimizer memory)", file=sys.stderr)
+    return cfg
+
+
+def mask_config(args) -> MaskConfig:
+    """Stage 2's config from the profile, --reference, --config and the options given."""
+    from seas.profiles import train_switches
+
+    return resolve_config(MaskConfig, args, {"profile": args.profile, **train_switches(args.profile, "mask")})
+
+
+def cmd_train(args) -> int:
+    from seas.training.stage1 import train_generator
+
+    run = train_generator(data_config(args), train_config(args), args.out, resume=args.resume, overwrite=args.overwrite)
+    if main_process():
+        print(f"generator written to {run}")
+    return 0
+
+
+def cmd_train_mask(args) -> int:
+    from seas.training.stage2 import train_mask_head
+
+    run = train_mask_head(args.run, mask_config(args), resume=args.resume, overwrite=args.overwrite)
+    if main_process():
+        print(f"mask head written to {run / 'mask_head'}")
+    return 0
+
+
+def cmd_bootstrap(args) -> int:
+    import dataclasses
+
+    from seas.training.bootstrap import BootstrapConfig, bootstrap_backbone
+
+    names = {f.name for f in dataclasses.fields(BootstrapConfig)}
+    cfg = BootstrapConfig(**{k: v for k, v in vars(args).items() if k in names and v is not None})
+    print(f"base model written to {bootstrap_backbone(data_config(args), cfg, args.out)}")
+    return 0

@@ -1,0 +1,146 @@
+"""Checkpoints of a training stage: atomic, verified, rotated, and resumed.
+
+``<run>/checkpoints/<stage>-NNNNNN`` holds accelerate's state (models, optimizer, random
+states) and ``seas_step.json``: the step, the stage's config, and the size and SHA-256 of each
+file. On resume a checkpoint that fails that check, or fails to load, is skipped in favour of
+the previous one, with a message; one taken with another configuration is refused with the
+options that differ.
+
+Several processes: each writes its own random-state file into the temporary folder, with
+barriers before the main process adds the metadata and renames it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from seas.errors import RunError
+from seas.files.atomic import check_file_table, file_table, read_json, remove_path, replace_dir, write_errors
+
+CHECKPOINTS = "checkpoints"
+CHECKPOINT_META = "seas_step.json"
+OPTIONS = {"root": "--data"}  # config keys whose command-line option has another name
+
+
+def checkpoint_dirs(run: Path, stage: str) -> list[Path]:
+    """Complete checkpoints of ``stage``, oldest first."""
+    folder = run / CHECKPOINTS
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith(f"{stage}-"))
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(path.name.rsplit("-", 1)[1])
+
+
+
+def save_checkpoint(accelerator, run: Path, stage: str, step: int, keep: int) -> Path:
+    """Save the accelerate state at ``step`` atomically, then keep only the newest ``keep``.
+
+    Every process writes its random state into the temporary folder; after a barrier the
+    main process adds ``seas_step.json`` (step, the stage's config, size and SHA-256 of each
+    file) and renames the folder.
+    """
+    folder = run / CHECKPOINTS
+    final = folder / f"{stage}-{step:06d}"
+    tmp = folder / f".tmp-{final.name}"
+    main = accelerator.is_main_process
+    if main:
+        folder.mkdir(parents=True, exist_ok=True)
+        remove_path(tmp)
+    accelerator.wait_for_everyone()
+    with write_errors(final, tmp if main else None):
+        accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if main:
+        config = read_json(run / f"{stage}-state.json")["config"]
+        with write_errors(final, tmp):
+            meta = {"step": step, "config": config, "files": file_table(tmp)}
+            (tmp / CHECKPOINT_META).write_text(json.dumps(meta, indent=1))
+        replace_dir(tmp, final)
+        for old in checkpoint_dirs(run, stage)[:-keep]:
+            remove_path(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def verify_checkpoint(path: Path) -> dict:
+    """The metadata of checkpoint ``path`` once each listed file has its recorded size and
+    SHA-256; a RunError saying what is wrong (missing, truncated or altered file) otherwise."""
+    meta_path = path / CHECKPOINT_META
+    try:
+        meta = json.loads(meta_path.read_text())
+        step, config, files = int(meta["step"]), dict(meta["config"]), dict(meta["files"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise RunError(f"{meta_path.name} unreadable: {type(err).__name__}") from None
+    problem = check_file_table(path, files)
+    if problem:
+        raise RunError(problem)
+    return {"step": step, "config": config}
+
+
+def config_changes(previous: dict, current: dict) -> list[str]:
+    """'--option was A, now B' for every leaf value that differs between two configs."""
+    def leaves(config: dict) -> dict:
+        flat = {}
+        for key, value in config.items():
+            flat.update(leaves(value) if isinstance(value, dict) else {key: value})
+        return flat
+
+    old, new = leaves(previous), leaves(current)
+    return [f"{OPTIONS.get(key, '--' + key.replace('_', '-'))} was {old.get(key)}, now {new.get(key)}"
+            for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+
+
+def resume_checkpoint(accelerator, run: Path, stage: str, resume: str) -> int:
+    """Load ``resume`` ("latest" or a checkpoint path); return the step it was taken at.
+
+    A checkpoint that fails its file check or fails to load is skipped in favour of the
+    previous one, with a message. One taken with another configuration (another ``--base``,
+    say) is refused with the options that differ.
+    """
+    if resume == "latest":
+        candidates = checkpoint_dirs(run, stage)[::-1]
+        if not candidates:
+            accelerator.print(f"no {stage} checkpoint in {run / CHECKPOINTS}; starting from step 0")
+            return 0
+    else:
+        candidates = [Path(resume)]
+    config = read_json(run / f"{stage}-state.json")["config"]
+    for path in candidates:
+        try:
+            meta = verify_checkpoint(path)
+        except RunError as err:
+            accelerator.print(f"checkpoint {path} is damaged ({err}); trying the previous one")
+            continue
+        _check_checkpoint_config(path, meta["config"], config, resume)
+        try:
+            accelerator.load_state(str(path))
+        except Exception as err:  # noqa: BLE001 - whatever fails to load, the previous one may not
+            accelerator.print(f"checkpoint {path} is damaged ({type(err).__name__} on load); trying the previous one")
+            continue
+        accelerator.print(f"resumed from {path} (step {meta['step']})")
+        return meta["step"]
+    raise RunError(f"{run / CHECKPOINTS}: no loadable {stage} checkpoint; delete the damaged ones and "
+                   f"resume again (it restarts from step 0)")
+
+
+def _check_checkpoint_config(path: Path, taken_with: dict, config: dict, resume: str) -> None:
+    changes = config_changes(taken_with, config)
+    if changes:
+        raise RunError(f"--resume {resume}: checkpoint {path} was taken with other options "
+                       f"({'; '.join(changes)}); repeat the original options or start a new run")
+
+
+def check_resume_path(resume: str, run: Path, config: dict) -> None:
+    """Before anything is written: ``--resume PATH`` must be a checkpoint of this configuration."""
+    path = Path(resume)
+    if not path.is_dir():
+        raise RunError(f"--resume {resume}: no such checkpoint folder; use 'latest' or a folder in {run / CHECKPOINTS}")
+    try:
+        taken_with = dict(json.loads((path / CHECKPOINT_META).read_text())["config"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # damaged: resume_checkpoint reports it
+    _check_checkpoint_config(path, taken_with, config, resume)
