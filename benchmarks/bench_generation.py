@@ -2,11 +2,14 @@
 
 Both rates come from the same pipeline modules on the same device, timed alternately, so the
 printed overhead ratio compares like with like. Target: masks cost at most 10 % more time.
+``--flops`` instead counts the floating-point operations of one image at SD 1.x shape (512 px,
+25 steps, guidance, 3 mask steps, the reference head) on the meta device: no weights, no time.
 
     python -m benchmarks.bench_generation                       # tiny model, width 32, 128 px
     python -m benchmarks.bench_generation --base sd15 --resolution 512 --device cuda
     python -m benchmarks.bench_generation --base /models/sd15 --resolution 512 --device cuda
     python -m benchmarks.bench_generation --run runs/bottle --device cuda   # a finished run
+    python -m benchmarks.bench_generation --flops                            # SD 1.x shape, FLOPs
 
 Without ``--run``, a run is made in a temporary folder: one stage-1 update on a synthetic
 product, and a random mask head whose widths follow the backbone (SD 1.x: the paper's head).
@@ -28,7 +31,8 @@ from seas.config import TrainConfig
 from seas.data.config import DataConfig
 from seas.data.synthetic import write_synthetic_product
 from seas.generation.pipeline import SeaSPipeline
-from seas.run import MASK_DIR, MASK_MARKER, load_mask_head, load_run
+from seas.config import MaskConfig
+from seas.run import Run
 from seas.training.stage1 import train_generator
 from seas.training.stage2 import build_head
 
@@ -38,9 +42,42 @@ def make_run(folder: Path, base: str, resolution: int) -> Path:
     product = write_synthetic_product(folder / "data", size=resolution, n_train_good=4, n_test_good=1, n_per_type=3)
     cfg = TrainConfig(base=base, resolution=resolution, batch_size=1, grad_accum=1, steps=1)
     run = train_generator(DataConfig(root=str(product), layout="mvtec"), cfg, folder / "run")
-    build_head(load_run(run)).save_pretrained(run / MASK_DIR)  # random weights: timing only
-    (run / MASK_MARKER).write_text('{"format": "benchmark"}')
+    record = Run.load(run)
+    record.save_mask_head(build_head(record.load_backbone()), MaskConfig(), steps=0)  # random weights: timing only
     return run
+
+
+def flop_table(steps: int = 25, mask_steps: int = 3) -> None:
+    """FLOPs of one 512 px image at SD 1.x shape, counted by torch on the meta device."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from seas.model.features import FeatureRecorder
+    from seas.model.rmp import ReferenceMaskHead
+
+    def count(fn) -> float:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            fn()
+        return counter.get_total_flops() / 1e12
+
+    with torch.device("meta"):
+        parts = sd15_components()
+        unet, vae, head = parts["unet"], parts["vae"], ReferenceMaskHead()
+        latent, text = torch.randn(1, 4, 64, 64), torch.randn(2, 77, 768)
+    pipe = SeaSPipeline.__new__(SeaSPipeline)  # only its stopped decode is used
+    pipe.vae = vae
+    with FeatureRecorder(unet, vae) as recorder:
+        unet_call = count(lambda: unet(torch.cat([latent] * 2), torch.tensor([500, 500], device="meta"), text))
+        decode = count(lambda: vae.decode(latent))
+        stopped = count(lambda: pipe._decode_features(latent))
+        unet_feats = [f[1:] for f in recorder.unet_features]  # the conditional half
+        head_call = count(lambda: head(unet_feats, recorder.vae_features))
+    image_only = steps * unet_call + decode
+    masks = mask_steps * (stopped + head_call)
+    print(f"TFLOPs per 512 px image: U-Net call (guided, 2 x) {unet_call:.3f}, full decode {decode:.3f}, "
+          f"mask decode (stopped after up_blocks[2]) {stopped:.3f}, mask head {head_call:.3f}")
+    print(f"image only ({steps} steps + decode)   {image_only:8.2f} TFLOPs")
+    print(f"masks ({mask_steps} x (mask decode + head))  {masks:8.2f} TFLOPs")
+    print(f"overhead                         {masks / image_only:8.1%}  (target <= 10%)")
 
 
 def base_folder(base: str | None, tmp: Path) -> str:
@@ -77,7 +114,11 @@ def main() -> None:
     parser.add_argument("--num", type=int, default=8, help="images per timing (default 8)")
     parser.add_argument("--repeats", type=int, default=3, help="alternating timings of each variant; the best counts")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--flops", action="store_true", help="count FLOPs at SD 1.x shape instead of timing")
     args = parser.parse_args()
+    if args.flops:
+        flop_table(args.steps)
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
@@ -86,9 +127,10 @@ def main() -> None:
         run = args.run
         if run is None:
             run = make_run(Path(tmp), base_folder(args.base, Path(tmp)), args.resolution)
-        loaded = load_run(run, dtype)
-        with_masks = SeaSPipeline(loaded, load_mask_head(run, dtype), args.device)
-        plain = SeaSPipeline(loaded, None, args.device)  # the same modules, no mask head
+        record = Run.load(run)
+        backbone = record.load_backbone(dtype)
+        with_masks = SeaSPipeline(record, backbone, record.load_mask_head(dtype), args.device)
+        plain = SeaSPipeline(record, backbone, None, args.device)  # the same modules, no mask head
         for pipe in (plain, with_masks):  # warm-up: caches, kernels, reference latents
             seconds(pipe, argparse.Namespace(**{**vars(args), "num": args.batch_size}))
         times = {"plain": [], "masks": []}

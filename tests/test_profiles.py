@@ -164,7 +164,7 @@ def test_low_memory_run_records_its_switches_and_exports_fp32(tmp_path, tiny16, 
     args = ["train", "--data", str(product64), "--base", str(tiny16), "--out", str(tmp_path / "run"),
             "--resolution", "64", "--batch-size", "1", "--grad-accum", "1", "--steps", "2", "--profile", "low-memory"]
     assert main(args) == 0
-    meta = json.loads((tmp_path / "run" / "seas_run.json").read_text())["config"]
+    meta = json.loads((tmp_path / "run" / "seas_run.json").read_text())["train"]
     assert (meta["profile"], meta["mixed_precision"], meta["half_frozen"], meta["gradient_checkpointing"]) == (
         "low-memory", "bf16", True, True)
     from transformers import CLIPTextModel

@@ -35,7 +35,7 @@ from safetensors.torch import load_file
 from seas.cli import main
 from seas.errors import RunError
 from seas.run import Run
-import seas.training.loop
+import seas.training.loop as training_loop
 from seas.training.checkpoints import checkpoint_dirs, verify_checkpoint
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
@@ -322,18 +322,18 @@ def test_unknown_type_at_generation(capsys, tmp_path, gen_run):
 def unfinished_run(work, tiny16, product64):
     """A stage-1 run stopped after its checkpoint at step 2 of 6 (same options as ``train_args``)."""
     out = work / "unfinished"
-    real = seas.training.loop.save_checkpoint
+    real = training_loop.save_checkpoint
 
     def save_then_stop(*args):
         real(*args)
         raise KeyboardInterrupt
 
-    seas.training.loop.save_checkpoint = save_then_stop
+    training_loop.save_checkpoint = save_then_stop
     try:
         with pytest.raises(KeyboardInterrupt):
             main([str(a) for a in train_args(tiny16, product64, "--steps", 6, "--checkpoint-every", 2, "--out", out)])
     finally:
-        seas.training.loop.save_checkpoint = real
+        training_loop.save_checkpoint = real
     return out
 
 

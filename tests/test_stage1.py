@@ -303,7 +303,7 @@ def test_run_exports_a_loadable_generator(tmp_path, tiny16, product64):
         scheduler=DPMSolverMultistepScheduler.from_config(bb.scheduler.config),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
-    image = pipe(loaded.prompts.anomaly_prompt("hole"), height=64, width=64, num_inference_steps=2,
+    image = pipe(loaded.prompt.anomaly_prompt("hole"), height=64, width=64, num_inference_steps=2,
                  output_type="np", generator=torch.Generator().manual_seed(0)).images
     assert image.shape == (1, 64, 64, 3) and math.isfinite(float(image.sum()))
 

@@ -74,6 +74,8 @@ def _check_value(owner: str, field: dataclasses.Field, value: Any, by_key: bool 
             raise ConfigError(f"{label} {value!r}: not a finite number")
     elif kind.startswith("list["):
         item = _SCALARS[kind[5:-1]]
+        if item is str and isinstance(value, str):  # one glob, one name: a list of one
+            value = [value]
         if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) or not all(
                 isinstance(v, item) and not isinstance(v, bool) for v in value):
             raise ConfigError(f"{label} {value!r}: not a list of {kind[5:-1]}")

@@ -196,7 +196,7 @@ def build_train_sets(real_pairs: list, normals: list[np.ndarray], generated: lis
     """
     base = list(real_pairs) + [(image, None) for image in normals]
     parts = {"real_anomalies": len(real_pairs), "real_normals": len(normals)}
-    gen_pairs = [(r["image"], r["mask"]) for r in generated if r["kind"] != GOOD and r.get("mask")]
+    gen_pairs = [(r["image"], r["mask"]) for r in generated if r["kind"] != GOOD and r.get("mask") is not None]
     gen_normals = [(r["image"], None) for r in generated if r["kind"] == GOOD]
     if not gen_pairs and not gen_normals:
         raise RunError("the generated folder has no usable rows (anomalies need masks: "
