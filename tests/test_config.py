@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from seas.cli import build_parser, main
-from seas.cli.options import resolve_config
+from seas.cli.options import data_config, resolve_config
 from seas.cli.train import mask_config, train_config
 from seas.config import REFERENCE, GenerationConfig, MaskConfig, TrainConfig
 from seas.errors import ConfigError
@@ -51,6 +51,11 @@ def test_reference_sets_exactly_the_listed_fields():
         assert all(reference.to_dict()[k] == v for k, v in REFERENCE[cls.section].items())
     assert REFERENCE["train"]["attention_eps"] == 0.0 and REFERENCE["train"]["optimizer"] == "adamw8bit"
     assert REFERENCE["generate"]["mask_batchnorm"] == "batch" and REFERENCE["mask"]["timesteps"] == "all"
+    # and the dataset's geometry and colour, over the description, under the options given
+    assert (data_config(train_args("--reference")).fit, data_config(train_args("--reference")).channels) == (
+        "crop", "rgb")
+    assert data_config(train_args("--reference", "--fit", "pad")).fit == "pad"
+    assert data_config(train_args()).fit == "defect-crop"
 
 
 def _without(args):
@@ -79,7 +84,7 @@ def test_precedence_profile_reference_file_options(tmp_path):
     ("train:\n  attention_eps: -1\n", "train.attention_eps -1.0: must be at least 0.0"),
     ("train:\n  steps: many\n", "train.steps 'many': not a int"),
     ("train:\n  tokens_per_typ: 4\n", "unknown key train.tokens_per_typ; known keys:"),
-    ("trian:\n  steps: 1\n", "unknown section trian; sections: train, mask, generate"),
+    ("trian:\n  steps: 1\n", "unknown section trian; sections: train, mask, generate, data"),
     ("train: [1, 2]\n", "section train must be a mapping"),
     ("train:\n  steps: [\n", "cannot be read"),
 ])

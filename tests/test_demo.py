@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import math
 
@@ -27,7 +28,10 @@ def _numbers(tree, path=""):
         yield path, tree
 
 
-def test_quick_demo_writes_every_artifact_with_finite_numbers(tmp_path, capsys):
+def test_quick_demo_writes_every_artifact_with_finite_numbers(tmp_path, capsys, monkeypatch):
+    for name in ("HOME", "TORCH_HOME", "SEAS_HOME"):  # no quality weights anywhere
+        monkeypatch.setenv(name, str(tmp_path / name.lower()))
+    monkeypatch.delenv("SEAS_WEIGHTS", raising=False)
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     for path in ["data/tile/train/good", "base/unet", "run/seas_run.json", "run/mask_head.json",
@@ -39,6 +43,11 @@ def test_quick_demo_writes_every_artifact_with_finite_numbers(tmp_path, capsys):
     scored = [(p, v) for p, v in _numbers(metrics["downstream"]) if not isinstance(v, str)]
     scored += [(p, v) for p, v in _numbers(metrics["extra"]) if isinstance(v, float)]
     assert scored and all(v is not None and math.isfinite(v) for _, v in scored), [p for p, v in scored if v is None]
+    # quality scores: computed when available; without LPIPS weights, one line says how to get them
+    assert metrics["config"]["quality"] is None and metrics["config"]["quality_size"] == 64
+    hint = metrics["quality"]["lpips"]["skipped"]
+    assert "run `seas weights fetch lpips`" in hint and "\n" not in hint
+    assert "IC-LPIPS skipped: " + hint in html.unescape((out / "evaluation/report.html").read_text())
     demo = json.loads((out / "demo.json").read_text())
     assert set(demo["stage_seconds"]) >= {"bootstrap base model", "stage 1: SeaS fine-tuning", "generation"}
     printed = capsys.readouterr().out

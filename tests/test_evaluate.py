@@ -24,14 +24,15 @@ from seas.files.images import read_mask, read_rgb
 from seas.data.readers import read_dataset
 from seas.data.split import few_shot_split
 from seas.data.synthetic import write_synthetic_product
-from seas.errors import RunError, SeasError
-from seas.evaluation import quality
+from seas.errors import ConfigError, RunError, SeasError
+from seas.evaluation import lpips_weights, quality
 from seas.evaluation.baselines import cut_paste
 from seas.cli.evaluate import add_parsers
 from seas.config import TrainConfig
 from seas.evaluation.evaluate import EvalConfig, evaluate_run, read_generated
 from seas.model.prompts import PromptSpec
 from seas.evaluation.lpips import LPIPS
+from seas.evaluation.lpips_weights import lpips_weights_path
 from seas.evaluation.quality import WEIGHT_FILES, MissingWeightsError
 from seas.run import Run
 
@@ -57,6 +58,7 @@ def no_weights(tmp_path_factory):
         mp.setenv("HOME", str(home))
         mp.setenv("TORCH_HOME", str(home / "torch"))
         mp.delenv("SEAS_WEIGHTS", raising=False)
+        mp.delenv("SEAS_HOME", raising=False)
         yield
 
 
@@ -158,10 +160,14 @@ def test_metrics_are_finite_for_every_training_set(evaluation):
     assert metrics["extra"]["Attention-map localisation"]["<script>x</script>"]["iou"] is None
 
 
-def test_quality_skipped_names_the_weight_file(evaluation):
+def test_quality_skipped_per_family_names_the_weight_file_and_command(evaluation):
     metrics, _ = evaluation
-    message = metrics["quality"]["skipped"]
-    assert WEIGHT_FILES["inception_v3"].file_name in message and "\n" not in message
+    assert set(metrics["quality"]) == {"inception", "lpips"}
+    inception, lpips = metrics["quality"]["inception"], metrics["quality"]["lpips"]
+    assert set(inception) == {"skipped"} and set(lpips) == {"skipped"}
+    assert WEIGHT_FILES["inception_v3"].file_name in inception["skipped"] and "\n" not in inception["skipped"]
+    assert "`seas weights fetch lpips`" in lpips["skipped"] and "lpips-vgg-v0.1.safetensors" in lpips["skipped"]
+    assert "\n" not in lpips["skipped"]
 
 
 def test_report_is_self_contained_and_has_every_section(evaluation):
@@ -180,9 +186,11 @@ def test_report_is_self_contained_and_has_every_section(evaluation):
     assert all(v.startswith("#") for _, k, v in page.attrs if k == "href")
     assert "http://" not in html
     text = " ".join(page.text)
-    assert metrics["quality"]["skipped"] in text
+    assert metrics["quality"]["inception"]["skipped"] in text
+    assert "IC-LPIPS skipped: " + metrics["quality"]["lpips"]["skipped"] in text
     assert "<script>x</script>" in text and "Stage timings" in text
     assert "<b>" in html
+    assert "with a non-empty mask" in text and "empty masks" in text  # empty masks are counted apart
 
 
 # ----------------------------------------------------------------------------- folders and errors
@@ -197,7 +205,8 @@ def test_previous_evaluation_is_replaced_and_other_folders_refused(run_dir, tmp_
     assert json.loads((previous / "metrics.json").read_text())["format"] == metrics["format"]
     assert set(metrics["downstream"]) == {"real_only", "real+generated"}
     assert metrics["generated"]["hole"] == {"rows": N_PER_TYPE, "used": 1, "with_mask": 1, "empty_masks": 0}
-    assert metrics["quality"] == {"skipped": "turned off (--no-quality)"}
+    assert metrics["quality"] == {"inception": {"skipped": "turned off (--no-quality)"},
+                                  "lpips": {"skipped": "turned off (--no-quality)"}}
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
@@ -211,6 +220,7 @@ def test_required_quality_without_weights_fails_and_writes_nothing(run_dir, tmp_
     with pytest.raises(MissingWeightsError) as err:
         evaluate_run(run_dir, out_dir=out, cfg=_cfg(quality=True, weights_dir=str(tmp_path / "w")))
     assert "\n" not in str(err.value) and WEIGHT_FILES["inception_v3"].file_name in str(err.value)
+    assert "`seas weights fetch lpips`" in str(err.value)  # both families are named
     assert not out.exists()
 
 
@@ -243,21 +253,66 @@ def test_command_line_parser_and_command(run_dir, tmp_path, capsys):
     args = parser.parse_args(["evaluate", "--run", str(run_dir), "--out", str(tmp_path / "cli"), "--segmenter", "unet",
                               "--size", "32", "--steps", "1", "--width", "0.25", "--device", "cpu", "--no-baselines",
                               "--max-generated", "2", "--no-quality"])
+    assert (args.baselines, args.quality, args.max_generated) == (False, False, 2)
+    assert EvalConfig.from_dict(EvalConfig.given(args)) == _cfg(
+        size=32, steps=1, batch_size=8, seed=0, baselines=False, max_generated=2, quality=False, progress=True)
     assert args.func(args) == 0
-    assert "real+generated" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "real+generated" in printed and "IC-LPIPS (LPIPS-VGG) skipped: turned off (--no-quality)" in printed
     assert (tmp_path / "cli" / "report.html").is_file()
     with pytest.raises(SeasError, match="--segmenter"):
         EvalConfig(segmenter="upernet")
 
 
+def test_command_line_options_come_from_the_config_fields(run_dir, capsys):
+    parser = argparse.ArgumentParser(prog="seas")
+    subparsers = parser.add_subparsers(dest="command")
+    add_parsers(subparsers)
+    args = parser.parse_args(["evaluate", "--run", str(run_dir), "--baselines", "--quality", "--quality-size", "64",
+                              "--weights-dir", "w", "--batch-size", "2", "--seed", "3"])
+    assert (args.baselines, args.quality, args.quality_size, args.weights_dir, args.batch_size, args.seed) == (
+        True, True, 64, "w", 2, 3)
+    assert not hasattr(args, "progress")  # set from code only
+    with pytest.raises(SystemExit):
+        parser.parse_args(["evaluate", "--run", str(run_dir), "--segmenter", "upernet"])
+    assert "choose from" in capsys.readouterr().err
+    help_text = subparsers.choices["evaluate"].format_help()
+    assert "--no-baselines" in help_text and "--no-quality" in help_text and "(default 256)" in help_text
+
+
+def test_eval_config_dict_round_trip_is_strict():
+    cfg = EvalConfig(segmenter="unet", size=64, max_generated=3, quality=True, weights_dir="w", width=0.5)
+    assert EvalConfig.section == "evaluate"
+    assert EvalConfig.from_dict(cfg.to_dict()) == cfg
+    assert EvalConfig.from_dict(EvalConfig().to_dict()) == EvalConfig()
+    assert EvalConfig.from_dict({"width": 2}).width == 2.0  # an int where a float is expected
+    for values, message in [({"segmentr": "unet"}, "unknown key evaluate.segmentr"),
+                            ({"steps": "10"}, "not a int"), ({"size": 8}, "at least 16"),
+                            ({"max_generated": 0}, "at least 1"), ({"quality_size": 15}, "at least 16"),
+                            ({"width": 0.0}, "must be positive"), ({"quality": "yes"}, "not a bool"),
+                            ({"segmenter": "upernet"}, "choose one of bisenetv2, unet")]:
+        with pytest.raises(ConfigError, match=message) as err:
+            EvalConfig.from_dict(values, where="eval.yaml")
+        assert "\n" not in str(err.value)
+
+
 # ----------------------------------------------------------------------------- quality
 
 
-def test_quality_scores_with_stand_in_networks(run_dir, tmp_path, monkeypatch):
+def _stand_in_lpips() -> LPIPS:
+    """LPIPS with random weights (non-negative heads, as the published ones)."""
     torch.manual_seed(0)
-    lpips_model = LPIPS().eval()
-    for head in lpips_model.heads:
+    model = LPIPS().eval()
+    for head in model.heads:
         torch.nn.init.uniform_(head.model[1].weight, 0.0, 1.0)
+    return model
+
+
+FAMILY_KEYS = {"inception": {"is_mean", "is_std", "kid_mean", "kid_std"}, "lpips": {"ic_lpips", "ic_lpips_anomaly"}}
+
+
+def test_quality_scores_with_stand_in_networks(run_dir, tmp_path, monkeypatch):
+    lpips_model = _stand_in_lpips()
     monkeypatch.setattr(quality, "load_inception", lambda *args: TinyInception().eval())
     monkeypatch.setattr(quality, "load_lpips", lambda *args: lpips_model)
     weights = tmp_path / "weights"
@@ -267,11 +322,107 @@ def test_quality_scores_with_stand_in_networks(run_dir, tmp_path, monkeypatch):
     cfg = _cfg(size=32, steps=1, baselines=False, quality=True, weights_dir=str(weights), quality_size=32)
     evaluate_run(run_dir, out_dir=tmp_path / "out", cfg=cfg)
     stored = json.loads((tmp_path / "out" / "metrics.json").read_text())["quality"]
-    keys = {"is_mean", "is_std", "kid_mean", "kid_std", "ic_lpips", "ic_lpips_anomaly"}
-    for kind in ("hole", "scratch", "stain"):
-        assert set(stored["per_kind"][kind]) == keys
-        assert all(isinstance(v, float) and math.isfinite(v) for v in stored["per_kind"][kind].values())
-    assert all(math.isfinite(v) for v in stored["mean"].values()) and stored["mean"]["is_mean"] >= 1.0
-    assert "hole+scratch" in stored["per_kind"]
+    assert set(stored) == set(FAMILY_KEYS)
+    for family, keys in FAMILY_KEYS.items():
+        for kind in ("hole", "scratch", "stain"):
+            assert set(stored[family]["per_kind"][kind]) == keys
+            assert all(isinstance(v, float) and math.isfinite(v) for v in stored[family]["per_kind"][kind].values())
+        assert set(stored[family]["mean"]) == keys and all(math.isfinite(v) for v in stored[family]["mean"].values())
+        assert "hole+scratch" in stored[family]["per_kind"]
+    assert stored["inception"]["mean"]["is_mean"] >= 1.0
+    assert set(stored["lpips"]["comparison"]["per_type"]) == {"hole", "scratch", "stain"}
     report = (tmp_path / "out" / "report.html").read_text()
-    assert "mean over types" in report and "Skipped" not in report
+    assert "mean over types" in report and "IC-LPIPS compared, per type" in report
+    assert "skipped" not in report.lower()
+
+
+def _generated_and_centres(run_dir: Path, kind: str, size: int):
+    """The images the comparison of ``kind`` must use, loaded independently of evaluate_run."""
+    from seas.files.images import resize_image, resize_mask
+
+    split = Run.load(run_dir, verify=False).split
+    rows = [r for r in read_generated(run_dir / "generated") if r["kind"] == kind]
+    test = [s for s in split.test if s.type == kind]
+
+    def images(paths):
+        return quality.images_to_tensor([resize_image(read_rgb(p), size) for p in paths], size)
+
+    def masks(paths):
+        return quality.masks_to_tensor([resize_mask(read_mask(p), size) for p in paths], size)
+
+    return ((images([r["image"] for r in rows]), masks([r["mask"] for r in rows])),
+            (images([s.image for s in test]), masks([s.mask for s in test])),
+            images([s.image for s in split.train[kind]]))
+
+
+def test_ic_lpips_without_inception_with_comparison_rows(run_dir, tmp_path, monkeypatch):
+    """Only LPIPS weights (a file as `seas weights fetch lpips` stores it, random weights): IC-LPIPS
+    and its comparison rows are computed through the real loading route; IS and KID are skipped,
+    naming the Inception file; a damaged file is skipped by default and refused by --quality."""
+    monkeypatch.setenv("SEAS_HOME", str(tmp_path / "seas_home"))
+    model = _stand_in_lpips()
+    lpips_weights._write_atomically(lpips_weights_path(), model.state_dict(), {"format": "pt"})
+    cfg = _cfg(size=32, steps=1, baselines=False, quality_size=32)
+    metrics = evaluate_run(run_dir, out_dir=tmp_path / "out", cfg=cfg)
+    stored = metrics["quality"]
+    assert WEIGHT_FILES["inception_v3"].file_name in stored["inception"]["skipped"]
+    assert set(stored["inception"]) == {"skipped"}
+    lpips = stored["lpips"]
+    for kind in ("hole", "scratch", "stain"):
+        assert set(lpips["per_kind"][kind]) == FAMILY_KEYS["lpips"]
+        assert all(math.isfinite(v) for v in lpips["per_kind"][kind].values())
+    assert set(lpips["mean"]) == FAMILY_KEYS["lpips"]
+
+    comparison = lpips["comparison"]
+    assert comparison["centres"] == {"hole": 2, "scratch": 2, "stain": 2}  # the real training anomalies
+    for kind, rows in comparison["per_type"].items():
+        assert list(rows) == ["generated", "real_test", "cut_paste", "perlin"]
+        assert [rows[name]["images"] for name in rows] == [N_PER_TYPE, 4, N_PER_TYPE, N_PER_TYPE]
+        for row in rows.values():  # >= 4 images around 2 centres: some cluster has a pair
+            assert set(row) == {"images", "ic_lpips", "ic_lpips_anomaly"}
+            assert all(isinstance(row[k], float) and row[k] > 0 for k in ("ic_lpips", "ic_lpips_anomaly"))
+    for name, row in comparison["mean"].items():
+        values = [comparison["per_type"][t][name]["ic_lpips"] for t in ("hole", "scratch", "stain")]
+        assert row["ic_lpips"] == pytest.approx(np.mean(values))
+    # the generated and real-test rows are IC-LPIPS around the type's training anomalies
+    (gen, gen_masks), (test, test_masks), centres = _generated_and_centres(run_dir, "scratch", 32)
+    expected = quality.ic_lpips_scores(model, gen, centres, gen_masks)
+    assert comparison["per_type"]["scratch"]["generated"] == pytest.approx({"images": N_PER_TYPE, **expected})
+    expected = quality.ic_lpips_scores(model, test, centres, test_masks)
+    assert comparison["per_type"]["scratch"]["real_test"] == pytest.approx({"images": 4, **expected})
+
+    page = _Page()
+    page.feed((tmp_path / "out" / "report.html").read_text())
+    text = " ".join(page.text)
+    assert "IS and KID skipped: " + stored["inception"]["skipped"] in text
+    assert "IC-LPIPS compared, per type" in text and "How to read" in text and "real_test" in text
+    assert "scratch (centres: its 2 real training anomalies)" in text
+
+    with pytest.raises(MissingWeightsError) as err:  # --quality: Inception is still required
+        evaluate_run(run_dir, out_dir=tmp_path / "required", cfg=_cfg(quality=True))
+    assert WEIGHT_FILES["inception_v3"].file_name in str(err.value) and "lpips" not in str(err.value).lower()
+
+    path = lpips_weights_path()
+    path.write_bytes(path.read_bytes()[:-1] + b"x")
+    damaged = evaluate_run(run_dir, out_dir=tmp_path / "damaged", cfg=_cfg(size=32, steps=1, baselines=False,
+                                                                           max_generated=2))
+    assert "re-run `seas weights fetch lpips`" in damaged["quality"]["lpips"]["skipped"]
+    with pytest.raises(lpips_weights.LpipsWeightsHashError) as err:  # required: both failures in one line
+        evaluate_run(run_dir, out_dir=tmp_path / "required", cfg=_cfg(quality=True))
+    assert WEIGHT_FILES["inception_v3"].file_name in str(err.value) and str(path) in str(err.value)
+    assert "\n" not in str(err.value) and not (tmp_path / "required").exists()
+
+
+def test_is_and_kid_without_lpips(run_dir, tmp_path, monkeypatch):
+    """Only the Inception file: IS and KID computed, IC-LPIPS skipped naming the fetch command."""
+    monkeypatch.setattr(quality, "load_inception", lambda *args: TinyInception().eval())
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / WEIGHT_FILES["inception_v3"].file_name).write_bytes(b"")
+    cfg = _cfg(size=32, steps=1, baselines=False, weights_dir=str(weights), quality_size=32, max_generated=3)
+    stored = evaluate_run(run_dir, out_dir=tmp_path / "out", cfg=cfg)["quality"]
+    assert set(stored["inception"]["per_kind"]["hole"]) == FAMILY_KEYS["inception"]
+    assert set(stored["lpips"]) == {"skipped"} and "run `seas weights fetch lpips`" in stored["lpips"]["skipped"]
+    with pytest.raises(MissingWeightsError, match="seas weights fetch lpips") as err:
+        evaluate_run(run_dir, out_dir=tmp_path / "required", cfg=_cfg(quality=True, weights_dir=str(weights)))
+    assert WEIGHT_FILES["inception_v3"].file_name not in str(err.value)

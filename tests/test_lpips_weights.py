@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.bench_lpips_reference import pair_images, pixels_sha256, side_image, synthetic_image
 from seas.evaluation import lpips_weights, quality
 from seas.evaluation.lpips import LPIPS
 from seas.evaluation.lpips_weights import (
@@ -57,42 +58,8 @@ def no_download(folder: Path) -> None:
 
 
 # --------------------------------------------------------------------------- fixture pairs
-# The pair construction of benchmarks/bench_lpips_reference.py (integer arithmetic only); the
-# fixture's SHA-256 of each pair's pixels checks that both build the same images.
-
-
-def synthetic_image(seed: int, size: int = 64) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    blocks = rng.integers(0, 256, (size // 8, size // 8, 3), dtype=np.int64)
-    blocks = blocks.repeat(8, axis=0).repeat(8, axis=1)
-    slope_y, slope_x = rng.integers(-2, 3, 2, dtype=np.int64)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.int64)
-    ramp = (slope_y * yy + slope_x * xx)[..., None]
-    fine = rng.integers(-24, 25, (size, size, 3), dtype=np.int64)
-    return np.clip(blocks // 2 + 64 + ramp + fine, 0, 255).astype(np.uint8)
-
-
-def file_crop(path: Path, size: int = 64) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as image:
-        pixels = np.asarray(image.convert("RGB"))
-    top, left = (pixels.shape[0] - size) // 2, (pixels.shape[1] - size) // 2
-    return np.ascontiguousarray(pixels[top : top + size, left : left + size])
-
-
-def side_image(side: dict) -> np.ndarray:
-    if "seed" in side:
-        image = synthetic_image(side["seed"]).astype(np.int64)
-    else:
-        image = file_crop(MAGNETIC_TILE / side["file"]).astype(np.int64)
-    if "shift" in side:
-        image = np.roll(image, tuple(side["shift"]), axis=(0, 1))
-    if side.get("noise"):
-        amplitude = side["noise"]
-        rng = np.random.default_rng(side["noise_seed"])
-        image = image + rng.integers(-amplitude, amplitude + 1, image.shape, dtype=np.int64)
-    return np.clip(image, 0, 255).astype(np.uint8)
+# Built by the benchmark's own functions; the fixture's SHA-256 of each pair's pixels checks that
+# they still give the images the reference distances were measured on.
 
 
 def to_unit_range(images: np.ndarray) -> torch.Tensor:
@@ -109,8 +76,8 @@ def fixture_pairs() -> tuple[list[dict], np.ndarray, np.ndarray, list[str]]:
         if uses_file and not MAGNETIC_TILE.is_dir():
             left_out.append(f"{pair['id']}: {MAGNETIC_TILE} is absent")
             continue
-        x, y = side_image(pair["a"]), side_image(pair["b"])
-        digest = hashlib.sha256(x.tobytes() + y.tobytes()).hexdigest()
+        x, y = pair_images(pair, MAGNETIC_TILE)
+        digest = pixels_sha256(x, y)
         if digest != pair["pixels_sha256"]:
             # Synthetic pixels are integer arithmetic and must match; JPEG decoders may differ.
             assert uses_file, f"{pair['id']}: the pair's pixels differ from the fixture's"

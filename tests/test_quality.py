@@ -28,6 +28,7 @@ def isolated_weight_dirs(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     monkeypatch.delenv("SEAS_WEIGHTS", raising=False)
+    monkeypatch.setenv("SEAS_HOME", str(tmp_path / "seas_home"))  # no fetched LPIPS file
 
 
 @pytest.fixture(scope="module")
@@ -331,3 +332,61 @@ def test_quality_scores_with_stand_in_networks(monkeypatch, lpips_model):
     }
     assert scores["is_mean"] >= 1.0
     assert all(np.isfinite(v) for v in scores.values())  # 5 images in 2 clusters: some pair
+
+
+# --------------------------------------------------------------------------- one family at a time
+
+
+def test_ic_lpips_reuses_a_given_assignment(clustered_images):
+    gen, real, owner = clustered_images
+    gen_t, real_t = torch.from_numpy(gen), torch.from_numpy(real)
+    masks = torch.from_numpy((np.random.default_rng(8).random((9, 1, 6, 6)) > 0.5).astype(np.float64))
+    fresh = ic_lpips(gen_t, real_t, MeanAbsDistance(), masks, batch_size=4)
+    reused = ic_lpips(gen_t, real_t, MeanAbsDistance(), masks, batch_size=4, assignment=owner)
+    np.testing.assert_array_equal(reused.assignment, fresh.assignment)
+    np.testing.assert_allclose(reused.per_cluster, fresh.per_cluster)
+    for bad in (owner[:-1], owner + 1):
+        with pytest.raises(ValueError, match="assignment"):
+            ic_lpips(gen_t, real_t, MeanAbsDistance(), assignment=bad)
+
+
+def test_ic_lpips_scores_need_no_inception(monkeypatch, lpips_model):
+    def no_inception(*args):
+        raise AssertionError("Inception was loaded")
+
+    monkeypatch.setattr(quality, "load_inception", no_inception)
+    torch.manual_seed(4)
+    gen, real = torch.rand(5, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    masks = (torch.rand(5, 1, 16, 16) > 0.5).float()
+    scores = quality.ic_lpips_scores(lpips_model, gen, real, masks, batch_size=2)
+    whole = ic_lpips(gen * 2 - 1, real * 2 - 1, lpips_model, batch_size=3)
+    region = ic_lpips(gen * 2 - 1, real * 2 - 1, lpips_model, masks, batch_size=3)
+    assert scores == pytest.approx({"ic_lpips": whole.score, "ic_lpips_anomaly": region.score})
+    assert set(quality.ic_lpips_scores(lpips_model, gen, real)) == {"ic_lpips"}
+
+
+def test_inception_scores_alone():
+    torch.manual_seed(5)
+    scores = quality.inception_scores(TinyInception().eval(), torch.rand(6, 3, 16, 16), torch.rand(4, 3, 16, 16),
+                                      batch_size=4, is_splits=2, kid_subsets=3)
+    assert set(scores) == {"is_mean", "is_std", "kid_mean", "kid_std"} and scores["is_mean"] >= 1.0
+
+
+def test_weight_checks_per_family(tmp_path):
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    with pytest.raises(MissingWeightsError, match=INCEPTION_FILE):
+        quality.check_family_weights("inception", folder)
+    with pytest.raises(MissingWeightsError, match="`seas weights fetch lpips`") as error:
+        quality.check_family_weights("lpips", folder)
+    assert "\n" not in str(error.value)
+    for name in ("vgg16-397923af.pth", "vgg.pth"):  # the published LPIPS files, no Inception
+        (folder / name).write_bytes(b"")
+    quality.check_lpips_weights(folder)
+    with pytest.raises(MissingWeightsError, match=INCEPTION_FILE):
+        quality.check_weights(folder)
+    (folder / INCEPTION_FILE).write_bytes(b"")
+    quality.check_inception_weights(folder)
+    quality.check_weights(folder)
+    with pytest.raises(ValueError, match="inception, lpips"):
+        quality.load_family_network("fid", folder)

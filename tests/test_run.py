@@ -33,8 +33,9 @@ def test_round_trip_of_the_record(own_run):
     assert again.to_dict() == run.to_dict()
     record = json.loads((run_dir / RUN_FILE).read_text())
     assert record["format"] == FORMAT and record == run.to_dict()
-    # each fact is stored once: no copies of the types, guidance or split elsewhere in the record
-    assert set(record) == {"format", "base", "data", "train", "prompt", "split", "versions", "weights"}
+    # each fact is stored once: the split in split.json, no copies of the types or guidance
+    assert set(record) == {"format", "base", "data", "train", "prompt", "versions", "weights"}
+    assert json.loads((run_dir / "split.json").read_text()) == run.split.to_dict()
     assert run.types == ["hole", "scratch", "stain"] == record["prompt"]["types"]
     assert run.guidance == 8.0 and run.mask_rule == "half" and run.resolution == 64
     assert run.base == str(base) and set(run.weights) == {"unet", "text_encoder", "vae"}

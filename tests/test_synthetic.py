@@ -172,6 +172,6 @@ def test_failure_leaves_nothing(tmp_path, monkeypatch):
         raise RuntimeError("disk full")
 
     monkeypatch.setattr("seas.data.synthetic.add_defect", broken)
-    with pytest.raises(RuntimeError, match="disk full"):
+    with pytest.raises(OSError, match="disk full"):  # a failed write names its target (files.atomic)
         write_synthetic_product(tmp_path, n_train_good=2, n_test_good=1, n_per_type=1)
     assert list(tmp_path.iterdir()) == []

@@ -167,12 +167,14 @@ REFERENCE = {
     "mask": dict(optimizer="adamw8bit", mixed_precision="no", timesteps="all", targets="reference",
                  coarse_target="bilinear", normal_path="coarse"),
     "generate": dict(mask_batchnorm="batch", signal=0.0979, noise=0.99984, reference_images=10),
+    # the dataset: shorter side resized and centre-cropped, RGB (spec section 2)
+    "data": dict(fit="crop", channels="rgb"),
 }
 
 
 def read_config_file(path: str | Path, section: str) -> dict:
-    """The ``section`` mapping (``train``, ``mask`` or ``generate``) of a run-configuration YAML
-    file; unknown sections are refused so that a typo is not silently ignored."""
+    """The ``section`` mapping (``train``, ``mask``, ``generate`` or ``data``) of a run-configuration
+    YAML file; unknown sections are refused so that a typo is not silently ignored."""
     import yaml
 
     path = Path(path)
@@ -181,7 +183,8 @@ def read_config_file(path: str | Path, section: str) -> dict:
     except (OSError, yaml.YAMLError) as err:
         raise ConfigError(f"--config {path}: cannot be read ({str(err).splitlines()[0]}); fix the file") from None
     if not isinstance(values, dict):
-        raise ConfigError(f"--config {path}: a run configuration is a mapping with sections train:, mask:, generate:")
+        raise ConfigError(f"--config {path}: a run configuration is a mapping with sections train:, mask:, "
+                          f"generate:, data:")
     unknown = sorted(set(values) - set(REFERENCE))
     if unknown:
         raise ConfigError(f"--config {path}: unknown section {unknown[0]}; sections: {', '.join(REFERENCE)}")

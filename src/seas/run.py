@@ -7,16 +7,16 @@ A finished run is a self-contained diffusers folder (it loads with the base mode
     scheduler/  vae/                       the base's training schedule and (frozen) VAE
     seas_run.json                          the Run record below; written last by stage 1, so
                                            its presence means the generator is complete
-    split.json                             the few-shot split with its data config (written
-                                           when stage 1 starts, for the user to read)
+    split.json                             the few-shot split (written when stage 1 starts;
+                                           the one copy of it)
     mask_head/  mask_head.json             the RMP head and its record, once stage 2 finished
     generator-state.json  mask-state.json  a stage's resolved config while it runs (resume)
     checkpoints/  logs/                    training checkpoints and TensorBoard logs
 
-``seas_run.json`` holds every fact a reader needs, each once: where the base came from, the
-data config (its guidance scale and mask rule included), the stage-1 config, the prompt
-(types in token order, tokens per type), the split, library versions, and the size and SHA-256
-of every weight file (checked on load: a damaged file is one line naming it).
+``seas_run.json`` holds every other fact a reader needs, each once: where the base came from,
+the data config (its guidance scale and mask rule included), the stage-1 config, the prompt
+(types in token order, tokens per type), library versions, and the size and SHA-256 of every
+weight file (checked on load: a damaged file is one line naming it).
 """
 
 from __future__ import annotations
@@ -108,15 +108,15 @@ class Run:
         return [s.image for s in self.split.normal_train]
 
     def to_dict(self) -> dict:
+        """The record ``seas_run.json`` (the split has its own file, ``split.json``)."""
         return {"format": FORMAT, "base": self.base, "data": self.data.to_dict(), "train": self.train.to_dict(),
-                "prompt": self.prompt.to_dict(), "split": self.split.to_dict(), "versions": self.versions,
-                "weights": self.weights}
+                "prompt": self.prompt.to_dict(), "versions": self.versions, "weights": self.weights}
 
     # ------------------------------------------------------------------ writing (stage 1)
 
     def write_split(self) -> Path:
-        """``split.json`` (split + data config), written when stage 1 starts."""
-        return write_json(self.path / SPLIT_FILE, {"data": self.data.to_dict(), **self.split.to_dict()})
+        """``split.json``, written when stage 1 starts."""
+        return write_json(self.path / SPLIT_FILE, self.split.to_dict())
 
     def save_generator(self, parts: dict) -> None:
         """Write the generator parts, the VAE and ``model_index.json``, then the record (last).
@@ -143,7 +143,8 @@ class Run:
         load_vae(self.base, self.train.base_config).to(torch.float32).save_pretrained(folder)
 
     def save(self) -> Path:
-        """Write the record ``seas_run.json`` atomically."""
+        """Write ``split.json`` and the record ``seas_run.json`` (last), atomically."""
+        self.write_split()
         return write_json(self.path / RUN_FILE, self.to_dict())
 
     # ------------------------------------------------------------------ reading
@@ -171,9 +172,9 @@ class Run:
         try:
             run = cls(path=path, base=values["base"], data=DataConfig.from_dict(values["data"]),
                       train=TrainConfig.from_dict(values["train"]), prompt=PromptSpec(**values["prompt"]),
-                      split=Split.from_dict(values["split"]), versions=values["versions"],
+                      split=Split.from_dict(read_json(path / SPLIT_FILE)), versions=values["versions"],
                       weights=values["weights"])
-        except (KeyError, TypeError, ConfigError) as err:
+        except (KeyError, TypeError, ValueError, ConfigError) as err:
             raise RunError(f"{record}: damaged record ({type(err).__name__}: {err}); start a new run") from None
         if verify:
             run.verify(("unet", "text_encoder", "vae"))

@@ -27,20 +27,35 @@ def add_parsers(sub) -> None:
 
 
 def cmd_data(args) -> int:
-    from seas.data.readers import read_dataset
-    from seas.data.split import check_samples, few_shot_split, split_samples_used, summary_rows, write_split
+    from seas.data.config import FITS
+    from seas.data.split import check_dataset, split_samples_used, summary_rows, write_split
+    from seas.data.training_set import split_channels
+    from seas.data.transforms import kept_defect_table
+    from seas.files.checks import ProblemList, output_folder_problems
 
     cfg = data_config(args)
-    samples = read_dataset(cfg)
-    split = few_shot_split(samples, cfg)
-    warnings = [] if args.no_check else check_samples(split_samples_used(split), cfg.mask_rule)
+    problems = ProblemList()  # every problem of the dataset (and of --write-split's folder) at once
+    split, warnings = check_dataset(cfg, problems, decode="none" if args.no_check else "all")
+    if args.write_split:
+        problems.extend(output_folder_problems(Path(args.write_split).parent, 1 << 20, "--write-split"))
+    problems.raise_any()
     print(f"product {cfg.product_name}  layout {cfg.layout}  root {cfg.root}")
-    print(f"augment {cfg.augment}  guidance {cfg.guidance}  inside_rule {cfg.inside_rule}  mask_rule {cfg.mask_rule}")
+    channels = cfg.channels
+    if channels == "auto" and not args.no_check:
+        channels = f"auto ({split_channels(cfg.channels, split)})"
+    print(f"augment {cfg.augment}  guidance {cfg.guidance}  inside_rule {cfg.inside_rule}  mask_rule {cfg.mask_rule}"
+          f"  fit {cfg.fit}  channels {channels}")
     print(f"{'type':<24}{'images':>8}{'train':>8}{'test':>8}")
     for kind, n, n_train, n_test in summary_rows(split):
         print(f"{kind:<24}{n:>8}{n_train:>8}{n_test:>8}")
     if split.unused_normals:
         print(f"({split.unused_normals} further normal training images are not used: --max-normal-train {cfg.max_normal_train})")
+    kept = [] if args.no_check else kept_defect_table(split_samples_used(split), cfg.mask_rule)
+    if kept:
+        print(f"defect masks kept whole/in part/not at all under each fit (this run: {cfg.fit})")
+        print(f"{'type':<24}" + "".join(f"{fit:>14}" for fit in FITS))
+        for kind, counts in kept:
+            print(f"{kind:<24}" + "".join(f"{'/'.join(map(str, counts[fit])):>14}" for fit in FITS))
     for message in warnings:
         print(f"warning: {message}")
     if args.write_split:

@@ -19,8 +19,6 @@ end to end; it cannot show Stable Diffusion's image quality.
 from __future__ import annotations
 
 import dataclasses
-import json
-import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,9 +27,15 @@ from pathlib import Path
 from seas.training.bootstrap import BootstrapConfig, bootstrap_backbone
 from seas.config import MaskConfig, TrainConfig
 from seas.data.config import DataConfig
+from seas.data.readers import GOOD
 from seas.errors import RunError
+from seas.files.atomic import read_json, remove_path, remove_temporaries, write_json
+from seas.files.checks import Problems, ProblemList, nested_problems, output_folder_problems
 
-DEMO_MARKER = "demo.json"
+DEMO_MARKER = "demo.json"  # written first (what the demo will create), rewritten last
+DEMO_FORMAT = "seas-demo-2"
+LEGACY_ENTRIES = ("base", "run", "evaluation")  # a marker without "created" (written by earlier versions)
+DEMO_BYTES = 400 * 2**20  # rough: tiny base ~35 MB, the run's export and checkpoints, outputs
 
 
 @dataclass
@@ -82,19 +86,84 @@ class StageClock:
         print(f"== {name}: {self.seconds[name]:.1f} s", flush=True)
 
 
-def prepare_out(out: Path) -> None:
-    """A new folder, or the folder of a previous demo (replaced); anything else is refused."""
-    if out.exists():
-        if not (out / DEMO_MARKER).is_file():
-            if any(out.iterdir()):
-                raise RunError(f"--out {out}: not empty and not a previous demo; choose a new folder")
-        else:
-            shutil.rmtree(out)
+def demo_entries(synthetic: bool) -> list[str]:
+    """The names a demo writes into its ``--out`` (besides its marker ``demo.json``)."""
+    return (["data"] if synthetic else []) + ["base", "run", "evaluation"]
+
+
+def previous_entries(out: Path) -> list[str] | None:
+    """The names a previous demo in ``out`` recorded in its marker as its own; ``None`` when
+    ``out`` holds no marker. A marker of a demo from before the list (no ``created``) counts
+    ``base``, ``run`` and ``evaluation`` only: its ``data/`` may be the user's."""
+    marker = out / DEMO_MARKER
+    if not marker.is_file():
+        return None
+    record = read_json(marker)
+    created = record.get("created", list(LEGACY_ENTRIES)) if isinstance(record, dict) else None
+    if not isinstance(created, list):
+        raise RunError(f"{marker}: damaged demo record (no list of what it created); move the folder's contents "
+                       "away yourself or choose a new --out")
+    # only plain names directly inside out: a marker never makes the demo delete elsewhere
+    return [n for n in created if isinstance(n, str) and n and Path(n).name == n and n not in (".", "..")]
+
+
+def out_problems(out: Path, entries: list[str]) -> list[str]:
+    """What stops the demo from writing ``entries`` into ``out`` (nothing is changed).
+
+    A new or empty folder, or the folder of a previous demo (finished or interrupted), is
+    accepted; in the latter, only what that demo recorded as its own is replaced, and a name
+    the demo writes that it did not record is refused."""
+    if out.exists() and not out.is_dir():
+        return [f"--out {out}: exists and is not a folder; choose a new folder"]
+    if not out.is_dir():
+        return []
+    try:
+        previous = previous_entries(out)
+    except RunError as err:
+        return [str(err)]
+    if previous is None:
+        return [f"--out {out}: not empty and not a previous demo; choose a new folder"] if any(out.iterdir()) else []
+    return [f"--out {out}: holds {name}, which the previous demo there did not write; move it away or choose a new "
+            f"folder" for name in entries if (out / name).exists() and name not in previous]
+
+
+def prepare_out(out: Path, entries: list[str]) -> None:
+    """Make ``out`` ready once it passed :func:`out_problems`: the marker, listing what this
+    demo writes, goes first; then what a previous demo there wrote is removed (nothing else)."""
+    previous = (previous_entries(out) or []) if out.is_dir() else []
     out.mkdir(parents=True, exist_ok=True)
+    listed = [*entries, *(n for n in previous if n not in entries)]  # a stop during removal is re-run safely
+    write_json(out / DEMO_MARKER, {"format": DEMO_FORMAT, "status": "running", "created": listed})
+    for name in previous:
+        remove_path(out / name)
+    remove_temporaries(out)
 
 
-def run_demo(out: str | Path, cfg: DemoConfig, data_cfg: DataConfig | None = None) -> dict:
-    """Run every stage into ``out``; return the metrics written to ``out/evaluation``."""
+def demo_problems(out: Path, data_cfg: DataConfig | None, sources: tuple = ()) -> list[str]:
+    """Every problem of a demo before its first stage: the user's dataset (all its images and
+    masks decoded, the test split's included), ``--out`` against the dataset (and any further
+    ``sources``, e.g. the YAML description), the folder itself, its permissions and free space."""
+    from seas.data.readers import dataset_folder
+    from seas.data.split import check_dataset
+
+    problems = ProblemList()
+    nested = []
+    if data_cfg is not None:
+        check_dataset(data_cfg, problems, decode="all")
+        for source in (dataset_folder(data_cfg), *sources):
+            nested = nested or nested_problems(out, source)  # one line says it
+        problems.extend(nested)
+    if not nested:  # else the folder's contents are the dataset's: no more to say
+        problems.extend(out_problems(out, demo_entries(data_cfg is None)))
+    problems.extend(output_folder_problems(out, DEMO_BYTES))
+    return problems.items
+
+
+def run_demo(out: str | Path, cfg: DemoConfig, data_cfg: DataConfig | None = None, sources: tuple = ()) -> dict:
+    """Run every stage into ``out``; return the metrics written to ``out/evaluation``.
+
+    Everything is checked first (:func:`demo_problems`, every problem in one list); nothing
+    is written or deleted before. ``sources``: further paths ``out`` must not hold."""
     from seas.data.synthetic import write_synthetic_product
     from seas.evaluation.evaluate import EvalConfig, evaluate_run
     from seas.evaluation.localisation import attention_localisation, mask_head_localisation
@@ -104,7 +173,11 @@ def run_demo(out: str | Path, cfg: DemoConfig, data_cfg: DataConfig | None = Non
     from seas.training.stage2 import train_mask_head
 
     out = Path(out).resolve()
-    prepare_out(out)
+    problems = demo_problems(out, data_cfg, sources)
+    if problems:
+        raise Problems(problems)
+    entries = demo_entries(data_cfg is None)
+    prepare_out(out, entries)
     clock = StageClock()
     with clock.stage("data"):
         if data_cfg is None:
@@ -136,15 +209,16 @@ def run_demo(out: str | Path, cfg: DemoConfig, data_cfg: DataConfig | None = Non
                     | mask_head_localisation(run, backbone, run.load_mask_head(), run.split.test))
     with clock.stage("downstream evaluation"):
         eval_cfg = EvalConfig(segmenter=cfg.segmenter, size=cfg.seg_size, steps=cfg.seg_steps, width=cfg.seg_width,
-                              seed=cfg.seed, device="cpu", quality=False)
+                              seed=cfg.seed, device="cpu", quality=None, quality_size=cfg.seg_size)
         extra = {
             "Evidence of learning (held-out real test split)": evidence,
             "Demo settings": dataclasses.asdict(cfg),
         }
         metrics = evaluate_run(run_dir, run_dir / "generated", out / "evaluation", eval_cfg, extra=extra)
     metrics["stage_seconds"] = clock.seconds
-    (out / DEMO_MARKER).write_text(json.dumps({"config": dataclasses.asdict(cfg), "stage_seconds": clock.seconds,
-                                               "evidence": evidence}, indent=1))
+    write_json(out / DEMO_MARKER, {"format": DEMO_FORMAT, "status": "finished", "created": entries,
+                                   "config": dataclasses.asdict(cfg), "stage_seconds": clock.seconds,
+                                   "evidence": evidence})
     print_summary(out, metrics, evidence, clock.seconds)
     return metrics
 
@@ -154,11 +228,30 @@ def print_summary(out: Path, metrics: dict, evidence: dict, seconds: dict) -> No
     print(f"attention-map pixel AUROC on held-out real anomalies: {evidence['attention_pixel_auroc']:.3f}")
     print(f"mask head on held-out real images: pixel AUROC {evidence['mask_head_pixel_auroc']:.3f}, "
           f"pixel AP {evidence['mask_head_pixel_ap']:.3f}")
+    for kind, counts in metrics.get("generated", {}).items():
+        print(generated_line(kind, counts))
     downstream = metrics.get("downstream", {})
     for name, values in downstream.items():
         print(f"downstream {name:<16} pixel AP {values.get('pixel_ap', float('nan')):.3f}  IoU {values.get('iou', float('nan')):.3f}")
+    lpips = metrics.get("quality", {}).get("lpips", {})
+    if "skipped" in lpips:
+        print(f"IC-LPIPS skipped: {lpips['skipped']}")
+    elif lpips.get("comparison"):
+        rows = lpips["comparison"]["mean"]
+        print("IC-LPIPS around the real training anomalies: " + ", ".join(
+            f"{row} {values.get('ic_lpips', float('nan')):.3f}" for row, values in rows.items()))
     print("stage timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()) + f"; total {sum(seconds.values()):.0f} s")
     print(f"report: {out / 'evaluation' / 'report.html'}")
+
+
+def generated_line(kind: str, counts: dict) -> str:
+    """``hole: 12 generated, 9 with a mask, 3 empty``: an empty mask is never counted as a mask."""
+    line = f"{kind}: {counts.get('rows', 0)} generated"
+    if kind == GOOD:
+        return line + " (normal images, no masks)"
+    if "with_mask" in counts:
+        line += f", {counts['with_mask']} with a mask, {counts.get('empty_masks', 0)} empty"
+    return line
 
 
 def add_parsers(sub) -> None:
@@ -169,7 +262,8 @@ def add_parsers(sub) -> None:
                        "stage 1 and stage 2, generate every type, normal images and a mixture, measure what was "
                        "learned on the held-out real split, run the downstream evaluation and write report.html.")
     add_data_args(p, required=False)
-    p.add_argument("--out", default="demo-out", help="output folder (default demo-out; a previous demo there is replaced)")
+    p.add_argument("--out", default="demo-out", help="output folder (default demo-out; what a previous or interrupted "
+                   "demo there wrote is replaced, nothing else; must lie outside --data)")
     p.add_argument("--quick", action="store_true", help="a shortened run (64 px, a few steps per stage) to check the setup")
     p.add_argument("--seed", type=int, default=0, help="seed of every stage (default 0)")
     p.set_defaults(func=cmd_demo)
@@ -180,5 +274,5 @@ def cmd_demo(args) -> int:
 
     cfg = DemoConfig.quick() if args.quick else DemoConfig()
     cfg.seed = args.seed
-    run_demo(args.out, cfg, data_config(args) if args.data else None)
+    run_demo(args.out, cfg, data_config(args) if args.data else None, sources=(args.data,) if args.data else ())
     return 0

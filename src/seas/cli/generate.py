@@ -12,7 +12,8 @@ import dataclasses
 from seas.cli.options import add_run_config_args, resolve_config
 from seas.config import GenerationConfig
 from seas.errors import ConfigError
-from seas.model.prompts import GOOD, MIX
+from seas.data.readers import GOOD
+from seas.model.prompts import MIX
 
 PROFILE_HELP = ("memory/speed profile. default: fp32; fast: fp16 weights on a GPU (fp32 on a CPU, where bf16 is "
                 "slower); low-memory: half-precision weights (fp16 on a GPU, bf16 on a CPU) plus VAE slicing and "
@@ -107,10 +108,9 @@ def cmd_generate(args) -> int:
 
     from seas.generation.export import export_mvtec
     from seas.generation.folder import generate_to_folder, merge_manifests, read_rows
-    from seas.run import Run
 
-    kinds = kinds_from_args(args, Run.load(args.run, verify=False).types)
     cfg = resolve_config(GenerationConfig, args)
+    kinds = check_generate(args, cfg)
     # On a machine without a GPU, cpu=True lets torchrun's processes find each other (gloo).
     state = PartialState(cpu=args.device == "cpu" or (args.device is None and not torch.cuda.is_available()))
     # One GPU per process under torchrun / accelerate. A distributed CPU state says "cpu:0",
@@ -129,6 +129,36 @@ def cmd_generate(args) -> int:
     if args.export_mvtec:
         print(f"MVTec AD layout written to {export_mvtec(out, args.export_mvtec)}")
     return 0
+
+
+def output_bytes(num: int, n_kinds: int, resolution: int) -> int:
+    """Rough size of generated outputs: per output an image, a mask and a probability map,
+    counted as uncompressed RGB (PNG compresses them, masks most)."""
+    return num * n_kinds * 3 * resolution * resolution * 3
+
+
+def check_generate(args, cfg: GenerationConfig) -> list:
+    """Every problem of ``seas generate`` at once, before the models are loaded: the run, the
+    kinds asked for, ``--out`` and ``--export-mvtec`` (writable, with space). Returns the kinds."""
+    from pathlib import Path
+
+    from seas.files.checks import ProblemList, output_folder_problems, path_size
+    from seas.run import Run
+
+    problems = ProblemList()
+    run, kinds = None, []
+    with problems.collect():
+        run = Run.load(args.run, verify=False)
+    if run is not None:
+        with problems.collect():
+            kinds = kinds_from_args(args, run.types)
+        out = Path(args.out) if args.out else run.path / "generated"
+        needed = output_bytes(cfg.num, max(len(kinds), 1), run.resolution)
+        problems.extend(output_folder_problems(out, max(needed - path_size(out), 0)))
+        if args.export_mvtec:
+            problems.extend(output_folder_problems(args.export_mvtec, needed, option="--export-mvtec"))
+    problems.raise_any()
+    return kinds
 
 
 def cmd_export(args) -> int:

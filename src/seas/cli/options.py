@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from seas.data.config import DataConfig
@@ -23,8 +22,18 @@ def add_data_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def data_config(args) -> DataConfig:
-    """The DataConfig of ``--data`` (a folder, or a YAML description) and the options given."""
-    given = DataConfig.given(args)
+    """The DataConfig of ``--data`` (a folder, or a YAML description) and the options given.
+
+    Where a command has them, ``--reference`` (the reference's geometry and colour: ``fit: crop``,
+    ``channels: rgb``) and the ``data:`` section of ``--config`` come first; the dataset
+    description and the options given win over them.
+    """
+    from seas.config import REFERENCE, read_config_file
+
+    base = dict(REFERENCE["data"]) if getattr(args, "reference", False) else {}
+    if getattr(args, "config", None):
+        base.update(read_config_file(args.config, "data"))
+    given = base | DataConfig.given(args)
     if args.anomaly:
         anomalies: dict[str, list[str]] = {}
         for item in args.anomaly:
@@ -70,5 +79,30 @@ def resolve_config(cls, args, defaults: dict | None = None):
 
 
 def main_process() -> bool:
-    """True in a single process, and in process 0 under torchrun / accelerate launch."""
-    return os.environ.get("RANK", "0") == "0"
+    """True in a single process, and in process 0 under torchrun / accelerate launch (the
+    launch as accelerate sees it, as in ``seas generate``)."""
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+EVALUATION_BYTES = 64 * 2**20  # metrics.json and report.html with its image grids: rough
+
+
+def check_evaluate_inputs(run_dir, out) -> None:
+    """Every problem of ``seas evaluate`` found before any segmenter trains, in one list: the
+    run record, every image and mask of its split (the held-out test split included: the
+    evaluation tests on it), and ``out`` (writable, with space). Call it before
+    ``evaluate_run``; it writes nothing."""
+    from seas.data.split import check_samples, split_samples_used
+    from seas.files.checks import ProblemList, output_folder_problems
+    from seas.run import Run
+
+    problems = ProblemList()
+    run = None
+    with problems.collect():
+        run = Run.load(run_dir, verify=False)
+    if run is not None:
+        check_samples(split_samples_used(run.split), run.mask_rule, problems)
+    problems.extend(output_folder_problems(out, EVALUATION_BYTES))
+    problems.raise_any()

@@ -39,20 +39,13 @@ def add_parsers(sub) -> None:
 
     from seas.training.bootstrap import BootstrapConfig
 
-    d = BootstrapConfig()
     p = sub.add_parser("bootstrap", help="train a tiny base model on a product's normal images (no SD weights needed)",
                        description="Build the tiny SD-1.x-shaped model and train its VAE and U-Net briefly on the "
                        "product's normal training images: a small base model of your own product for machines "
                        "without Stable Diffusion weights. The output folder is a valid --base.")
     add_data_args(p)
     p.add_argument("--out", required=True, help="folder to write the model to (diffusers layout)")
-    p.add_argument("--resolution", type=int, default=d.resolution, help="image size (default 128)")
-    p.add_argument("--width", type=int, default=d.width, help="tiny U-Net and text encoder width (default 32)")
-    p.add_argument("--vae-width", type=int, default=d.vae_width, help="tiny VAE width (default 16)")
-    p.add_argument("--vae-steps", type=int, default=d.vae_steps, help="VAE updates (default 300)")
-    p.add_argument("--unet-steps", type=int, default=d.unet_steps, help="U-Net updates (default 400)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="images per update (default 8)")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed (default 0)")
+    BootstrapConfig.add_arguments(p.add_argument_group("bootstrap"))
     p.set_defaults(func=cmd_bootstrap)
 
 
@@ -91,18 +84,69 @@ def cmd_train(args) -> int:
 def cmd_train_mask(args) -> int:
     from seas.training.stage2 import train_mask_head
 
-    run = train_mask_head(args.run, mask_config(args), resume=args.resume, overwrite=args.overwrite)
+    cfg = mask_config(args)
+    check_train_mask(args.run)
+    run = train_mask_head(args.run, cfg, resume=args.resume, overwrite=args.overwrite)
     if main_process():
         print(f"mask head written to {run / 'mask_head'}")
     return 0
 
 
 def cmd_bootstrap(args) -> int:
-    import dataclasses
-
     from seas.training.bootstrap import BootstrapConfig, bootstrap_backbone
 
-    names = {f.name for f in dataclasses.fields(BootstrapConfig)}
-    cfg = BootstrapConfig(**{k: v for k, v in vars(args).items() if k in names and v is not None})
-    print(f"base model written to {bootstrap_backbone(data_config(args), cfg, args.out)}")
+    cfg = BootstrapConfig.from_dict(BootstrapConfig.given(args))
+    data_cfg = data_config(args)
+    check_bootstrap(data_cfg, cfg, args.out)
+    print(f"base model written to {bootstrap_backbone(data_cfg, cfg, args.out)}")
     return 0
+
+
+# ----------------------------------------------------------------------------- checks before work
+# (stage 1 checks its own inputs: seas.training.stage1.train_generator)
+
+MASK_HEAD_BYTES = 256 * 2**20  # the mask head, two checkpoints of it with AdamW states, logs: rough
+BOOTSTRAP_BYTES = 128 * 2**20  # the tiny model at the largest widths the help suggests: rough
+
+
+def check_train_mask(run_dir) -> None:
+    """Every problem of ``seas train-mask`` at once, before the generator is loaded: the run
+    record, the training images and masks it will read (decoded), the run folder's
+    permissions and free space."""
+    from seas.data.split import check_samples, train_samples
+    from seas.files.checks import ProblemList, output_folder_problems
+    from seas.run import Run
+
+    problems = ProblemList()
+    run = None
+    with problems.collect():
+        run = Run.load(run_dir, verify=False)
+    if run is not None:
+        check_samples(train_samples(run.split), run.mask_rule, problems)
+        problems.extend(output_folder_problems(run_dir, MASK_HEAD_BYTES, option="--run"))
+    problems.raise_any()
+
+
+def check_bootstrap(data_cfg, cfg, out) -> None:
+    """Every problem of ``seas bootstrap`` at once, before training: the dataset and the normal
+    training images it reads (decoded), and ``--out`` (new or empty, outside the dataset,
+    writable, with space)."""
+    from pathlib import Path
+
+    from seas.data.readers import dataset_folder, read_dataset
+    from seas.data.split import check_samples, few_shot_split
+    from seas.files.checks import ProblemList, nested_problems, output_folder_problems
+
+    problems = ProblemList()
+    samples = read_dataset(data_cfg, problems)
+    if samples:
+        with problems.collect():
+            few_shot_split(samples, data_cfg)  # refuses a product without normal training images
+        normals = sorted((s for s in samples if s.is_normal and s.partition == "train"), key=lambda s: Path(s.image).name)
+        check_samples(normals[: cfg.max_images], data_cfg.mask_rule, problems)  # as bootstrap_backbone reads them
+    out = Path(out)
+    if out.is_dir() and any(out.iterdir()):
+        problems.add(f"--out {out}: not empty; choose a new folder for the bootstrapped model")
+    problems.extend(nested_problems(out, dataset_folder(data_cfg)))
+    problems.extend(output_folder_problems(out, BOOTSTRAP_BYTES))
+    problems.raise_any()

@@ -46,6 +46,22 @@ LAYOUT_PRESETS = {
 }
 LAYOUTS = tuple(LAYOUT_PRESETS)
 INSIDE_RULES = ("eq1", "gt0")
+# How an image of any shape becomes the model's square (seas.data.transforms, docs/DATA.md):
+#   crop:        shorter side resized, centre crop (the reference; drops what lies beyond the square)
+#   stretch:     the whole image resized to the square (aspect ratio lost)
+#   pad:         letterboxed to a square with a neutral fill (every pixel kept, resolution shared)
+#   defect-crop: a square window holding the whole mask (the default: scale kept, defects kept)
+FITS = ("crop", "stretch", "pad", "defect-crop")
+CHANNELS = ("auto", "rgb", "grey")
+# A data description written before ``fit`` and ``channels`` existed holds exactly these keys
+# (run records, split files: ``to_dict`` writes every field). It keeps the behaviour it was
+# trained with: ``crop`` and ``rgb``.
+FIELDS_BEFORE_GEOMETRY = frozenset({
+    "root", "layout", "product", "normal", "normal_test", "anomalies", "mask", "augment", "guidance",
+    "inside_rule", "mask_rule", "normalize_mask_targets", "train_fraction", "max_normal_train",
+    "normal_test_fraction",
+})
+BEFORE_GEOMETRY = {"fit": "crop", "channels": "rgb"}
 
 
 @dataclass
@@ -77,6 +93,13 @@ class DataConfig(Config):
                                    "value (VisA)", choices=MASK_RULES)
     normalize_mask_targets: bool | None = option(None, help="stage 2 divides its targets by their maximum "
                                                  "(reference for VisA and MVTec 3D AD)")
+    fit: str = option("defect-crop", help="how an image becomes the model's square: defect-crop (a square "
+                      "window that holds the whole defect), pad (letterbox, neutral fill), crop (shorter side, "
+                      "centre crop: the reference; drops defects near the ends of long images), stretch",
+                      choices=FITS)
+    channels: str = option("auto", help="colour handling: grey trains and generates in grey (replicated to "
+                           "RGB for the model, written as one-channel images); auto is grey when every "
+                           "training image is grey", choices=CHANNELS)
     train_fraction: float = option(1.0 / 3.0, help="few-shot share of each type's images used for training "
                                    "(strictly between 0 and 1)")
     max_normal_train: int = option(60, help="normal training images (the first of the sorted train partition)",
@@ -104,6 +127,14 @@ class DataConfig(Config):
                 "folder layout: give --normal GLOB and at least one --anomaly TYPE=GLOB "
                 "(or 'normal:' and 'anomalies:' in the YAML description)"
             )
+
+    @classmethod
+    def from_dict(cls, values: dict, where: str = "") -> "DataConfig":
+        """As :meth:`Config.from_dict`; a complete description from before ``fit`` and
+        ``channels`` (an older run record) gets the behaviour it had: ``crop``, ``rgb``."""
+        if isinstance(values, dict) and set(values) == FIELDS_BEFORE_GEOMETRY:
+            values = {**values, **BEFORE_GEOMETRY}
+        return super().from_dict(values, where)
 
     @property
     def product_name(self) -> str:

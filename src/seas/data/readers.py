@@ -3,18 +3,24 @@
 Every reader returns a list of :class:`Sample` for one product. ``partition`` is where the
 dataset itself puts the image ("train" for the normal training pool, "test" otherwise); the
 few-shot split (``split.py``) decides what SeaS trains on.
+
+Problems are collected, not raised one by one: every missing mask, empty type and unmatched
+pattern of a dataset is reported in one list (:class:`seas.files.checks.ProblemList`).
 """
 
 from __future__ import annotations
 
 import csv
 import glob
+import os
 import re
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from seas.errors import DataError
 from seas.data.config import DataConfig
+from seas.files.checks import ProblemList
 
 GOOD = "good"
 COMBINED = "combined"
@@ -37,11 +43,26 @@ class Sample:
         return asdict(self)
 
 
-def read_dataset(cfg: DataConfig) -> list[Sample]:
-    """The table of samples of ``cfg``'s product, checked for the errors a reader can see."""
+def read_dataset(cfg: DataConfig, problems: ProblemList | None = None) -> list[Sample]:
+    """The table of samples of ``cfg``'s product, checked for the errors a reader can see.
+
+    Without ``problems``, every problem found is raised at once (one error listing them all);
+    with it, they are added there and the usable samples are returned (an image without its
+    mask is left out), so that a caller can go on checking and report everything together.
+    """
+    own = problems is None
+    problems = ProblemList() if own else problems
+    samples = _read(cfg, problems)
+    if own:
+        problems.raise_any()
+    return samples
+
+
+def _read(cfg: DataConfig, problems: ProblemList) -> list[Sample]:
     root = Path(cfg.root)
     if not root.is_dir():
-        raise DataError(f"{root}: dataset folder not found; pass an existing folder to --data")
+        problems.add(f"{root}: dataset folder not found; pass an existing folder to --data")
+        return []
     reader = {
         "mvtec": read_mvtec_ad,
         "visa-mvtec": read_mvtec_ad,
@@ -49,13 +70,25 @@ def read_dataset(cfg: DataConfig) -> list[Sample]:
         "visa": read_visa,
         "folder": read_folder,
     }[cfg.layout]
-    samples = reader(cfg)
-    where = _product_dir(cfg) if cfg.layout != "folder" else root
-    if not any(s.is_normal for s in samples):
-        raise DataError(f"{where}: no normal images found; a product needs normal images (train/good or --normal)")
-    if not any(not s.is_normal for s in samples):
-        raise DataError(f"{where}: no anomaly images found; a product needs at least one anomaly type")
+    before = len(problems)
+    samples: list[Sample] = []
+    with problems.collect():  # a product or annotation file missing: nothing more to read
+        samples = reader(cfg, problems)
+        where = _product_dir(cfg) if cfg.layout != "folder" else root
+        if len(problems) == before:  # otherwise the problems above already say why
+            if not any(s.is_normal for s in samples):
+                problems.add(f"{where}: no normal images found; a product needs normal images "
+                             "(train/good or --normal)")
+            if not any(not s.is_normal for s in samples):
+                problems.add(f"{where}: no anomaly images found; a product needs at least one anomaly type")
     return samples
+
+
+def dataset_folder(cfg: DataConfig) -> Path:
+    """The folder holding the product's files: the product folder, or the root of a ``folder``
+    layout (whose globs may reach anywhere under it). Outputs must stay out of it."""
+    root = Path(cfg.root)
+    return root / cfg.product if cfg.product and cfg.layout != "folder" else root
 
 
 def _product_dir(cfg: DataConfig) -> Path:
@@ -79,21 +112,24 @@ def _images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _require_mask(image: Path, mask: Path, hint: str) -> str:
+def _add_anomaly(samples: list[Sample], problems: ProblemList, image: Path, mask: Path, hint: str,
+                 product: str, kind: str) -> None:
+    """Append the anomaly sample of ``image``, or record its missing mask."""
     if not mask.is_file():
-        raise DataError(f"{image}: missing mask {mask}; {hint}")
-    return str(mask)
+        problems.add(f"{image}: missing mask {mask}; {hint}")
+        return
+    samples.append(Sample(str(image), str(mask), product, kind, "test"))
 
 
 def _type_folders(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and p.name != GOOD and not p.name.startswith("."))
 
 
-def _empty_type(folder: Path) -> DataError:
-    return DataError(f"{folder}: anomaly type has no images; add its images or remove the empty folder")
+def _empty_type(folder: Path) -> str:
+    return f"{folder}: anomaly type has no images; add its images or remove the empty folder"
 
 
-def read_mvtec_ad(cfg: DataConfig) -> list[Sample]:
+def read_mvtec_ad(cfg: DataConfig, problems: ProblemList) -> list[Sample]:
     """MVTec AD: train/good, test/<type>, ground_truth/<type>/<stem>_mask.png."""
     product_dir = _product_dir(cfg)
     product = cfg.product_name
@@ -105,15 +141,15 @@ def read_mvtec_ad(cfg: DataConfig) -> list[Sample]:
     for type_dir in _type_folders(test_dir):
         images = _images(type_dir)
         if not images:
-            raise _empty_type(type_dir)
+            problems.add(_empty_type(type_dir))
         for image in images:
             mask = product_dir / "ground_truth" / type_dir.name / f"{image.stem}_mask.png"
             hint = "add it (0 = normal, 255 = defect) or remove the image"
-            samples.append(Sample(str(image), _require_mask(image, mask, hint), product, type_dir.name, "test"))
+            _add_anomaly(samples, problems, image, mask, hint, product, type_dir.name)
     return samples
 
 
-def read_mvtec_3d(cfg: DataConfig) -> list[Sample]:
+def read_mvtec_3d(cfg: DataConfig, problems: ProblemList) -> list[Sample]:
     """MVTec 3D AD, RGB part: train/good/rgb, test/<type>/rgb with masks in test/<type>/gt."""
     product_dir = _product_dir(cfg)
     product = cfg.product_name
@@ -125,11 +161,11 @@ def read_mvtec_3d(cfg: DataConfig) -> list[Sample]:
     for type_dir in _type_folders(test_dir):
         images = _images(type_dir / "rgb")
         if not images:
-            raise _empty_type(type_dir / "rgb")
+            problems.add(_empty_type(type_dir / "rgb"))
         for image in images:
             mask = type_dir / "gt" / f"{image.stem}.png"
             hint = "MVTec 3D AD keeps masks in test/<type>/gt/<stem>.png"
-            samples.append(Sample(str(image), _require_mask(image, mask, hint), product, type_dir.name, "test"))
+            _add_anomaly(samples, problems, image, mask, hint, product, type_dir.name)
     return samples
 
 
@@ -138,7 +174,7 @@ def type_name(label: str) -> str:
     return re.sub(r"[^0-9a-zA-Z]+", "_", label.strip()).strip("_").lower()
 
 
-def read_visa(cfg: DataConfig) -> list[Sample]:
+def read_visa(cfg: DataConfig, problems: ProblemList) -> list[Sample]:
     """VisA original layout, grouped by defect type.
 
     ``<root>/<product>/image_anno.csv`` gives each image's defect labels (several labels joined
@@ -162,14 +198,15 @@ def read_visa(cfg: DataConfig) -> list[Sample]:
             image = root / row["image"]
             labels = [type_name(x) for x in (row["label"] or "").split(",") if x.strip()]
             if not labels:
-                raise DataError(f"{anno}: {row['image']} has an empty label; write its defect type(s) or 'normal'")
+                problems.add(f"{anno}: {row['image']} has an empty label; write its defect type(s) or 'normal'")
+                continue
             if labels == ["normal"]:
                 normals.append(image)
                 continue
             kind = labels[0] if len(set(labels)) == 1 else COMBINED
             mask = root / row["mask"] if row.get("mask") else image.with_suffix(".png")
             hint = "VisA keeps masks in <product>/Data/Masks/Anomaly/"
-            samples.append(Sample(str(image), _require_mask(image, mask, hint), product, kind, "test"))
+            _add_anomaly(samples, problems, image, mask, hint, product, kind)
     normals.sort(key=lambda p: p.name)
     if partitions:
         part = [partitions.get(str(p.relative_to(root)), "train") for p in normals]
@@ -193,38 +230,93 @@ def _holdout_partitions(n: int, test_fraction: float) -> list[str]:
     return ["train"] * (n - n_test) + ["test"] * n_test
 
 
-def read_folder(cfg: DataConfig) -> list[Sample]:
-    """Any layout described by globs: normal images, anomaly images per type, a mask pattern."""
+def read_folder(cfg: DataConfig, problems: ProblemList) -> list[Sample]:
+    """Any layout described by globs: normal images, anomaly images per type, a mask pattern.
+
+    A pattern that also matches mask files of the dataset (``MT_Crack/Imgs/*`` where the masks
+    lie beside the images), or anomaly images whose mask by ``--mask`` is the image itself, is
+    refused with one line naming the pattern.
+    """
     root = Path(cfg.root)
     product = cfg.product_name
-    normals = _glob(root, cfg.normal, "--normal")
+    groups = [("--normal ", GOOD, p, m) for p, m in _glob(root, cfg.normal, "--normal ", problems).items()]
+    if cfg.normal_test:
+        groups += [("--normal-test ", GOOD, p, m)
+                   for p, m in _glob(root, cfg.normal_test, "--normal-test ", problems).items()]
+    for kind in sorted(cfg.anomalies):
+        option = f"--anomaly {kind}="
+        groups += [(option, kind, p, m) for p, m in _glob(root, cfg.anomalies[kind], option, problems).items()]
+    groups = _refuse_mask_matches(cfg, root, groups, problems)
+
+    def found(option: str) -> list[Path]:
+        return sorted({f for o, _, _, files in groups if o == option for f in files}, key=lambda p: (p.name, str(p)))
+
+    normals = found("--normal ")
     samples = []
     if cfg.normal_test:
-        tests = _glob(root, cfg.normal_test, "--normal-test")
         samples += [Sample(str(p), None, product, GOOD, "train") for p in normals]
-        samples += [Sample(str(p), None, product, GOOD, "test") for p in tests]
+        samples += [Sample(str(p), None, product, GOOD, "test") for p in found("--normal-test ")]
     else:
         part = _holdout_partitions(len(normals), cfg.normal_test_fraction)
         samples += [Sample(str(p), None, product, GOOD, k) for p, k in zip(normals, part)]
     for kind in sorted(cfg.anomalies):
-        images = _glob(root, cfg.anomalies[kind], f"--anomaly {kind}=")
-        for image in images:
+        for image in found(f"--anomaly {kind}="):
             mask = _mask_path(cfg.mask, root, image, kind)
             hint = f"check the mask pattern --mask {cfg.mask!r} or add the mask"
-            samples.append(Sample(str(image), _require_mask(image, mask, hint), product, kind, "test"))
+            _add_anomaly(samples, problems, image, mask, hint, product, kind)
     return samples
 
 
-def _glob(root: Path, patterns: list[str], option: str) -> list[Path]:
-    found = set()
+def _glob(root: Path, patterns: list[str], option: str, problems: ProblemList) -> dict[str, list[Path]]:
+    """The image files each pattern matches; a problem when none matches any."""
+    found = {}
     for pattern in patterns:
         full = pattern if Path(pattern).is_absolute() else str(root / pattern)
-        found.update(Path(p) for p in glob.glob(full, recursive=True))
-    images = sorted((p for p in found if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES), key=lambda p: (p.name, str(p)))
-    if not images:
+        paths = {Path(p) for p in glob.glob(full, recursive=True)}
+        found[pattern] = sorted((p for p in paths if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
+                                key=lambda p: (p.name, str(p)))
+    if not any(found.values()):
         shown = ", ".join(patterns)
-        raise DataError(f"{root}: no images match {option}{shown}; fix the pattern (relative to the dataset root)")
-    return images
+        problems.add(f"{root}: no images match {option}{shown}; fix the pattern (relative to the dataset root)")
+    return found
+
+
+def _refuse_mask_matches(cfg: DataConfig, root: Path, groups: list, problems: ProblemList) -> list:
+    """Drop the files of patterns that also match the dataset's masks, with one problem per pattern.
+
+    A matched file is a mask when it is the mask (by ``cfg.mask``) of another matched file, or,
+    for an anomaly pattern, when its own mask is itself. ``groups``: (option, type, pattern,
+    files); returns them with every pattern that matched masks emptied.
+    """
+    def key(path: Path) -> str:
+        return os.path.normcase(os.path.normpath(str(path)))
+
+    mask_of = {}  # a matched file's would-be mask -> that file
+    for _, kind, _, files in groups:
+        for image in files:
+            mask = _mask_path(cfg.mask, root, image, kind)
+            if key(mask) != key(image):
+                mask_of.setdefault(key(mask), image)
+    kept = []
+    for option, kind, pattern, files in groups:
+        owners = {f: mask_of.get(key(f)) for f in files}
+        if kind != GOOD:  # an anomaly image whose mask is itself
+            owners = {f: owner or (f if key(_mask_path(cfg.mask, root, f, kind)) == key(f) else None)
+                      for f, owner in owners.items()}
+        masks = [f for f, owner in owners.items() if owner is not None]
+        if not masks:
+            kept.append((option, kind, pattern, files))
+            continue
+        example, owner = masks[0], owners[masks[0]]
+        why = "whose mask is itself" if owner == example else f"the mask of {owner.name}"
+        images = [f for f in files if owners[f] is None]
+        suffix = Counter(f.suffix for f in images).most_common(1)
+        fix = (f"end the pattern with the images' suffix, e.g. '{pattern}{suffix[0][0]}'"
+               if pattern.endswith("*") and suffix else "make the pattern match the image files only")
+        problems.add(f"{option}{pattern}: matches mask files of the dataset too ({len(masks)} files, e.g. "
+                     f"{example}, {why} by --mask {cfg.mask!r}); {fix}, or fix --mask")
+        kept.append((option, kind, pattern, []))
+    return kept
 
 
 def _mask_path(pattern: str, root: Path, image: Path, kind: str) -> Path:

@@ -8,16 +8,16 @@ the sorted train partition (the reference takes an unsorted, shorter list: defec
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from seas.errors import DataError
+from seas.errors import DataError, SeasError
+from seas.files.atomic import write_json
 from seas.data.config import DataConfig
+from seas.files.checks import ProblemList
 from seas.files.images import image_size, read_mask, read_rgb
-from seas.data.readers import Sample
+from seas.data.readers import Sample, read_dataset
 
 
 def _by_name(samples: list[Sample]) -> list[Sample]:
@@ -74,26 +74,70 @@ def few_shot_split(samples: list[Sample], cfg: DataConfig) -> Split:
     return Split(types, train, normal_train, test, unused_normals=len(pool) - len(normal_train))
 
 
-def check_samples(samples: list[Sample], mask_rule: str) -> list[str]:
-    """Decode every image and mask; raise on the first unusable file, return warnings.
+def check_samples(samples: list[Sample], mask_rule: str, problems: ProblemList | None = None) -> list[str]:
+    """Decode every image and mask; return warnings. Every unusable file is reported.
 
-    Errors: unreadable/truncated image or mask, mask size different from its image.
+    Problems: unreadable/truncated image or mask, mask size different from its image; raised
+    together after the last file (or, given ``problems``, added there).
     Warnings (returned): an anomaly image whose mask is empty.
     """
+    own = problems is None
+    problems = ProblemList() if own else problems
     warnings = []
     for s in samples:
-        image = read_rgb(s.image)
-        if s.mask is None:
-            continue
-        mask_w, mask_h = image_size(s.mask)
-        if (mask_h, mask_w) != image.shape[:2]:
-            raise DataError(
-                f"{s.mask}: mask is {mask_w}x{mask_h} but its image {s.image} is "
-                f"{image.shape[1]}x{image.shape[0]}; resize the mask to the image size"
-            )
-        if not read_mask(s.mask, mask_rule).any():
-            warnings.append(f"{s.mask}: mask is empty (no defect pixel) for anomaly image {s.image}")
+        with problems.collect():
+            warning = _check_sample(s, mask_rule)
+            if warning:
+                warnings.append(warning)
+    if own:
+        problems.raise_any()
     return warnings
+
+
+def _check_sample(s: Sample, mask_rule: str) -> str | None:
+    """Decode one sample's image and mask; a DataError for an unusable file, a warning for an empty mask."""
+    image = read_rgb(s.image)
+    if s.mask is None:
+        return None
+    mask_w, mask_h = image_size(s.mask)
+    if (mask_h, mask_w) != image.shape[:2]:
+        raise DataError(
+            f"{s.mask}: mask is {mask_w}x{mask_h} but its image {s.image} is "
+            f"{image.shape[1]}x{image.shape[0]}; resize the mask to the image size"
+        )
+    if not read_mask(s.mask, mask_rule).any():
+        return f"{s.mask}: mask is empty (no defect pixel) for anomaly image {s.image}"
+    return None
+
+
+def train_samples(split: Split) -> list[Sample]:
+    """The samples stage 1 trains on: each type's few-shot images, then the normal training images."""
+    return [s for v in split.train.values() for s in v] + split.normal_train
+
+
+def check_dataset(cfg: DataConfig, problems: ProblemList, decode: str = "train") -> tuple[Split | None, list[str]]:
+    """Read ``cfg``'s dataset, split it and decode the files a command will use, adding every
+    problem to ``problems``; returns the split (``None`` when it could not be made) and the warnings.
+
+    ``decode``: ``"train"`` (the few-shot and normal training images: ``seas train``),
+    ``"all"`` (the test split too: ``seas demo``, ``seas evaluate``) or ``"none"`` (the caller
+    decodes what it uses, with :func:`check_samples`).
+    """
+    before = len(problems)
+    samples = read_dataset(cfg, problems)
+    if not samples:
+        return None, []
+    split = None
+    with problems.collect():
+        try:
+            split = few_shot_split(samples, cfg)
+        except SeasError:
+            if len(problems) == before:  # after the reader's own problems, a split error only repeats them
+                raise
+    if split is None or decode == "none":
+        return split, []
+    chosen = train_samples(split) if decode == "train" else split_samples_used(split)
+    return split, check_samples(chosen, cfg.mask_rule, problems)
 
 
 def split_samples_used(split: Split) -> list[Sample]:
@@ -103,16 +147,7 @@ def split_samples_used(split: Split) -> list[Sample]:
 
 def write_split(split: Split, cfg: DataConfig, path: str | Path) -> Path:
     """Write ``split.json`` (the protocol, the data config and every file) atomically."""
-    path = Path(path)
-    payload = {"data": cfg.to_dict(), **split.to_dict()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(json.dumps(payload, indent=1))
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return write_json(Path(path), {"data": cfg.to_dict(), **split.to_dict()})
 
 
 def summary_rows(split: Split) -> list[tuple[str, int, int, int]]:

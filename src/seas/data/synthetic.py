@@ -11,13 +11,13 @@ Everything is plain numpy/OpenCV: a few milliseconds per 128 px image.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import zlib
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from seas.files.atomic import write_dir
 
 SYNTHETIC_TYPES = ("hole", "scratch", "stain")
 
@@ -287,14 +287,4 @@ def write_synthetic_product(
     counts = {"train/good": n_train_good, "test/good": n_test_good}
     counts.update({f"test/{t}": n_per_type for t in types})
 
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{product}-", dir=root))
-    try:
-        _write_images(staging, seed, product, size, counts)
-        if target.exists():
-            target.rmdir()
-        staging.rename(target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target
+    return write_dir(target, lambda staging: _write_images(staging, seed, product, size, counts))

@@ -15,9 +15,18 @@ import numpy as np
 import torch
 
 from seas.seeds import stream_index
-from seas.files.images import read_mask, read_rgb
 from seas.data.split import Split
-from seas.data.transforms import apply_augmentation, draw_augmentation, image_to_tensor, mask_to_tensor
+from seas.data.transforms import apply_augmentation, draw_augmentation, resolve_channels, sample_tensors
+
+
+def training_images(split: Split) -> list[str]:
+    """The images SeaS trains on: each type's few-shot anomalies, then the normal images."""
+    return [s.image for kind in split.types for s in split.train[kind]] + [s.image for s in split.normal_train]
+
+
+def split_channels(channels: str, split: Split) -> str:
+    """The dataset's ``channels`` resolved on ``split``'s training images: ``"grey"`` or ``"rgb"``."""
+    return resolve_channels(channels, training_images(split))
 
 
 @dataclass
@@ -28,14 +37,19 @@ class TrainingSet:
     normal_images: torch.Tensor  # (Nn, 3, R, R) float32 in [-1, 1]
 
     @classmethod
-    def from_split(cls, split: Split, resolution: int, mask_rule: str, binarize: bool) -> "TrainingSet":
+    def from_split(cls, split: Split, resolution: int, mask_rule: str, binarize: bool, fit: str = "defect-crop",
+                   channels: str = "auto") -> "TrainingSet":
+        """The few-shot images of ``split`` under the dataset's ``fit`` and ``channels`` (``auto``
+        resolved on these images), as every other reader of a run's images sees them."""
+        grey = split_channels(channels, split) == "grey"
         images, masks, types = [], [], []
         for k, kind in enumerate(split.types):
             for sample in split.train[kind]:
-                images.append(image_to_tensor(read_rgb(sample.image), resolution))
-                masks.append(mask_to_tensor(read_mask(sample.mask, mask_rule), resolution, binarize))
+                image, mask = sample_tensors(sample.image, sample.mask, resolution, fit, mask_rule, grey, binarize)
+                images.append(image)
+                masks.append(mask)
                 types.append(k)
-        normals = [image_to_tensor(read_rgb(s.image), resolution) for s in split.normal_train]
+        normals = [sample_tensors(s.image, None, resolution, fit, mask_rule, grey)[0] for s in split.normal_train]
         return cls(torch.stack(images), torch.stack(masks), torch.tensor(types), torch.stack(normals))
 
 

@@ -12,12 +12,18 @@ Protocol for one product (spec section 7, docs/EVALUATION.md):
   generated anomaly pairs;
 * every model is scored with :func:`seas.evaluation.metrics.all_metrics` on the whole test set
   and per anomaly type (that type's test anomalies + all normal test images);
-* generation quality (IS, KID, IC-LPIPS, IC-LPIPS in the anomaly region) per generated kind
-  against every real image of that type (training and test, as in the paper).
+* generation quality per generated kind against every real image of that type (training and
+  test, as in the paper), by family: IS and KID when the Inception-v3 weights are found,
+  IC-LPIPS and IC-LPIPS in the anomaly region when the LPIPS weights are found (each family
+  computed on its own, or skipped with a one-line reason); plus, per type, IC-LPIPS of the
+  generated images, the real test anomalies and cut-paste and Perlin pairs, all clustered
+  around the type's real training anomalies, so that the generated images' number can be read
+  against real variety and against the classic baselines.
 
-Everything happens at ``size x size``: images are resized (area when shrinking, else
-bilinear), masks binarised with the dataset's rule (``mask_rule``) then resized by
-nearest neighbour. Outputs: ``<out>/metrics.json`` (NaN written as null) and
+Everything happens at ``size x size``: real images and masks are first cut to the run's
+``fit`` (docs/DATA.md, Geometry; the same frame training used), then images are resized (area
+when shrinking, else bilinear) and masks, binarised with the dataset's rule (``mask_rule``),
+by nearest neighbour. Outputs: ``<out>/metrics.json`` (NaN written as null) and
 ``<out>/report.html``, each written to a temporary file and renamed.
 """
 
@@ -27,21 +33,25 @@ import json
 import math
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from seas.data.split import Split, summary_rows
 from seas.errors import ConfigError, RunError
+from seas.fields import Config, option
 from seas.files.atomic import write_text
 from seas.files.images import read_mask, read_rgb, resize_image, resize_mask
 from seas.generation.folder import MANIFEST
-from seas.model.prompts import GOOD, MIX
+from seas.data.readers import GOOD
+from seas.model.prompts import MIX
 from seas.run import Run
 from seas.evaluation.downstream import (DownstreamConfig, make_cut_paste_set, make_perlin_set, predict, resolve_device, train_segmenter)
 from seas.evaluation.metrics import UndefinedMetricError, all_metrics, pr_curve, roc_curve
-from seas.evaluation.quality import MissingWeightsError, check_weights, quality_scores
+from seas.evaluation.lpips_weights import LpipsWeightsError
+from seas.evaluation.quality import (QUALITY_FAMILIES, MissingWeightsError, check_family_weights, ic_lpips_scores,
+                                     images_to_tensor, inception_scores, load_family_network, masks_to_tensor)
 from seas.evaluation.report import write_report
 from seas.evaluation.segmenters import SEGMENTERS
 
@@ -54,50 +64,33 @@ CURVE_POINTS = 300  # points kept per curve in metrics.json and the report
 
 
 @dataclass
-class EvalConfig:
-    """Settings of ``seas evaluate``.
+class EvalConfig(Config):
+    """Settings of ``seas evaluate`` (section ``evaluate``); the command's options are generated
+    from these fields (:meth:`seas.fields.Config.add_arguments`)."""
 
-    Attributes:
-        segmenter: ``"bisenetv2"`` or ``"unet"``.
-        size: square resolution of training and evaluation (paper: 256).
-        steps: optimiser steps per training set.
-        batch_size: images per step.
-        width: channel multiplier of the segmenter.
-        seed: seeds the segmenters, their batches and the baseline synthesis.
-        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ...
-        baselines: also train on the cut-paste and Perlin training sets.
-        quality: ``None`` computes quality scores when the weights are found (else records
-            why not), ``True`` requires them, ``False`` skips them.
-        weights_dir: first folder searched for the quality networks' weight files.
-        quality_size: resolution of the quality scores (protocol: 256).
-        max_generated: use at most this many generated images per kind (``None``: all).
-        progress: tqdm bars while training.
-    """
+    section = "evaluate"
 
-    segmenter: str = "bisenetv2"
-    size: int = 256
-    steps: int = 2000
-    batch_size: int = 8
-    width: float = 1.0
-    seed: int = 0
-    device: str = "auto"
-    baselines: bool = True
-    quality: bool | None = None
-    weights_dir: str | None = None
-    quality_size: int = 256
-    max_generated: int | None = None
-    progress: bool = True
+    segmenter: str = option("bisenetv2", help="downstream segmenter network", choices=SEGMENTERS)
+    size: int = option(256, help="training and test resolution of the segmenters (paper: 256)", minimum=16)
+    steps: int = option(2000, help="optimiser steps per training set", minimum=1)
+    batch_size: int = option(8, help="images per optimiser step", minimum=1)
+    width: float = option(1.0, help="channel multiplier of the segmenter (positive)")
+    seed: int = option(0, help="seed of the segmenters, their batches and the baseline synthesis")
+    device: str = option("auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    baselines: bool = option(True, help="also train on the cut-paste and Perlin training sets "
+                             "(--no-baselines skips them)")
+    quality: bool | None = option(None, help="require (--quality) or skip (--no-quality) the quality scores; "
+                                  "default: IC-LPIPS when the LPIPS weights are found, IS and KID when the "
+                                  "Inception-v3 weights are found, and metrics.json says why a score is missing")
+    weights_dir: str | None = option(None, help="first folder searched for the quality networks' weight files")
+    quality_size: int = option(256, help="resolution of the quality scores (protocol: 256)", minimum=16)
+    max_generated: int | None = option(None, help="use at most this many generated images per kind "
+                                       "(default: all)", minimum=1)
+    progress: bool = option(True, help="tqdm bars while training", cli=False)
 
-    def __post_init__(self) -> None:
-        if self.segmenter not in SEGMENTERS:
-            raise ConfigError(f"--segmenter {self.segmenter!r}: choose one of {', '.join(SEGMENTERS)}")
-        for name, low in (("size", 16), ("steps", 1), ("batch_size", 1), ("quality_size", 16)):
-            if getattr(self, name) < low:
-                raise ConfigError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be at least {low}")
+    def validate(self) -> None:
         if self.width <= 0:
             raise ConfigError(f"--width {self.width}: must be positive")
-        if self.max_generated is not None and self.max_generated < 1:
-            raise ConfigError(f"--max-generated {self.max_generated}: must be at least 1")
 
     def downstream(self) -> DownstreamConfig:
         return DownstreamConfig(segmenter=self.segmenter, size=self.size, steps=self.steps,
@@ -173,10 +166,16 @@ def _kind_order(kinds, types: list[str]) -> list[str]:
 # ----------------------------------------------------------------------------- loading at size
 
 
-def _load_pairs(samples, size: int, threshold: str) -> list[tuple[np.ndarray, np.ndarray | None]]:
-    """Samples -> [(image (S, S, 3) uint8, mask (S, S) bool or None for normals)]."""
-    return [(resize_image(read_rgb(s.image), size),
-             None if s.mask is None else resize_mask(read_mask(s.mask, threshold), size)) for s in samples]
+def _load_pairs(samples, size: int, run: Run) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """Samples -> [(image (S, S, 3) uint8, mask (S, S) bool or None for normals)], cut to the
+    run's ``fit`` (the region training used) and grey for a grey product, then resized."""
+    from seas.data.training_set import split_channels
+    from seas.data.transforms import sample_arrays
+
+    data = run.data
+    grey = split_channels(data.channels, run.split) == "grey"
+    pairs = [sample_arrays(s.image, s.mask, data.fit, data.mask_rule, grey) for s in samples]
+    return [(resize_image(image, size), None if mask is None else resize_mask(mask, size)) for image, mask in pairs]
 
 
 def _components(kind: str) -> list[str]:
@@ -267,54 +266,159 @@ def run_downstream(train_sets: dict[str, list], test_pairs: list, test_types: li
 # ----------------------------------------------------------------------------- quality
 
 
-def check_quality_weights(cfg: EvalConfig) -> str | None:
-    """``None`` when quality scores will be computed, else why not.
+TURNED_OFF = "turned off (--no-quality)"
+COMPARISON_ROWS = ("generated", "real_test", "cut_paste", "perlin")  # IC-LPIPS rows per type
 
-    Raises :class:`MissingWeightsError` when ``cfg.quality`` requires the scores and a weight
-    file is missing.
+
+def check_quality_weights(cfg: EvalConfig) -> dict[str, str | None]:
+    """Per quality family (:data:`seas.evaluation.quality.QUALITY_FAMILIES`: ``inception`` for
+    IS and KID, ``lpips`` for IC-LPIPS): ``None`` when its scores will be computed, else the
+    one-line reason (the missing or damaged file and how to get it).
+
+    Raises, before any work, when ``cfg.quality`` requires the scores and weights are missing
+    or damaged: that family's error, or, when both fail, one error naming both (a
+    :class:`MissingWeightsError`, or the damaged LPIPS file's error).
     """
     if cfg.quality is False:
-        return "turned off (--no-quality)"
-    try:
-        check_weights(cfg.weights_dir)
-    except MissingWeightsError as err:
-        if cfg.quality:
-            raise
-        return str(err)
-    return None
+        return {family: TURNED_OFF for family in QUALITY_FAMILIES}
+    errors: dict[str, Exception] = {}
+    for family in QUALITY_FAMILIES:
+        try:
+            check_family_weights(family, cfg.weights_dir)
+        except (MissingWeightsError, LpipsWeightsError) as err:
+            errors[family] = err
+    if cfg.quality and errors:
+        if len(errors) == 1:
+            raise next(iter(errors.values()))
+        # both families fail: one line naming both, typed as the damaged file's error if there is one
+        kind = next((type(e) for e in errors.values() if not isinstance(e, MissingWeightsError)), MissingWeightsError)
+        raise kind("; ".join(f"{QUALITY_FAMILIES[f]}: {e}" for f, e in errors.items()))
+    return {family: str(errors[family]) if family in errors else None for family in QUALITY_FAMILIES}
 
 
-def run_quality(generated: list[dict], real_by_type: dict[str, list], cfg: EvalConfig) -> dict:
-    """Quality scores per generated anomaly kind vs the real images of its type(s).
+def _generated_at(rows: list[dict], size: int) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+    """Generated images and masks resized to ``size`` as the downstream images are (area when
+    shrinking, else bilinear; masks by nearest neighbour); masks ``None`` unless every row has one."""
+    images = [resize_image(read_rgb(r["image"]), size) for r in rows]
+    if not rows or not all(r.get("mask") for r in rows):
+        return images, None
+    return images, [resize_mask(read_mask(r["mask"]), size) for r in rows]
 
-    A mixture ``a+b`` is compared with the real images of ``a`` and ``b``. ``mean`` averages the
-    plain types (not the mixtures) over their finite values. A kind with fewer than 2 images on
-    either side gets ``{"skipped": reason}``.
+
+def _real_at(samples: list, size: int, run: Run) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+    """Real images and masks as the downstream loads them (:func:`_load_pairs`: the run's ``fit``
+    region and channels, then ``size``); masks ``None`` unless every sample has one."""
+    pairs = _load_pairs(samples, size, run)
+    masks = [mask for _, mask in pairs]
+    return [image for image, _ in pairs], (masks if masks and all(m is not None for m in masks) else None)
+
+
+def run_quality(generated: list[dict], run: Run, reasons: dict[str, str | None], cfg: EvalConfig) -> dict:
+    """Quality scores per family; ``reasons`` from :func:`check_quality_weights`.
+
+    Returns ``{family: {"skipped": reason}}`` for a family without weights, else
+    ``{"per_kind": {kind: scores}, "mean": scores}``: each generated anomaly kind against every
+    real anomaly image of its type, training and test (a mixture ``a+b``: of ``a`` and ``b``);
+    ``mean`` averages the plain types (not the mixtures) over their finite values; a kind with
+    fewer than 2 images on either side gets ``{"skipped": reason}``. ``lpips`` also holds
+    ``comparison`` (:func:`ic_lpips_comparison`).
     """
     by_kind: dict[str, list[dict]] = {}
     for row in generated:
         if row["kind"] != GOOD:
             by_kind.setdefault(row["kind"], []).append(row)
-    per_kind = {}
-    for kind in _kind_order(by_kind, list(real_by_type)):
-        real = [s.image for t in _components(kind) for s in real_by_type.get(t, [])]
-        per_kind[kind] = _kind_quality(by_kind[kind], real, cfg)
-    singles = [v for k, v in per_kind.items() if k in real_by_type and "skipped" not in v]
-    mean = {key: _nanmean([v[key] for v in singles]) for key in (singles[0] if singles else {})}
-    return {"per_kind": per_kind, "mean": mean}
+    split = run.split
+    real_by_type = {t: split.train[t] + [s for s in split.test if s.type == t] for t in split.types}
+    device = resolve_device(cfg.device)
+    out = {}
+    for family in QUALITY_FAMILIES:
+        if reasons.get(family):
+            out[family] = {"skipped": reasons[family]}
+            continue
+        model = load_family_network(family, cfg.weights_dir, device)
+        per_kind = {}
+        for kind in _kind_order(by_kind, split.types):
+            real = [s for t in _components(kind) for s in real_by_type.get(t, [])]
+            per_kind[kind] = _kind_quality(family, model, by_kind[kind], real, run, cfg)
+        singles = [v for k, v in per_kind.items() if k in real_by_type and "skipped" not in v]
+        keys = list(dict.fromkeys(key for v in singles for key in v))
+        out[family] = {"per_kind": per_kind, "mean": {key: _nanmean([v.get(key, math.nan) for v in singles])
+                                                      for key in keys}}
+        if family == "lpips":
+            out[family]["comparison"] = ic_lpips_comparison(model, by_kind, run, cfg)
+        del model
+    return out
 
 
-def _kind_quality(rows: list[dict], real_paths: list[str], cfg: EvalConfig) -> dict:
-    if len(rows) < 2 or len(real_paths) < 2:
-        return {"skipped": f"needs at least 2 generated and 2 real images (has {len(rows)} and {len(real_paths)})"}
-    masks = [read_mask(r["mask"]) for r in rows] if all(r.get("mask") for r in rows) else None
-    return quality_scores([read_rgb(r["image"]) for r in rows], [read_rgb(p) for p in real_paths], masks,
-                          weights_dir=cfg.weights_dir, device=resolve_device(cfg.device), seed=cfg.seed,
-                          image_size=cfg.quality_size)
+def _kind_quality(family: str, model, rows: list[dict], real: list, run: Run, cfg: EvalConfig) -> dict:
+    if len(rows) < 2 or len(real) < 2:
+        return {"skipped": f"needs at least 2 generated and 2 real images (has {len(rows)} and {len(real)})"}
+    size = cfg.quality_size
+    gen_images, gen_masks = _generated_at(rows, size)
+    gen = images_to_tensor(gen_images, size)
+    real_images = images_to_tensor(_real_at(real, size, run)[0], size)
+    if family == "inception":
+        return inception_scores(model, gen, real_images, seed=cfg.seed)
+    return ic_lpips_scores(model, gen, real_images, None if gen_masks is None else masks_to_tensor(gen_masks, size))
+
+
+def ic_lpips_comparison(model, by_kind: dict[str, list[dict]], run: Run, cfg: EvalConfig) -> dict:
+    """IC-LPIPS of four image sets per anomaly type, all clustered around the same centres: the
+    type's real training anomalies (the few shots).
+
+    Rows (:data:`COMPARISON_ROWS`): ``generated`` (the type's generated anomalies),
+    ``real_test`` (the type's held-out real test anomalies: the variety of real defects),
+    ``cut_paste`` and ``perlin`` (as many pairs as generated images of the type, made at
+    ``quality_size`` from the type's real training anomalies and the normal training images,
+    seeded with ``seed`` + the type's index). Each row: ``{"images": n, "ic_lpips": ..[,
+    "ic_lpips_anomaly": ..]}`` (the anomaly variant when every image of the row has a mask), or
+    ``{"images": n, "skipped": reason}`` below 2 images. Returns ``{"centres": {type: n},
+    "per_type": {type: {row: ...}}, "mean": {row: {key: mean over types of finite values}}}``.
+    """
+    size, split = cfg.quality_size, run.split
+    normals = _real_at(split.normal_train, size, run)[0]
+    centres, per_type = {}, {}
+    for index, kind in enumerate(split.types):
+        train_pairs = _load_pairs(split.train[kind], size, run)
+        train_images = [image for image, _ in train_pairs]
+        generated = by_kind.get(kind, [])
+        test = [s for s in split.test if s.type == kind]
+        n, seed = len(generated), cfg.seed + index
+        makers = {  # row -> (number of images, a function making (images, masks or None))
+            "generated": (n, lambda: _generated_at(generated, size)),
+            "real_test": (len(test), lambda: _real_at(test, size, run)),
+            "cut_paste": (n, lambda: _unzip(make_cut_paste_set(train_pairs, normals, n, seed))),
+            "perlin": (n, lambda: _unzip(make_perlin_set(normals, n, seed))),
+        }
+        centre_tensor = images_to_tensor(train_images, size)
+        centres[kind] = len(train_images)
+        per_type[kind] = {name: _comparison_row(model, make, centre_tensor, size, count)
+                          for name, (count, make) in makers.items()}
+    mean = {}
+    for name in COMPARISON_ROWS:
+        scored = [v[name] for v in per_type.values() if "skipped" not in v[name]]
+        keys = list(dict.fromkeys(k for v in scored for k in v if k != "images"))
+        mean[name] = {k: _nanmean([v.get(k, math.nan) for v in scored]) for k in keys}
+    return {"centres": centres, "per_type": per_type, "mean": mean}
+
+
+def _unzip(pairs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    return [image for image, _ in pairs], [mask for _, mask in pairs]
+
+
+def _comparison_row(model, make, centres, size: int, count: int) -> dict:
+    if count < 2:
+        return {"images": count, "skipped": f"needs at least 2 images (has {count})"}
+    try:
+        images, masks = make()
+    except ValueError as err:  # e.g. cut-paste without a non-empty training mask
+        return {"images": count, "skipped": str(err)}
+    region = None if masks is None else masks_to_tensor(masks, size)
+    return {"images": len(images), **ic_lpips_scores(model, images_to_tensor(images, size), centres, region)}
 
 
 def _nanmean(values: list[float]) -> float:
-    finite = [v for v in values if math.isfinite(v)]
+    finite = [v for v in values if v is not None and math.isfinite(v)]
     return float(np.mean(finite)) if finite else float("nan")
 
 
@@ -387,24 +491,23 @@ def evaluate_run(run_dir: str | Path, generated_dir: str | Path | None = None, o
     out = Path(out_dir).resolve() if out_dir else run.path / "evaluation"
     all_rows = read_generated(gen_dir)
     _check_out(out)
-    quality_skipped = check_quality_weights(cfg)
+    quality_reasons = check_quality_weights(cfg)
 
     split, threshold = run.split, run.mask_rule
     rows = _cap_per_kind(all_rows, cfg.max_generated)
-    real_pairs = _load_pairs([s for t in split.types for s in split.train[t]], cfg.size, threshold)
-    normals = [image for image, _ in _load_pairs(split.normal_train, cfg.size, threshold)]
+    real_pairs = _load_pairs([s for t in split.types for s in split.train[t]], cfg.size, run)
+    normals = [image for image, _ in _load_pairs(split.normal_train, cfg.size, run)]
     train_sets, composition = build_train_sets(real_pairs, normals, rows, cfg)
-    test_pairs = _load_pairs(split.test, cfg.size, threshold)
+    test_pairs = _load_pairs(split.test, cfg.size, run)
     downstream = run_downstream(train_sets, test_pairs, [s.type for s in split.test], split.types, cfg)
 
-    real_by_type = {t: split.train[t] + [s for s in split.test if s.type == t] for t in split.types}
-    quality = {"skipped": quality_skipped} if quality_skipped else run_quality(rows, real_by_type, cfg)
+    quality_scores = run_quality(rows, run, quality_reasons, cfg)
     kinds = _kind_order({r["kind"] for r in all_rows}, split.types)
     total, used = Counter(r["kind"] for r in all_rows), Counter(r["kind"] for r in rows)
     metrics = _json_safe({
         "format": EVAL_FORMAT,
         "run": _run_summary(run, gen_dir),
-        "config": asdict(cfg),
+        "config": cfg.to_dict(),
         "split": [dict(zip(("type", "images", "train", "test"), row)) for row in summary_rows(split)],
         "generated": {k: {"rows": total[k], "used": used[k],
                           # an empty mask is not a mask: counted apart
@@ -414,7 +517,7 @@ def evaluate_run(run_dir: str | Path, generated_dir: str | Path | None = None, o
         "train_sets": {name: dict(composition[name], seconds=downstream["seconds"][name]) for name in train_sets},
         "downstream": downstream["metrics"],
         "per_type": downstream["per_type"],
-        "quality": quality,
+        "quality": quality_scores,
         "curves": downstream["curves"],
         "extra": extra or {},
     })

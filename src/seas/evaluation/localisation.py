@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from seas.data.readers import Sample
-from seas.data.transforms import image_to_tensor, mask_to_tensor
+from seas.data.training_set import split_channels
+from seas.data.transforms import sample_tensors
 from seas.evaluation.metrics import all_metrics, average_precision, roc_auc
-from seas.files.images import read_mask, read_rgb
 from seas.model.attention import AttentionCapture, da_levels
 from seas.model.features import FeatureRecorder
 from seas.model.losses import minmax
@@ -30,14 +30,14 @@ from seas.seeds import step_generator
 
 
 def _inputs(run: Run, samples: list[Sample], resolution: int):
-    """Images (N, 3, R, R) in [-1, 1] and binary masks (N, R, R) (empty for normals)."""
-    threshold = run.mask_rule
-    images = torch.stack([image_to_tensor(read_rgb(s.image), resolution) for s in samples])
-    masks = torch.stack([
-        mask_to_tensor(read_mask(s.mask, threshold), resolution, binarize=True)[0]
-        if s.mask else torch.zeros(resolution, resolution)
-        for s in samples
-    ])
+    """Images (N, 3, R, R) in [-1, 1] and binary masks (N, R, R) (empty for normals), read as
+    training reads them (the run's ``fit`` and ``channels``)."""
+    data = run.data
+    grey = split_channels(data.channels, run.split) == "grey"
+    pairs = [sample_tensors(s.image, s.mask, resolution, data.fit, data.mask_rule, grey, binarize=True)
+             for s in samples]
+    images = torch.stack([image for image, _ in pairs])
+    masks = torch.stack([mask[0] if mask is not None else torch.zeros(resolution, resolution) for _, mask in pairs])
     return images, masks
 
 

@@ -52,6 +52,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from seas.files.images import as_mask, as_rgb
+from seas.data.readers import GOOD
 
 __all__ = [
     "GOOD",
@@ -74,7 +75,6 @@ ImageLike = Union[np.ndarray, str, os.PathLike]
 MaskLike = Union[np.ndarray, str, os.PathLike, None]
 
 #: Name of the normal class of :class:`TypeClassifier` (also the ``kind`` of a normal image in QC).
-GOOD = "good"
 
 _EPS = 1.0 / 255.0  # one grey level: floor of the evidence ratio/contrast denominators
 

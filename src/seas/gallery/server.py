@@ -54,7 +54,8 @@ from seas.errors import ConfigError, RunError
 from seas.generation.curation import (CURATION, CURATION_FORMAT, DECISIONS, read_decisions, accepted_keys,
                                      key_text, parse_key, read_curation)
 from seas.generation.folder import MANIFEST, SETTINGS
-from seas.model.prompts import GOOD, MIX
+from seas.data.readers import GOOD
+from seas.model.prompts import MIX
 from seas.run import RUN_FILE, Run
 
 try:  # POSIX: a file lock shared by every process that serves the same folder

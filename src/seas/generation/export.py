@@ -29,7 +29,7 @@ from seas.errors import RunError
 from seas.files.atomic import write_dir
 from seas.generation.curation import CURATION, accepted_keys
 from seas.generation.folder import MANIFEST, SETTINGS, read_rows
-from seas.model.prompts import GOOD
+from seas.data.readers import GOOD
 
 
 def export_mvtec(generated_dir: str | Path, out_dir: str | Path, product: str | None = None,

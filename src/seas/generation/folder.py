@@ -278,8 +278,9 @@ def _append_row(fh, path: Path, row: dict) -> None:
 def write_output(out: Path, kind: Kind, item: Generated, width: int, rank: int, cfg: GenerationConfig) -> dict:
     """Write one image (with its mask and probability map) atomically; return its manifest row.
 
-    The probability map is an 8-bit grey PNG of the mean anomaly probability (0..255); the
-    mask is 0/255. ``mask_area`` is the defect share of the image (0 for an empty mask).
+    The image is written in its own mode: RGB, or one-channel grey ("L") for a grey product
+    (the pipeline converts it: docs/DATA.md, "Channels"). The probability map is an 8-bit grey
+    PNG of the mean anomaly probability (0..255); the mask is 0/255. ``mask_area`` is the defect share of the image (0 for an empty mask).
     """
     import numpy as np
     from PIL import Image

@@ -3,7 +3,8 @@
 Image ``i`` of a call with ``seed`` s, prompt P and guidance g:
 
 1. start latent: normal training image number ``i % n_normals`` of the run's split (every
-   normal image in turn), VAE-encoded (latent mean x ``vae.config.scaling_factor``) -> ``z``;
+   normal image in turn), read as training reads it (the dataset's ``fit`` and
+   ``channels``), VAE-encoded (latent mean x ``vae.config.scaling_factor``) -> ``z``;
    ``eps ~ N(0, I)`` from a CPU generator seeded ``s + i``;
    ``x_init = signal * z + noise * eps`` (defaults 0.0979 and 0.99984, the reference's recipe);
 2. DPM-Solver++ (2M, linspace timesteps, final step to sigma_min) from the first timestep,
@@ -16,7 +17,8 @@ Image ``i`` of a call with ``seed`` s, prompt P and guidance g:
    hooks record the VAE decoder features, and the mask head reads them with the U-Net
    features of the same step; the anomaly probabilities are averaged over those steps and
    thresholded (``prob > mask_threshold``);
-4. the final latent is decoded into the output image.
+4. the final latent is decoded into the output image; for a grey product (``channels``) it is
+   converted to a one-channel grey image (luminance).
 
 The mask decodes stop after the last block the mask head reads (``vae.decoder.up_blocks[2]``):
 the remaining block and the output convolution would only make pixels that nobody looks at. A
@@ -51,12 +53,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from seas.files.images import read_rgb
-from seas.data.transforms import image_to_tensor
+from seas.data.training_set import split_channels
+from seas.data.transforms import sample_tensors
 from seas.errors import ConfigError
 from seas.model.features import VAE_BLOCKS, FeatureRecorder, conditional_half
 from seas.profiles import GenerationSwitches
-from seas.model.prompts import GOOD, MIX, PromptSpec, tokenize
+from seas.data.readers import GOOD
+from seas.model.prompts import MIX, PromptSpec, tokenize
 from seas.config import GenerationConfig
 from seas.model.rmp import set_batchnorm_mode
 from seas.run import Run
@@ -96,7 +99,7 @@ def resolve_kind(kind: str | Sequence[str], spec: PromptSpec) -> Kind:
 class Generated:
     """One output of :meth:`SeaSPipeline.generate`."""
 
-    image: Image.Image  # RGB, resolution x resolution
+    image: Image.Image  # RGB, or grey ("L") for a grey product; resolution x resolution
     mask: np.ndarray | None  # (H, W) bool; None for normal images or without a mask head
     prob: np.ndarray | None  # (H, W) float32 mean anomaly probability over the mask steps
     kind: str  # the kind's label
@@ -142,6 +145,7 @@ class SeaSPipeline:
             _slice_attention(self.unet)
         self.resolution = run.resolution
         self._reference_latents: dict[int, torch.Tensor] = {}
+        self._grey: bool | None = None
 
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
@@ -163,6 +167,14 @@ class SeaSPipeline:
     @property
     def types(self) -> list[str]:
         return self.run.types
+
+    @property
+    def grey(self) -> bool:
+        """Whether the run's product is grey (its ``channels``; ``auto`` resolved on its training
+        images): start latents from grey images, outputs converted to one-channel grey."""
+        if self._grey is None:
+            self._grey = split_channels(self.run.data.channels, self.run.split) == "grey"
+        return self._grey
 
     # ------------------------------------------------------------------------- public
 
@@ -192,7 +204,7 @@ class SeaSPipeline:
             for j, i in enumerate(chunk):
                 p = None if prob is None else prob[j].float().cpu().numpy()
                 results.append(Generated(
-                    image=_to_pil(pixels[j]), mask=None if p is None else p > cfg.mask_threshold, prob=p,
+                    image=_to_pil(pixels[j], self.grey), mask=None if p is None else p > cfg.mask_threshold, prob=p,
                     kind=kind.label, index=i, seed=cfg.seed + i, prompt=kind.prompt,
                     reference=references[i % len(references)],
                 ))
@@ -214,9 +226,12 @@ class SeaSPipeline:
 
     @torch.no_grad()
     def reference_latent(self, number: int) -> torch.Tensor:
-        """Scaled latent mean ``(1, 4, h, w)`` of normal training image ``number`` (cached)."""
+        """Scaled latent mean ``(1, 4, h, w)`` of normal training image ``number`` (cached), read
+        as training read it (the dataset's ``fit`` and ``channels``)."""
         if number not in self._reference_latents:
-            pixels = image_to_tensor(read_rgb(self.run.references[number]), self.resolution)[None]
+            data = self.run.data
+            pixels = sample_tensors(self.run.references[number], None, self.resolution, data.fit, data.mask_rule,
+                                    self.grey)[0][None]
             with self._vae_tiling(False):  # start latents do not depend on the switches' tiling
                 posterior = self.vae.encode(pixels.to(self.device, self.dtype)).latent_dist
             self._reference_latents[number] = posterior.mean * self.vae.config.scaling_factor
@@ -337,7 +352,16 @@ def _slice_attention(unet: torch.nn.Module) -> None:
     unet.set_attention_slice([max(1, h // 2) for h in heads])
 
 
-def _to_pil(pixels: torch.Tensor) -> Image.Image:
-    """``(3, H, W)`` in [-1, 1] -> RGB image (rounded to 8 bits)."""
-    array = ((pixels.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+# ITU-R 601 luminance, the weights of PIL's "L" (grey inputs are converted with the same).
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def _to_pil(pixels: torch.Tensor, grey: bool = False) -> Image.Image:
+    """``(3, H, W)`` in [-1, 1] -> RGB image (rounded to 8 bits); ``grey``: one-channel "L"
+    image of the luminance, so that no colour fringe of the decoder survives."""
+    values = (pixels.float() / 2 + 0.5).clamp(0, 1)
+    if grey:
+        luma = sum(w * values[c] for c, w in enumerate(_LUMA))
+        return Image.fromarray((luma.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy())
+    array = (values * 255).round().to(torch.uint8)
     return Image.fromarray(array.permute(1, 2, 0).cpu().numpy())

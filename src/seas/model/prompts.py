@@ -18,7 +18,6 @@ import torch
 
 from seas.errors import ConfigError
 
-GOOD = "good"  # the label of normal images (MVTec AD's folder name)
 MIX = "+"  # separator of the types of a mixture in its label: "hole+scratch"
 
 

@@ -16,7 +16,6 @@ trained for minutes, not Stable Diffusion: it knows one product and nothing else
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,30 +29,32 @@ from seas.files.images import read_rgb
 from seas.data.readers import read_dataset
 from seas.data.transforms import apply_augmentation, draw_augmentation, image_to_tensor
 from seas.errors import ConfigError
+from seas.fields import Config, option
 from seas.model.prompts import tokenize
 from seas.training.loop import progress
 from seas.seeds import step_generator
 
 
 @dataclass
-class BootstrapConfig:
-    resolution: int = 128
-    width: int = 32  # tiny model width (U-Net channels w, 2w, 4w, 4w)
-    vae_width: int = 16  # VAE channels (v, 2v, 2v, 2v): a quarter of the cost of 32 on a CPU
-    vae_steps: int = 300
-    unet_steps: int = 400
-    batch_size: int = 8
-    lr_vae: float = 1e-3
-    lr_unet: float = 5e-4
-    kl_weight: float = 1e-6
-    max_images: int = 200  # normal training images used
-    seed: int = 0
+class BootstrapConfig(Config):
+    """``seas bootstrap``: the tiny base model trained on a product's normal images."""
 
-    def __post_init__(self) -> None:
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if field.name not in ("kl_weight", "seed") and value <= 0:
-                raise ConfigError(f"--{field.name.replace('_', '-')} {value}: must be positive")
+    section = "bootstrap"
+
+    resolution: int = option(128, help="image size (a multiple of 64, the tiny model's factor)", minimum=64)
+    width: int = option(32, help="tiny U-Net and text-encoder width (U-Net channels w, 2w, 4w, 4w)", minimum=1)
+    vae_width: int = option(16, help="tiny VAE width (channels v, 2v, 2v, 2v): 16 costs a quarter of 32 on a CPU",
+                            minimum=1)
+    vae_steps: int = option(300, help="VAE updates", minimum=1)
+    unet_steps: int = option(400, help="U-Net updates", minimum=1)
+    batch_size: int = option(8, help="images per update", minimum=1)
+    lr_vae: float = option(1e-3, help="VAE learning rate", minimum=0.0)
+    lr_unet: float = option(5e-4, help="U-Net learning rate", minimum=0.0)
+    kl_weight: float = option(1e-6, help="weight of the VAE's KL term", minimum=0.0)
+    max_images: int = option(200, help="normal training images used", minimum=1)
+    seed: int = option(0, help="seed of the weights and every draw")
+
+    def validate(self) -> None:
         if self.resolution % 64:
             raise ConfigError(f"--resolution {self.resolution}: must be a multiple of 64 (tiny model factor)")
 

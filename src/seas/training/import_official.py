@@ -24,6 +24,8 @@ removes what was written. The run records where it came from in its ``versions``
 
 from __future__ import annotations
 
+import dataclasses
+
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -99,6 +101,7 @@ def import_official(
     versions = library_versions()
     versions["imported_from"] = {"generator": str(generator.resolve()), "rmp": str(rmp.resolve()),
                                  "rmp_sha256": file_digest(rmp)}
+    data = dataclasses.replace(data, fit="crop", channels="rgb")  # how the authors' code prepares images
     run = Run(path=out, base=source, data=data, train=cfg, prompt=spec, split=split, versions=versions)
     created = not out.exists()
     try:

@@ -9,6 +9,9 @@ final norm and position embeddings stay frozen.
 
 from __future__ import annotations
 
+import os
+import sys
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -16,11 +19,10 @@ import torch
 from seas.model.backbone import Backbone, load_backbone
 from seas.config import TrainConfig
 from seas.data.config import DataConfig
-from seas.data.readers import read_dataset
-from seas.data.split import check_samples, few_shot_split
-from seas.data.training_set import Batch, TrainingSet, draw_batch
+from seas.data.readers import dataset_folder
+from seas.data.split import check_dataset
+from seas.data.training_set import Batch, TrainingSet, draw_batch, split_channels
 from seas.model.losses import da_loss, diffusion_loss, mask_pyramid
-from seas.errors import ConfigError
 from seas.model.attention import AttentionCapture, da_levels
 from seas.model.prompts import PromptSpec, PromptTables, add_placeholder_tokens
 from seas.run import (CHECKPOINTS, GENERATOR_PARTS, INDEX_FILE, LOGS, RUN_FILE, SPLIT_FILE, Run,
@@ -28,7 +30,9 @@ from seas.run import (CHECKPOINTS, GENERATOR_PARTS, INDEX_FILE, LOGS, RUN_FILE, 
 from seas.seeds import step_generator
 from seas.training.checkpoints import resume_checkpoint
 from seas.training.loop import run_updates
-from seas.training.run_folder import check_run_folder, start_run_folder
+from seas.files.checks import ProblemList, nested_problems, output_folder_problems
+from seas.training.run_folder import (check_base, check_run_folder, cpu_duration_note, start_run_folder,
+                                      training_bytes)
 from seas.training.setup import autocast_dtype, make_accelerator, make_optimizer
 
 STAGE = "generator"
@@ -132,19 +136,32 @@ def prepare_training(backbone: Backbone, cfg: TrainConfig, accelerator) -> tuple
 
 def train_generator(data_cfg: DataConfig, cfg: TrainConfig, out: str | Path,
                     resume: str | None = None, overwrite: bool = False) -> Path:
-    """Run stage 1 into ``out`` and export the generator; returns the run folder."""
-    if cfg.base is None:
-        raise ConfigError("--base is required: a diffusers SD 1.x folder, a .safetensors/.ckpt file, a hub id, "
-                          "or 'tiny' (a random tiny model for tests; use 'seas bootstrap' for a small trained one)")
+    """Run stage 1 into ``out`` and export the generator; returns the run folder.
+
+    Before the base is loaded, every input is checked and every problem reported at once: the
+    base, the run folder, the dataset (its training images and masks decoded), ``out`` against
+    the dataset, and ``out``'s permissions and free space.
+    """
     path = Path(out)
     config = {"train": cfg.to_dict(), "data": data_cfg.to_dict()}
-    check_run_folder(path, STAGE, RUN_FILE, config, resume, overwrite,
-                     allowed={CHECKPOINTS, LOGS, SPLIT_FILE, state_file(STAGE), *GENERATOR_PARTS, INDEX_FILE, RUN_FILE})
-    samples = read_dataset(data_cfg)
-    split = few_shot_split(samples, data_cfg)
-    train_samples = [s for v in split.train.values() for s in v] + split.normal_train
-    warnings = check_samples(train_samples, data_cfg.mask_rule)
+    problems = ProblemList()
+    with problems.collect():
+        check_base(cfg.base)
+    with problems.collect():
+        check_run_folder(path, STAGE, RUN_FILE, config, resume, overwrite,
+                         allowed={CHECKPOINTS, LOGS, SPLIT_FILE, state_file(STAGE), *GENERATOR_PARTS, INDEX_FILE,
+                                  RUN_FILE})
+    split, warnings = check_dataset(data_cfg, problems, decode="train")
+    problems.extend(nested_problems(path, dataset_folder(data_cfg)))
+    problems.extend(output_folder_problems(path, training_bytes(cfg.base)))
+    problems.raise_any()
+    note = cpu_duration_note(cfg.base, cfg.resolution, cfg.batch_size, cfg.grad_accum,
+                             cfg.total_steps(len(split.types)))
+    if note and os.environ.get("RANK", "0") == "0":
+        print(note, file=sys.stderr, flush=True)
     backbone, spec, new_ids = prepare_backbone(cfg, split.types)
+    # the record keeps the resolved channels ("auto" -> "grey" or "rgb"): readers need not re-detect
+    data_cfg = dataclasses.replace(data_cfg, channels=split_channels(data_cfg.channels, split))
     run = Run(path=path, base=backbone.source, data=data_cfg, train=cfg, prompt=spec, split=split)
     accelerator = make_accelerator(path, cfg.mixed_precision)
     start_run_folder(accelerator, path, STAGE, RUN_FILE, config, overwrite)
@@ -154,7 +171,8 @@ def train_generator(data_cfg: DataConfig, cfg: TrainConfig, out: str | Path,
     for message in warnings:
         accelerator.print(f"warning: {message}")
     prompts = PromptTables.build(backbone.tokenizer, spec)
-    data = TrainingSet.from_split(split, cfg.resolution, data_cfg.mask_rule, cfg.binarize_masks)
+    data = TrainingSet.from_split(split, cfg.resolution, data_cfg.mask_rule, cfg.binarize_masks,
+                                  fit=data_cfg.fit, channels=data_cfg.channels)
     blocks = sorted({b for group in da_levels(backbone.unet, cfg.da_blocks, cfg.da_with_up_blocks).values()
                      for b in group})
     capture = AttentionCapture(backbone.unet, blocks, cfg.attention_softmax)

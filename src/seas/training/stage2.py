@@ -69,7 +69,8 @@ def train_mask_head(run_dir: str | Path, cfg: MaskConfig, resume: str | None = N
     if accelerator.is_main_process and accelerator.log_with:
         accelerator.init_trackers("seas-mask")
 
-    data = TrainingSet.from_split(run.split, run.resolution, run.mask_rule, run.train.binarize_masks)
+    data = TrainingSet.from_split(run.split, run.resolution, run.mask_rule, run.train.binarize_masks,
+                                  fit=run.data.fit, channels=run.data.channels)
     with torch.no_grad():  # the prompts never change: encode them once
         prompts = [run.prompt.anomaly_prompt(kind) for kind in run.types] + [run.prompt.normal_prompt()]
         text = bb.text_encoder(tokenize(bb.tokenizer, prompts).to(accelerator.device))[0]  # (K + 1, L, D)
