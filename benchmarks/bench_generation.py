@@ -26,12 +26,11 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import sd15_components
-from seas.model.backbone import build_tiny_components, save_components
-from seas.config import TrainConfig
+from seas.config import MaskConfig, TrainConfig
 from seas.data.config import DataConfig
 from seas.data.synthetic import write_synthetic_product
 from seas.generation.pipeline import SeaSPipeline
-from seas.config import MaskConfig
+from seas.model.backbone import build_tiny_components, save_components
 from seas.run import Run
 from seas.training.stage1 import train_generator
 from seas.training.stage2 import build_head

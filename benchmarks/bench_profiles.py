@@ -100,16 +100,15 @@ def train_worker(variant: str, args) -> dict:
     """Build the model, run ``args.warmup`` steps, then time ``args.repeats`` steps."""
     from accelerate import Accelerator
 
-    from seas.model.attention import AttentionCapture
-    from seas.model.backbone import Backbone
-    from seas.config import TrainConfig
-    from seas.profiles import has_bitsandbytes, train_switches
-    from seas.model.prompts import PromptSpec, add_placeholder_tokens
-    from seas.seeds import step_generator
-    from seas.training.stage1 import PromptTables, compute_losses, da_blocks, prepare_training, set_trainable
-
     from benchmarks.bench_train_step import make_batch
     from benchmarks.common import ReferenceLosses, sd15_components
+    from seas.config import TrainConfig
+    from seas.model.attention import AttentionCapture
+    from seas.model.backbone import Backbone
+    from seas.model.prompts import PromptSpec, add_placeholder_tokens
+    from seas.profiles import has_bitsandbytes, train_switches
+    from seas.seeds import step_generator
+    from seas.training.stage1 import PromptTables, compute_losses, da_blocks, prepare_training, set_trainable
 
     device = torch.device(args.device)
     variant, _, extra = variant.partition("+")

@@ -21,17 +21,16 @@ import importlib.util
 
 import torch
 
-from seas.model.attention import AttentionCapture
-from seas.model.backbone import Backbone
+from benchmarks.common import ReferenceLosses, gib, measure, sd15_components
 from seas.config import TrainConfig
 from seas.data.training_set import Batch
+from seas.model.attention import AttentionCapture
+from seas.model.backbone import Backbone
 from seas.model.losses import diffusion_loss
 from seas.model.prompts import PromptSpec, add_placeholder_tokens
-from seas.training.setup import make_optimizer
 from seas.seeds import step_generator
+from seas.training.setup import make_optimizer
 from seas.training.stage1 import PromptTables, compute_losses, da_blocks
-
-from benchmarks.common import ReferenceLosses, gib, measure, sd15_components
 
 
 def make_batch(batch_size: int, resolution: int, n_types: int) -> Batch:

@@ -7,7 +7,6 @@ the test's ``tmp_path`` and returns the folder to pass to ``--data``.
 from __future__ import annotations
 
 import csv
-import json
 import itertools
 from pathlib import Path
 
@@ -189,10 +188,10 @@ def make_folder(fresh_dir):
 # ----------------------------------------------------------------------------- models and runs
 # A tiny backbone folder, a small synthetic product, and finished runs built from them.
 
-from seas.model.backbone import build_tiny_components, save_components  # noqa: E402
 from seas.config import MaskConfig, TrainConfig  # noqa: E402
 from seas.data.config import DataConfig  # noqa: E402
 from seas.data.synthetic import write_synthetic_product  # noqa: E402
+from seas.model.backbone import build_tiny_components, save_components  # noqa: E402
 from seas.model.features import unet_feature_channels, vae_feature_channels  # noqa: E402
 from seas.model.rmp import ReferenceMaskHead, head_config_for  # noqa: E402
 from seas.run import Run  # noqa: E402

@@ -8,9 +8,16 @@ import shutil
 import pytest
 import torch
 
-from seas.model.backbone import (COMPONENTS, TINY_VERSION, BackboneError, build_tiny_components, load_backbone, save_components)
 from seas.cli import main
 from seas.errors import SeasError
+from seas.model.backbone import (
+    COMPONENTS,
+    TINY_VERSION,
+    BackboneError,
+    build_tiny_components,
+    load_backbone,
+    save_components,
+)
 
 PROMPT = "a photo of sks bottle"
 

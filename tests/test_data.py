@@ -14,10 +14,10 @@ from PIL import Image
 
 from seas.cli import main
 from seas.data.config import LAYOUT_PRESETS, DataConfig
-from seas.files.images import read_mask, read_rgb
 from seas.data.readers import Sample, read_dataset
 from seas.data.split import Split, few_shot_split, summary_rows, write_split
 from seas.errors import ConfigError, DataError
+from seas.files.images import read_mask, read_rgb
 
 MAGNETIC_TILE = Path(__file__).resolve().parents[2] / "shared/data/magnetic-tile"
 EXAMPLE_YAML = Path(__file__).resolve().parents[1] / "examples/magnetic-tile.yaml"

@@ -9,11 +9,11 @@ import math
 import pytest
 import torch
 
-from seas.model.backbone import load_backbone
-from seas.training.bootstrap import BootstrapConfig, bootstrap_backbone
 from seas.cli import main
 from seas.data.config import DataConfig
 from seas.errors import ConfigError
+from seas.model.backbone import load_backbone
+from seas.training.bootstrap import BootstrapConfig, bootstrap_backbone
 
 
 def _numbers(tree, path=""):
@@ -67,9 +67,9 @@ def test_bootstrap_learns_the_product(tmp_path):
     cfg = BootstrapConfig(resolution=64, width=16, vae_width=16, vae_steps=40, unet_steps=2, batch_size=4)
     folder = bootstrap_backbone(DataConfig(root=str(root), layout="mvtec"), cfg, tmp_path / "base")
     trained = load_backbone(str(folder))
-    from seas.model.backbone import build_tiny_components
-    from seas.files.images import read_rgb
     from seas.data.transforms import image_to_tensor
+    from seas.files.images import read_rgb
+    from seas.model.backbone import build_tiny_components
 
     fresh = build_tiny_components(seed=cfg.seed, width=16)["vae"].eval()
     images = torch.stack([image_to_tensor(read_rgb(p), 64) for p in sorted((root / "train/good").glob("*.png"))])

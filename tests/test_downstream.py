@@ -8,10 +8,17 @@ import torch
 from PIL import Image
 
 from seas.evaluation.baselines import cut_paste, perlin_blend, perlin_mask, perlin_noise
-from seas.evaluation.downstream import DownstreamConfig, evaluate, make_cut_paste_set, predict, segmentation_loss, train_segmenter
+from seas.evaluation.downstream import (
+    DownstreamConfig,
+    evaluate,
+    make_cut_paste_set,
+    predict,
+    segmentation_loss,
+    train_segmenter,
+)
 from seas.evaluation.evaluate import EvalConfig, build_train_sets
-from seas.files.images import as_mask
 from seas.evaluation.segmenters import BiSeNetV2, SmallUNet, build_segmenter
+from seas.files.images import as_mask
 
 METRIC_KEYS = {"image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap",
                "pixel_f1_max", "iou", "iou_at_0.5", "aupro_0.3"}

@@ -19,21 +19,21 @@ import torch
 from conftest import TinyInception
 from PIL import Image
 
+from seas.cli.evaluate import add_parsers
+from seas.config import TrainConfig
 from seas.data.config import DataConfig
-from seas.files.images import read_mask, read_rgb
 from seas.data.readers import read_dataset
 from seas.data.split import few_shot_split
 from seas.data.synthetic import write_synthetic_product
 from seas.errors import ConfigError, RunError, SeasError
 from seas.evaluation import lpips_weights, quality
 from seas.evaluation.baselines import cut_paste
-from seas.cli.evaluate import add_parsers
-from seas.config import TrainConfig
 from seas.evaluation.evaluate import EvalConfig, evaluate_run, read_generated
-from seas.model.prompts import PromptSpec
 from seas.evaluation.lpips import LPIPS
 from seas.evaluation.lpips_weights import lpips_weights_path
 from seas.evaluation.quality import WEIGHT_FILES, MissingWeightsError
+from seas.files.images import read_mask, read_rgb
+from seas.model.prompts import PromptSpec
 from seas.run import Run
 
 SETS = ("real_only", "real+generated", "cut_paste", "perlin")

@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from seas.model.backbone import build_tiny_components
-from seas.model.features import ( FeatureRecorder, conditional_half, unet_feature_channels, vae_feature_channels, )
+from seas.model.features import (
+    FeatureRecorder,
+    conditional_half,
+    unet_feature_channels,
+    vae_feature_channels,
+)
 from seas.model.losses import soft_focal_loss
 from seas.model.rmp import ReferenceMaskHead, head_config_for, reference_focal_loss, reference_targets
 
@@ -44,17 +49,6 @@ def recorded(tiny):
 def tiny_features(recorded):
     """(U-Net features of the conditional half, VAE features), each batch BATCH."""
     return [conditional_half(f) for f in recorded.unet_features], recorded.vae_features
-
-
-def tiny_head(tiny, seed=0):
-    torch.manual_seed(seed)
-    return RefinedMaskPredictor(
-        unet_channels=unet_feature_channels(tiny["unet"]),
-        vae_channels=vae_feature_channels(tiny["vae"]),
-        coarse_channels=(16, 16),
-        num_layers=2,
-        num_heads=4,
-    )
 
 
 # ----------------------------------------------------------------------------- features

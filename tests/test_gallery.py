@@ -24,14 +24,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from seas.config import TrainConfig
 from seas.data.config import DataConfig
 from seas.data.readers import Sample
-from seas.config import TrainConfig
 from seas.data.split import Split
+from seas.errors import RunError
+from seas.gallery import add_arguments, serve
+from seas.generation.curation import CURATION, accepted_keys, read_curation
 from seas.model.prompts import PromptSpec
 from seas.run import Run
-from seas.errors import RunError
-from seas.gallery import CURATION, accepted_keys, add_arguments, read_curation, serve
 
 SIZE = (48, 32)  # (width, height)
 KINDS = ["dent", "good", "scratch"]  # as generation.json lists them (sorted labels)

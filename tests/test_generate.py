@@ -13,18 +13,18 @@ import pytest
 import torch
 from PIL import Image
 
-from seas.data.config import DataConfig
-from seas.files.images import read_mask, read_rgb
-from seas.data.readers import read_dataset
-from seas.data.transforms import image_to_tensor
-from seas.errors import ConfigError, RunError
-from seas.generation.export import export_mvtec
-from seas.model.features import FeatureRecorder
 from seas.cli.generate import add_parsers
 from seas.cli.options import resolve_config
 from seas.config import GenerationConfig
+from seas.data.config import DataConfig
+from seas.data.readers import read_dataset
+from seas.data.transforms import image_to_tensor
+from seas.errors import ConfigError, RunError
+from seas.files.images import read_mask, read_rgb
+from seas.generation.export import export_mvtec
 from seas.generation.folder import generate_to_folder, merge_manifests
 from seas.generation.pipeline import SeaSPipeline, resolve_kind
+from seas.model.features import FeatureRecorder
 from seas.run import Run
 
 FAST = {"steps": 2, "progress": False}

@@ -18,8 +18,18 @@ from seas.data.config import FITS, DataConfig
 from seas.data.readers import read_dataset
 from seas.data.split import few_shot_split
 from seas.data.training_set import TrainingSet, split_channels
-from seas.data.transforms import (fit_array, fit_frame, image_to_tensor, is_grey_image, kept_defect_share,
-                                  kept_defect_table, mask_to_tensor, resolve_channels, sample_arrays, sample_tensors)
+from seas.data.transforms import (
+    fit_array,
+    fit_frame,
+    image_to_tensor,
+    is_grey_image,
+    kept_defect_share,
+    kept_defect_table,
+    mask_to_tensor,
+    resolve_channels,
+    sample_arrays,
+    sample_tensors,
+)
 from seas.errors import ConfigError
 from seas.model.prompts import PromptSpec
 from seas.run import Run
@@ -257,12 +267,12 @@ def test_kept_defect_table_and_seas_data_report(tmp_path, capsys):
     data = DataConfig(root=str(root), layout="mvtec", product="part")
     table = dict(kept_defect_table(read_dataset(data), data.mask_rule, resolution=64))
     assert set(table) == {"chip", "crack"}
-    for counts in table.values():  # (whole, in part, not at all) of 3 masks
-        assert counts["crop"] == (0, 0, 3)
-        assert counts["stretch"] == counts["pad"] == counts["defect-crop"] == (3, 0, 0)
+    for counts in table.values():  # (whole, in part, not at all) of 3 masks, share of defect pixels kept
+        assert counts["crop"] == (0, 0, 3, 0.0)
+        assert counts["stretch"] == counts["pad"] == counts["defect-crop"] == (3, 0, 0, 1.0)
     assert main(["data", "--data", str(root), "--product", "part"]) == 0
     out = capsys.readouterr().out
     assert "fit defect-crop" in out and "channels auto (rgb)" in out
     header = next(line for line in out.splitlines() if line.split()[:5] == ["type", *FITS])
     rows = out.splitlines()[out.splitlines().index(header) + 1 :]
-    assert rows[0].split() == ["chip", "0/0/3", "3/0/0", "3/0/0", "3/0/0"]
+    assert rows[0].split() == ["chip", "0/0/3", "0%", "3/0/0", "100%", "3/0/0", "100%", "3/0/0", "100%"]

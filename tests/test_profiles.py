@@ -10,17 +10,16 @@ import pytest
 import torch
 
 import seas.training.loop
-
 from seas import profiles
-from seas.model.attention import AttentionCapture
 from seas.cli import build_parser, main
 from seas.cli.train import mask_config, train_config
-from seas.config import MaskConfig, TrainConfig
+from seas.config import TrainConfig
 from seas.data.config import DataConfig
 from seas.data.readers import read_dataset
 from seas.data.split import few_shot_split
 from seas.data.training_set import TrainingSet, draw_batch
 from seas.errors import ConfigError
+from seas.model.attention import AttentionCapture
 from seas.seeds import step_generator
 from seas.training.checkpoints import save_checkpoint
 from seas.training.setup import make_accelerator

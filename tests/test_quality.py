@@ -17,7 +17,18 @@ from PIL import Image
 from seas.evaluation import quality
 from seas.evaluation.inception import InceptionV3
 from seas.evaluation.lpips import LPIPS
-from seas.evaluation.quality import ( MissingWeightsError, find_weights, ic_lpips, inception_score, kid, load_inception, load_lpips, load_weights, prepare_for_is, quality_scores, )
+from seas.evaluation.quality import (
+    MissingWeightsError,
+    find_weights,
+    ic_lpips,
+    inception_score,
+    kid,
+    load_inception,
+    load_lpips,
+    load_weights,
+    prepare_for_is,
+    quality_scores,
+)
 
 INCEPTION_FILE = "inception_v3_google-0cc3c7bd.pth"
 

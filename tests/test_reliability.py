@@ -32,10 +32,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+import seas.training.loop as training_loop
 from seas.cli import main
 from seas.errors import RunError
 from seas.run import Run
-import seas.training.loop as training_loop
 from seas.training.checkpoints import checkpoint_dirs, verify_checkpoint
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",

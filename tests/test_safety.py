@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import write_image, write_mask
 
 import seas.cli.demo as demo
 import seas.files.checks as checks
@@ -24,7 +25,6 @@ import seas.training.run_folder as run_folder
 import seas.training.stage1 as stage1
 from seas.cli import main
 from seas.files.checks import MAX_SHOWN, format_problems
-from conftest import write_image, write_mask
 
 TINY = ["--resolution", "64", "--batch-size", "1", "--grad-accum", "1", "--steps", "1"]
 

@@ -110,8 +110,12 @@ def offline(monkeypatch):
 
 def test_converter_matches_diffusers(tiny):
     """The helper is the exact inverse of diffusers' own LDM -> diffusers conversion."""
-    from diffusers.loaders.single_file_utils import (convert_ldm_clip_checkpoint, convert_ldm_unet_checkpoint,
-                                                     convert_ldm_vae_checkpoint, infer_diffusers_model_type)
+    from diffusers.loaders.single_file_utils import (
+        convert_ldm_clip_checkpoint,
+        convert_ldm_unet_checkpoint,
+        convert_ldm_vae_checkpoint,
+        infer_diffusers_model_type,
+    )
 
     parts = tiny[0]
     state = to_ldm(parts["unet"], parts["vae"], parts["text_encoder"])

@@ -8,11 +8,10 @@ import pytest
 import torch
 
 import seas.training.loop
-
-from seas.model.attention import AttentionCapture, install_reference_maps
 from seas.config import TrainConfig
 from seas.data.config import DataConfig
 from seas.errors import ConfigError, RunError
+from seas.model.attention import AttentionCapture, install_reference_maps
 from seas.model.losses import da_loss, mask_pyramid, minmax
 from seas.model.prompts import PromptSpec, add_placeholder_tokens, token_positions, tokenize
 from seas.seeds import step_generator

@@ -6,13 +6,12 @@ import shutil
 
 import pytest
 import torch
-
-import seas.training.loop
 from diffusers import DDPMScheduler
 
-from seas.model.backbone import SD_SCHEDULER_CONFIG
+import seas.training.loop
 from seas.config import MaskConfig
 from seas.errors import ConfigError, RunError
+from seas.model.backbone import SD_SCHEDULER_CONFIG
 from seas.run import Run
 from seas.training.checkpoints import save_checkpoint
 from seas.training.stage2 import ddpm_step, low_noise_limit, train_mask_head

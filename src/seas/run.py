@@ -32,7 +32,7 @@ from seas.config import MaskConfig, TrainConfig
 from seas.data.config import DataConfig
 from seas.data.split import Split
 from seas.errors import ConfigError, RunError
-from seas.files.atomic import (check_file_table, file_table, read_json, remove_path, write_dir, write_json)
+from seas.files.atomic import check_file_table, file_table, read_json, remove_path, write_dir, write_json
 from seas.model.backbone import Backbone, load_backbone, load_vae, model_index
 from seas.model.prompts import PromptSpec
 

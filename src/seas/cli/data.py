@@ -52,10 +52,12 @@ def cmd_data(args) -> int:
         print(f"({split.unused_normals} further normal training images are not used: --max-normal-train {cfg.max_normal_train})")
     kept = [] if args.no_check else kept_defect_table(split_samples_used(split), cfg.mask_rule)
     if kept:
-        print(f"defect masks kept whole/in part/not at all under each fit (this run: {cfg.fit})")
-        print(f"{'type':<24}" + "".join(f"{fit:>14}" for fit in FITS))
+        print(f"defect masks kept whole/in part/not at all, and the share of defect pixels kept, under each fit "
+              f"(this run: {cfg.fit})")
+        print(f"{'type':<24}" + "".join(f"{fit:>20}" for fit in FITS))
         for kind, counts in kept:
-            print(f"{kind:<24}" + "".join(f"{'/'.join(map(str, counts[fit])):>14}" for fit in FITS))
+            cells = (f"{'/'.join(map(str, counts[fit][:3]))} {counts[fit][3]:.0%}" for fit in FITS)
+            print(f"{kind:<24}" + "".join(f"{cell:>20}" for cell in cells))
     for message in warnings:
         print(f"warning: {message}")
     if args.write_split:

@@ -24,13 +24,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from seas.training.bootstrap import BootstrapConfig, bootstrap_backbone
 from seas.config import MaskConfig, TrainConfig
 from seas.data.config import DataConfig
 from seas.data.readers import GOOD
 from seas.errors import RunError
 from seas.files.atomic import read_json, remove_path, remove_temporaries, write_json
-from seas.files.checks import Problems, ProblemList, nested_problems, output_folder_problems
+from seas.files.checks import ProblemList, Problems, nested_problems, output_folder_problems
+from seas.training.bootstrap import BootstrapConfig, bootstrap_backbone
 
 DEMO_MARKER = "demo.json"  # written first (what the demo will create), rewritten last
 DEMO_FORMAT = "seas-demo-2"

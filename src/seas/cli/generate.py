@@ -11,8 +11,8 @@ import dataclasses
 
 from seas.cli.options import add_run_config_args, resolve_config
 from seas.config import GenerationConfig
-from seas.errors import ConfigError
 from seas.data.readers import GOOD
+from seas.errors import ConfigError
 from seas.model.prompts import MIX
 
 PROFILE_HELP = ("memory/speed profile. default: fp32; fast: fp16 weights on a GPU (fp32 on a CPU, where bf16 is "

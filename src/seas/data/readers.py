@@ -18,8 +18,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from seas.errors import DataError
 from seas.data.config import DataConfig
+from seas.errors import DataError
 from seas.files.checks import ProblemList
 
 GOOD = "good"

@@ -12,12 +12,12 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from seas.data.config import DataConfig
+from seas.data.readers import Sample, read_dataset
 from seas.errors import DataError, SeasError
 from seas.files.atomic import write_json
-from seas.data.config import DataConfig
 from seas.files.checks import ProblemList
 from seas.files.images import image_size, read_mask, read_rgb
-from seas.data.readers import Sample, read_dataset
 
 
 def _by_name(samples: list[Sample]) -> list[Sample]:

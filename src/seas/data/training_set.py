@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from seas.seeds import stream_index
 from seas.data.split import Split
 from seas.data.transforms import apply_augmentation, draw_augmentation, resolve_channels, sample_tensors
+from seas.seeds import stream_index
 
 
 def training_images(split: Split) -> list[str]:

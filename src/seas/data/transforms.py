@@ -268,22 +268,26 @@ def kept_defect_share(mask: np.ndarray, resolution: int, fit: str, key: str | Pu
 
 
 def kept_defect_table(samples: Iterable, mask_rule: str = "half", resolution: int = 512
-                      ) -> list[tuple[str, dict[str, tuple[int, int, int]]]]:
+                      ) -> list[tuple[str, dict[str, tuple[int, int, int, float]]]]:
     """Per anomaly type (in the order first met): for each fit, how many of its masks are kept
-    (fully, partly, not at all). ``samples``: objects with ``image``, ``mask`` and ``type``
-    (normal images and empty masks are left out)."""
-    counts: dict[str, dict[str, list[int]]] = {}
+    fully, partly and not at all, and the share of all its defect pixels that is kept.
+    ``samples``: objects with ``image``, ``mask`` and ``type`` (normal images and empty masks are
+    left out)."""
+    counts: dict[str, dict[str, list[float]]] = {}
     for s in samples:
         if s.mask is None:
             continue
         mask = read_mask(s.mask, mask_rule)
         if not mask.any():
             continue
-        row = counts.setdefault(s.type, {fit: [0, 0, 0] for fit in FITS})
+        row = counts.setdefault(s.type, {fit: [0, 0, 0, 0.0, 0.0] for fit in FITS})
         for fit in FITS:
             share = kept_defect_share(mask, resolution, fit, s.image)
             row[fit][0 if share >= 1.0 else 2 if share <= 0.0 else 1] += 1
-    return [(kind, {fit: tuple(v) for fit, v in row.items()}) for kind, row in counts.items()]
+            row[fit][3] += share * mask.sum()  # defect pixels kept
+            row[fit][4] += mask.sum()  # defect pixels
+    return [(kind, {fit: (int(v[0]), int(v[1]), int(v[2]), float(v[3] / v[4])) for fit, v in row.items()})
+            for kind, row in counts.items()]
 
 
 # ----------------------------------------------------------------------------- channels

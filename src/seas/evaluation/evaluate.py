@@ -38,22 +38,37 @@ from pathlib import Path
 
 import numpy as np
 
+from seas.data.readers import GOOD
 from seas.data.split import Split, summary_rows
 from seas.errors import ConfigError, RunError
+from seas.evaluation.downstream import (
+    DownstreamConfig,
+    make_cut_paste_set,
+    make_perlin_set,
+    predict,
+    resolve_device,
+    train_segmenter,
+)
+from seas.evaluation.lpips_weights import LpipsWeightsError
+from seas.evaluation.metrics import UndefinedMetricError, all_metrics, pr_curve, roc_curve
+from seas.evaluation.quality import (
+    QUALITY_FAMILIES,
+    MissingWeightsError,
+    check_family_weights,
+    ic_lpips_scores,
+    images_to_tensor,
+    inception_scores,
+    load_family_network,
+    masks_to_tensor,
+)
+from seas.evaluation.report import write_report
+from seas.evaluation.segmenters import SEGMENTERS
 from seas.fields import Config, option
 from seas.files.atomic import write_text
 from seas.files.images import read_mask, read_rgb, resize_image, resize_mask
 from seas.generation.folder import MANIFEST
-from seas.data.readers import GOOD
 from seas.model.prompts import MIX
 from seas.run import Run
-from seas.evaluation.downstream import (DownstreamConfig, make_cut_paste_set, make_perlin_set, predict, resolve_device, train_segmenter)
-from seas.evaluation.metrics import UndefinedMetricError, all_metrics, pr_curve, roc_curve
-from seas.evaluation.lpips_weights import LpipsWeightsError
-from seas.evaluation.quality import (QUALITY_FAMILIES, MissingWeightsError, check_family_weights, ic_lpips_scores,
-                                     images_to_tensor, inception_scores, load_family_network, masks_to_tensor)
-from seas.evaluation.report import write_report
-from seas.evaluation.segmenters import SEGMENTERS
 
 EVAL_FORMAT = "seas-evaluation-1"
 METRICS_FILE = "metrics.json"

@@ -51,8 +51,8 @@ from scipy import ndimage
 from torch import nn
 from torch.nn import functional as F
 
-from seas.files.images import as_mask, as_rgb
 from seas.data.readers import GOOD
+from seas.files.images import as_mask, as_rgb
 
 __all__ = [
     "GOOD",

@@ -17,9 +17,8 @@ files, :func:`as_rgb` / :func:`as_mask` for "a path or an array", and :func:`res
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import os
+from pathlib import Path
 
 import cv2
 import numpy as np

@@ -4,29 +4,11 @@
 :func:`run_gallery` does the same and blocks until Ctrl-C. The page shows every generated
 image with its mask, the real training pairs of the same type, and lets a person accept or
 reject each pair; the decisions are saved in ``curation.json`` next to ``manifest.jsonl``
-(:func:`read_curation`, :func:`accepted_keys` read them back).
+(:mod:`seas.generation.curation` reads them back).
 """
 
 from __future__ import annotations
 
-from seas.gallery.server import (
-    CURATION,
-    CURATION_FORMAT,
-    GalleryServer,
-    accepted_keys,
-    add_arguments,
-    read_curation,
-    run_gallery,
-    serve,
-)
+from seas.gallery.server import GalleryServer, add_arguments, run_gallery, serve
 
-__all__ = [
-    "CURATION",
-    "CURATION_FORMAT",
-    "GalleryServer",
-    "accepted_keys",
-    "add_arguments",
-    "read_curation",
-    "run_gallery",
-    "serve",
-]
+__all__ = ["GalleryServer", "add_arguments", "run_gallery", "serve"]

@@ -50,11 +50,16 @@ from importlib import resources
 from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
 
-from seas.errors import ConfigError, RunError
-from seas.generation.curation import (CURATION, CURATION_FORMAT, DECISIONS, read_decisions, accepted_keys,
-                                     key_text, parse_key, read_curation)
-from seas.generation.folder import MANIFEST, SETTINGS
 from seas.data.readers import GOOD
+from seas.errors import ConfigError, RunError
+from seas.generation.curation import (
+    CURATION,
+    CURATION_FORMAT,
+    DECISIONS,
+    key_text,
+    read_decisions,
+)
+from seas.generation.folder import MANIFEST, SETTINGS
 from seas.model.prompts import MIX
 from seas.run import RUN_FILE, Run
 

@@ -25,11 +25,11 @@ import json
 import shutil
 from pathlib import Path
 
+from seas.data.readers import GOOD
 from seas.errors import RunError
 from seas.files.atomic import write_dir
 from seas.generation.curation import CURATION, accepted_keys
 from seas.generation.folder import MANIFEST, SETTINGS, read_rows
-from seas.data.readers import GOOD
 
 
 def export_mvtec(generated_dir: str | Path, out_dir: str | Path, product: str | None = None,

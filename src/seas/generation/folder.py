@@ -42,7 +42,7 @@ from seas.files.atomic import write_file, write_json
 from seas.run import Run
 
 if TYPE_CHECKING:
-    from seas.generation.pipeline import Generated, Kind, SeaSPipeline
+    from seas.generation.pipeline import Generated, Kind
     from seas.profiles import GenerationSwitches
 
 MANIFEST = "manifest.jsonl"

@@ -53,17 +53,16 @@ import numpy as np
 import torch
 from PIL import Image
 
+from seas.config import GenerationConfig
+from seas.data.readers import GOOD
 from seas.data.training_set import split_channels
 from seas.data.transforms import sample_tensors
 from seas.errors import ConfigError
 from seas.model.features import VAE_BLOCKS, FeatureRecorder, conditional_half
-from seas.profiles import GenerationSwitches
-from seas.data.readers import GOOD
 from seas.model.prompts import MIX, PromptSpec, tokenize
-from seas.config import GenerationConfig
 from seas.model.rmp import set_batchnorm_mode
+from seas.profiles import GenerationSwitches
 from seas.run import Run
-
 
 
 @dataclass(frozen=True)

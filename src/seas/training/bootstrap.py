@@ -23,16 +23,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from seas.model.backbone import build_tiny_components, save_components
 from seas.data.config import DataConfig
-from seas.files.images import read_rgb
 from seas.data.readers import read_dataset
 from seas.data.transforms import apply_augmentation, draw_augmentation, image_to_tensor
 from seas.errors import ConfigError
 from seas.fields import Config, option
+from seas.files.images import read_rgb
+from seas.model.backbone import build_tiny_components, save_components
 from seas.model.prompts import tokenize
-from seas.training.loop import progress
 from seas.seeds import step_generator
+from seas.training.loop import progress
 
 
 @dataclass

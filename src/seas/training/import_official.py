@@ -25,7 +25,6 @@ removes what was written. The run records where it came from in its ``versions``
 from __future__ import annotations
 
 import dataclasses
-
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path

@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from seas.errors import ConfigError, RunError
-from seas.files.checks import path_size
 from seas.files.atomic import read_json, remove_path, remove_temporaries, write_json
+from seas.files.checks import path_size
 from seas.training.checkpoints import CHECKPOINTS, check_resume_path, checkpoint_dirs, config_changes
 
 

@@ -9,30 +9,28 @@ final norm and position embeddings stay frozen.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
-import dataclasses
 from pathlib import Path
 
 import torch
 
-from seas.model.backbone import Backbone, load_backbone
 from seas.config import TrainConfig
 from seas.data.config import DataConfig
 from seas.data.readers import dataset_folder
 from seas.data.split import check_dataset
 from seas.data.training_set import Batch, TrainingSet, draw_batch, split_channels
-from seas.model.losses import da_loss, diffusion_loss, mask_pyramid
+from seas.files.checks import ProblemList, nested_problems, output_folder_problems
 from seas.model.attention import AttentionCapture, da_levels
+from seas.model.backbone import Backbone, load_backbone
+from seas.model.losses import da_loss, diffusion_loss, mask_pyramid
 from seas.model.prompts import PromptSpec, PromptTables, add_placeholder_tokens
-from seas.run import (CHECKPOINTS, GENERATOR_PARTS, INDEX_FILE, LOGS, RUN_FILE, SPLIT_FILE, Run,
-                      state_file)
+from seas.run import CHECKPOINTS, GENERATOR_PARTS, INDEX_FILE, LOGS, RUN_FILE, SPLIT_FILE, Run, state_file
 from seas.seeds import step_generator
 from seas.training.checkpoints import resume_checkpoint
 from seas.training.loop import run_updates
-from seas.files.checks import ProblemList, nested_problems, output_folder_problems
-from seas.training.run_folder import (check_base, check_run_folder, cpu_duration_note, start_run_folder,
-                                      training_bytes)
+from seas.training.run_folder import check_base, check_run_folder, cpu_duration_note, start_run_folder, training_bytes
 from seas.training.setup import autocast_dtype, make_accelerator, make_optimizer
 
 STAGE = "generator"

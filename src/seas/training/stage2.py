@@ -32,7 +32,7 @@ from seas.model.losses import soft_focal_loss
 from seas.model.prompts import tokenize
 from seas.model.rmp import ReferenceMaskHead, head_config_for, reference_focal_loss, reference_targets
 from seas.model.schedule import ddpm_step, low_noise_limit
-from seas.run import MASK_FILE, Run, state_file
+from seas.run import MASK_FILE, Run
 from seas.seeds import step_generator
 from seas.training.checkpoints import resume_checkpoint
 from seas.training.loop import run_updates
