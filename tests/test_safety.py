@@ -359,3 +359,14 @@ def test_demo_summary_counts_empty_masks_apart(capsys, tmp_path):
     printed = capsys.readouterr().out.splitlines()
     assert "hole: 12 generated, 9 with a mask, 3 empty" in printed
     assert "good: 4 generated (normal images, no masks)" in printed
+
+
+def test_bootstrap_reports_a_broken_normal_image_and_an_out_inside_the_data_together(capsys, data):
+    truncate(data / "train/good/001.png")
+    before = files(data)
+    out = data / "base"
+    lines = refused(capsys, "bootstrap", "--data", data, "--out", out, "--vae-steps", 1, "--unet-steps", 1)
+    assert lines[0] == "error: 2 problems:"
+    assert any(f"{data}/train/good/001.png: unreadable or truncated image" in line for line in lines[1:])
+    assert any(line.startswith(f"  --out {out}") for line in lines[1:])
+    assert not out.exists() and files(data) == before

@@ -87,14 +87,15 @@ def main_process() -> bool:
 
 
 EVALUATION_BYTES = 64 * 2**20  # metrics.json and report.html with its image grids: rough
+MASK_HEAD_BYTES = 256 * 2**20  # the mask head, two checkpoints of it with AdamW states, logs: rough
 
 
-def check_evaluate_inputs(run_dir, out) -> None:
-    """Every problem of ``seas evaluate`` found before any segmenter trains, in one list: the
-    run record, every image and mask of its split (the held-out test split included: the
-    evaluation tests on it), and ``out`` (writable, with space). Call it before
-    ``evaluate_run``; it writes nothing."""
-    from seas.data.split import check_samples, split_samples_used
+def check_run_inputs(run_dir, out, needed_bytes: int, whole_split: bool, option: str = "--out") -> None:
+    """Every problem of a command that reads a finished run, in one list, before its work: the
+    run record, the images and masks it will decode (the training split, or ``whole_split``
+    with the held-out test split too) and ``out`` (writable, with ``needed_bytes`` free).
+    Writes nothing."""
+    from seas.data.split import check_samples, split_samples_used, train_samples
     from seas.files.checks import ProblemList, output_folder_problems
     from seas.run import Run
 
@@ -103,6 +104,14 @@ def check_evaluate_inputs(run_dir, out) -> None:
     with problems.collect():
         run = Run.load(run_dir, verify=False)
     if run is not None:
-        check_samples(split_samples_used(run.split), run.mask_rule, problems)
-    problems.extend(output_folder_problems(out, EVALUATION_BYTES))
+        samples = split_samples_used(run.split) if whole_split else train_samples(run.split)
+        check_samples(samples, run.mask_rule, problems)
+    if run is not None or Path(out) != Path(run_dir):  # without a run, its own folder says nothing more
+        problems.extend(output_folder_problems(out, needed_bytes, option=option))
     problems.raise_any()
+
+
+def check_evaluate_inputs(run_dir, out) -> None:
+    """``seas evaluate``'s checks before any segmenter trains: the whole split (the evaluation
+    tests on the held-out part) and ``out``."""
+    check_run_inputs(run_dir, out, EVALUATION_BYTES, whole_split=True)

@@ -5,7 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from seas.cli.options import add_data_args, add_run_config_args, data_config, main_process, resolve_config
+from seas.cli.options import (
+    MASK_HEAD_BYTES,
+    add_data_args,
+    add_run_config_args,
+    check_run_inputs,
+    data_config,
+    main_process,
+    resolve_config,
+)
 from seas.config import MaskConfig, TrainConfig
 
 PROFILE_HELP = {
@@ -85,7 +93,7 @@ def cmd_train_mask(args) -> int:
     from seas.training.stage2 import train_mask_head
 
     cfg = mask_config(args)
-    check_train_mask(args.run)
+    check_run_inputs(args.run, args.run, MASK_HEAD_BYTES, whole_split=False, option="--run")
     run = train_mask_head(args.run, cfg, resume=args.resume, overwrite=args.overwrite)
     if main_process():
         print(f"mask head written to {run / 'mask_head'}")
@@ -105,26 +113,7 @@ def cmd_bootstrap(args) -> int:
 # ----------------------------------------------------------------------------- checks before work
 # (stage 1 checks its own inputs: seas.training.stage1.train_generator)
 
-MASK_HEAD_BYTES = 256 * 2**20  # the mask head, two checkpoints of it with AdamW states, logs: rough
 BOOTSTRAP_BYTES = 128 * 2**20  # the tiny model at the largest widths the help suggests: rough
-
-
-def check_train_mask(run_dir) -> None:
-    """Every problem of ``seas train-mask`` at once, before the generator is loaded: the run
-    record, the training images and masks it will read (decoded), the run folder's
-    permissions and free space."""
-    from seas.data.split import check_samples, train_samples
-    from seas.files.checks import ProblemList, output_folder_problems
-    from seas.run import Run
-
-    problems = ProblemList()
-    run = None
-    with problems.collect():
-        run = Run.load(run_dir, verify=False)
-    if run is not None:
-        check_samples(train_samples(run.split), run.mask_rule, problems)
-        problems.extend(output_folder_problems(run_dir, MASK_HEAD_BYTES, option="--run"))
-    problems.raise_any()
 
 
 def check_bootstrap(data_cfg, cfg, out) -> None:
