@@ -2,7 +2,7 @@
 
 Both rates come from the same pipeline modules on the same device, timed alternately, so the
 printed overhead ratio compares like with like. Target: masks cost at most 10 % more time.
-``--flops`` instead counts the floating-point operations of one image at SD 1.x shape (512 px,
+``--parts`` also times each part per batch. ``--flops`` instead counts the floating-point operations of one image at SD 1.x shape (512 px,
 25 steps, guidance, 3 mask steps, the reference head) on the meta device: no weights, no time.
 
     python -m benchmarks.bench_generation                       # tiny model, width 32, 128 px
@@ -99,6 +99,38 @@ def seconds(pipe: SeaSPipeline, args) -> float:
     return time.perf_counter() - start
 
 
+def part_seconds(pipe: SeaSPipeline, batch: int, repeats: int) -> dict[str, float]:
+    """Best wall time of each part of a masked generation, per batch of ``batch`` images:
+    a guided U-Net call, a full decode, a mask decode (stopped after ``up_blocks[2]``) of one
+    step's batch and of three steps at once, and one mask-head pass."""
+    from seas.model.features import FeatureRecorder
+
+    h = pipe.resolution // 2 ** (len(pipe.vae.config.block_out_channels) - 1)  # latent size
+    latents = torch.randn(batch, 4, h, h, device=pipe.device, dtype=pipe.dtype)
+    three = torch.cat([latents] * 3)
+    text = torch.randn(2 * batch, 77, pipe.unet.config.cross_attention_dim, device=pipe.device, dtype=pipe.dtype)
+    t = torch.full((2 * batch,), 500, device=pipe.device)
+
+    def best(fn) -> float:
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    with torch.no_grad(), FeatureRecorder(pipe.unet, pipe.vae) as recorder:
+        parts = {"guided U-Net call": best(lambda: pipe.unet(torch.cat([latents] * 2), t, text))}
+        unet_feats = [f[batch:] for f in recorder.unet_features]
+        parts["full decode"] = best(lambda: pipe.vae.decode(latents / pipe.vae.config.scaling_factor))
+        parts["mask decode, one step"] = best(lambda: pipe._decode_features(latents))
+        parts["mask decode, three steps at once"] = best(lambda: pipe._decode_features(three))
+        pipe._decode_features(latents)
+        vae_feats = recorder.vae_features
+        parts["mask head pass"] = best(lambda: pipe.mask_head(unet_feats, vae_feats))
+    return parts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run", default=None, help="a finished run with a mask head (default: make one)")
@@ -114,6 +146,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="alternating timings of each variant; the best counts")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--flops", action="store_true", help="count FLOPs at SD 1.x shape instead of timing")
+    parser.add_argument("--parts", action="store_true",
+                        help="also time each part (U-Net call, decodes, head pass) per batch")
     args = parser.parse_args()
     if args.flops:
         flop_table(args.steps)
@@ -136,6 +170,7 @@ def main() -> None:
         for _ in range(args.repeats):
             times["plain"].append(seconds(plain, args))
             times["masks"].append(seconds(with_masks, args))
+        parts = part_seconds(with_masks, args.batch_size, args.repeats) if args.parts else {}
 
     best = {name: min(values) for name, values in times.items()}
     print(f"device {args.device}  dtype {args.dtype}  resolution {with_masks.resolution}  batch {args.batch_size}  "
@@ -143,6 +178,8 @@ def main() -> None:
     print(f"without mask head  {args.num / best['plain']:8.3f} images/s")
     print(f"with masks         {args.num / best['masks']:8.3f} images/s")
     print(f"overhead           {best['masks'] / best['plain'] - 1:8.1%}  (target <= 10%)")
+    for name, value in parts.items():
+        print(f"{name:<34}{value:8.3f} s per batch of {args.batch_size}")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from seas.model.rmp import (
     head_config_for,
     load_reference_state_dict,
     reference_focal_loss,
-    reference_mask_loss,
     reference_targets,
     set_batchnorm_mode,
     to_reference_state_dict,
@@ -407,8 +406,3 @@ def test_reference_targets():
     full, coarse = reference_targets(tiny, 1, 2, normalize_max=True)
     assert full.max() == 1.0 and torch.isfinite(coarse).all() and not coarse.any()
 
-    probs_full = torch.rand(4, 2, 8, 8).softmax(1)
-    probs_coarse = torch.rand(4, 2, 4, 4).softmax(1)
-    total = reference_mask_loss(probs_full, probs_coarse, m_full, m_coarse)
-    assert torch.allclose(total, reference_focal_loss(probs_full, m_full)
-                          + reference_focal_loss(probs_coarse, m_coarse))

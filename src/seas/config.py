@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from seas.errors import ConfigError
-from seas.fields import Config, option
+from seas.fields import Config, option, read_yaml_mapping
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 PROFILES = ("default", "fast", "low-memory")  # resolved into switches by seas.profiles
@@ -175,16 +175,8 @@ REFERENCE = {
 def read_config_file(path: str | Path, section: str) -> dict:
     """The ``section`` mapping (``train``, ``mask``, ``generate`` or ``data``) of a run-configuration
     YAML file; unknown sections are refused so that a typo is not silently ignored."""
-    import yaml
-
     path = Path(path)
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as err:
-        raise ConfigError(f"--config {path}: cannot be read ({str(err).splitlines()[0]}); fix the file") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"--config {path}: a run configuration is a mapping with sections train:, mask:, "
-                          f"generate:, data:")
+    values = read_yaml_mapping(path, f"--config {path}", "sections train:, mask:, generate:, data:")
     unknown = sorted(set(values) - set(REFERENCE))
     if unknown:
         raise ConfigError(f"--config {path}: unknown section {unknown[0]}; sections: {', '.join(REFERENCE)}")

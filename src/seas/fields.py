@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+from pathlib import Path
 from typing import Any, ClassVar
 
 from seas.errors import ConfigError
@@ -94,6 +95,20 @@ def _check_value(owner: str, field: dataclasses.Field, value: Any, by_key: bool 
         bounds = f"at least {low}" if high is None else (f"at most {high}" if low is None else f"in [{low}, {high}]")
         raise ConfigError(f"{label} {value}: must be {bounds}")
     return value
+
+
+def read_yaml_mapping(path: Path, label: str, shape: str) -> dict:
+    """The mapping in a YAML file; one line naming ``label`` (the file as the user gave it) and
+    the expected ``shape`` when the file is unreadable, not YAML, or not a mapping."""
+    import yaml
+
+    try:
+        values = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ConfigError(f"{label}: cannot be read ({str(err).splitlines()[0]}); fix the file") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{label}: must be a YAML mapping ({shape})")
+    return values
 
 
 class Config:

@@ -22,10 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from seas.errors import ConfigError
-from seas.fields import Config, option
+from seas.fields import Config, option, read_yaml_mapping
 from seas.files.images import MASK_RULES
 
 # Behaviour defaults per layout preset (spec sections 2, 4, 5 and 6).
@@ -144,12 +142,7 @@ class DataConfig(Config):
     def from_yaml(cls, path: str | Path, **overrides) -> "DataConfig":
         """Read a YAML description; ``root`` is relative to the file; overrides win when not None."""
         path = Path(path)
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise ConfigError(f"{path}: cannot read the dataset description ({err}); fix the YAML") from None
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: a dataset description is a YAML mapping (layout:, root:, ...)")
+        values = read_yaml_mapping(path, str(path), "a dataset description: layout:, root:, ...")
         values.setdefault("root", ".")
         values["root"] = str((path.parent / values["root"]).resolve())
         values.update({k: v for k, v in overrides.items() if v is not None})

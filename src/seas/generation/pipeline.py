@@ -295,8 +295,8 @@ class SeaSPipeline:
         One decode and one head call per step over that step's batch (the reference's grouping,
         which ``batch_norm``, its train-mode BatchNorm, needs). In eval mode every layer acts per
         sample, so VAE slicing may cut the groups to one image; decoding the three steps as one
-        batch would be exact too, but was measured slower on the CPU (0.48 s for 12 latents
-        against 3 x 0.13 s for 4, tiny model, 128 px).
+        batch would be exact too, but was measured slower on the CPU (``bench_generation
+        --parts``: 0.504 s for three steps at once against 3 x 0.137 s, tiny model, 128 px).
         """
         latents = torch.cat([x for x, _ in kept])  # (S * B, 4, h, w), step-major
         unet_feats = [torch.cat(level) for level in zip(*(feats for _, feats in kept))]

@@ -307,17 +307,6 @@ def reference_focal_loss(
     return (-((1.0 - p_t) ** gamma) * p_t.log()).mean()
 
 
-def reference_mask_loss(
-    refined_probs: torch.Tensor,
-    coarse_probs: torch.Tensor,
-    m_full: torch.Tensor,
-    m_coarse: torch.Tensor,
-) -> torch.Tensor:
-    """Stage-2 loss of the reference: ``FL(refined, m_full) + FL(coarse, m_coarse)``."""
-    refined = reference_focal_loss(refined_probs, m_full)
-    return refined + reference_focal_loss(coarse_probs, m_coarse)
-
-
 def reference_key_map(head: nn.Module) -> dict[str, str]:
     """``{our state_dict key: reference key}`` for every key except BatchNorm's
     ``num_batches_tracked`` (not in the reference layout). Our module names equal the

@@ -31,11 +31,6 @@ def checkpoint_dirs(run: Path, stage: str) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith(f"{stage}-"))
 
 
-def checkpoint_step(path: Path) -> int:
-    return int(path.name.rsplit("-", 1)[1])
-
-
-
 def save_checkpoint(accelerator, run: Path, stage: str, step: int, keep: int) -> Path:
     """Save the accelerate state at ``step`` atomically, then keep only the newest ``keep``.
 

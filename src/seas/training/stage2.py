@@ -128,10 +128,6 @@ def mask_step(bb, head, recorder: FeatureRecorder, text: torch.Tensor, batch, t_
     full, small = targets
     if cfg.coarse_target == "maxpool":
         small = F.adaptive_max_pool2d(full[:, None], tuple(coarse.shape[-2:]))[:, 0]
-    if cfg.targets == "soft":
-        loss = soft_focal_loss(refined.float(), full, cfg.focal_gamma) + soft_focal_loss(coarse.float(), small,
-                                                                                           cfg.focal_gamma)
-    else:
-        loss = (reference_focal_loss(refined.float(), full, cfg.focal_gamma)
-                + reference_focal_loss(coarse.float(), small, cfg.focal_gamma))
+    focal = soft_focal_loss if cfg.targets == "soft" else reference_focal_loss
+    loss = focal(refined.float(), full, cfg.focal_gamma) + focal(coarse.float(), small, cfg.focal_gamma)
     return {"focal": loss.detach(), "total": loss}
