@@ -15,7 +15,7 @@ LAYERS = (
     ("seas.data",),
     ("seas.model",),  # backbone, prompts, attention, features, losses, mask head, schedule
     ("seas.config", "seas.profiles", "seas.run"),  # what a run is
-    ("seas.training",),
+    ("seas.training", "seas.judge"),
     ("seas.generation",),
     ("seas.evaluation", "seas.gallery"),
     ("seas.cli",),

@@ -15,20 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from seas.evaluation.pair_measures import (
-    GOOD,
-    QCThresholds,
-    TypeClassifier,
-    anomaly_evidence,
-    area_position,
-    crop_box,
-    learn_thresholds,
-    mask_agreement,
-    product_foreground,
-    qc_accept,
-    qc_scores,
-    type_fidelity,
-)
+from seas.data.foreground import product_foreground
+from seas.data.readers import GOOD
+from seas.judge.classifier import TypeClassifier, crop_box
+from seas.judge.measures import anomaly_evidence, area_position, mask_agreement, type_fidelity
+from seas.judge.qc import QCThresholds, learn_thresholds, qc_accept, qc_scores
 
 S = 96  # image side
 TYPES = ["hole", "scratch", "stain"]
