@@ -28,6 +28,8 @@ MASK_TARGETS = ("reference", "soft")
 COARSE_TARGETS = ("bilinear", "maxpool")
 NORMAL_PATHS = ("coarse", "refined")
 BATCHNORM_MODES = ("eval", "batch")
+PLACEMENTS = ("free", "real-masks", "masks")
+QC_MODES = ("off", "score", "filter")
 
 
 def check_profile(profile: str) -> None:
@@ -154,6 +156,18 @@ class GenerationConfig(Config):
     mask_batchnorm: str = option("eval", help="mask head BatchNorm at generation: eval (running statistics) or "
                                  "batch (the reference: statistics of the generation batch, so a mask depends on "
                                  "the other images of its batch)", choices=BATCHNORM_MODES)
+    placement: str = option("free", help="where defects go: free (SeaS as published: the sampler redraws the "
+                            "whole image), real-masks (a moved real training mask of the type on the product) or "
+                            "masks (the files of --masks); outside the region the reference normal image is kept",
+                            choices=PLACEMENTS)
+    masks: str | None = option(None, help="--placement masks: folder of mask images (white = defect), image i "
+                               "takes file i mod n (sorted by name), resized to the run's resolution")
+    region_dilation: int = option(1, help="latent cells the placed region grows by before blending (the defect "
+                                  "may spill over its mask a little)", minimum=0)
+    qc: str = option("off", help="quality control: off, score (write each pair's scores into the manifest) or "
+                     "filter (also reject pairs outside thresholds learned from the real training pairs and "
+                     "draw new seeds until --num are accepted)", choices=QC_MODES)
+    qc_attempts: int = option(4, help="--qc filter: at most this many candidates per wanted output", minimum=1)
 
 
 # Every behaviour of the authors' release that differs from our defaults (spec sections 4-8).

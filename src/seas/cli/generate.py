@@ -143,6 +143,7 @@ def check_generate(args, cfg: GenerationConfig) -> list:
     from pathlib import Path
 
     from seas.files.checks import ProblemList, output_folder_problems, path_size
+    from seas.generation.placement import read_user_masks
     from seas.run import Run
 
     problems = ProblemList()
@@ -152,6 +153,9 @@ def check_generate(args, cfg: GenerationConfig) -> list:
     if run is not None:
         with problems.collect():
             kinds = kinds_from_args(args, run.types)
+        if cfg.placement == "masks":
+            with problems.collect():
+                read_user_masks(cfg.masks, run.resolution)
         out = Path(args.out) if args.out else run.path / "generated"
         needed = output_bytes(cfg.num, max(len(kinds), 1), run.resolution)
         problems.extend(output_folder_problems(out, max(needed - path_size(out), 0)))

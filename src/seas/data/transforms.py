@@ -219,6 +219,15 @@ def sample_tensors(image: str | Path, mask: str | Path | None, resolution: int, 
     return pixels, None if binary is None else mask_to_tensor(binary, resolution, binarize, frame)
 
 
+def sample_uint8(image: str | Path, mask: str | Path | None, resolution: int, fit: str = "crop",
+                 mask_rule: str = "half", grey: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`sample_tensors` as arrays: image ``(R, R, 3)`` uint8 and mask ``(R, R)`` bool (mask
+    value > 0.5), in the frame generated images have (placement, quality control)."""
+    pixels, mask_tensor = sample_tensors(image, mask, resolution, fit, mask_rule, grey)
+    rgb = ((pixels.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+    return rgb, None if mask_tensor is None else mask_tensor[0].numpy() > 0.5
+
+
 def sample_arrays(image: str | Path, mask: str | Path | None, fit: str = "crop", mask_rule: str = "half",
                   grey: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """A sample's image (h, w, 3) uint8 and mask (h, w) bool (``None`` without a mask file)

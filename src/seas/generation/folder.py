@@ -7,6 +7,9 @@ Layout of ``<out>``::
     <kind>/image/<NNNN>.png         RGB images
     <kind>/mask/<NNNN>.png          0/255 masks (none for "good")
     <kind>/prob/<NNNN>.png          the mean anomaly probability as 8-bit grey (none for "good")
+    <kind>/region/<NNNN>.png        --placement real-masks|masks: the placed region (0/255)
+    qc/judge.pt, qc/thresholds.json --qc score|filter: the judge learned from the real training pairs
+    rejected.jsonl, rejected/...    --qc filter: the rejected pairs, same layout, with their reasons
 
 ``<kind>`` is a type name, ``good``, or a mixture ``A+B``; ``NNNN`` is the index zero-padded to
 the width of ``num - 1`` (at least 3 digits), so file names sort in index order.
@@ -21,6 +24,17 @@ Batches: the indices of a kind are cut into batches ``[0, B), [B, 2B), ...`` wha
 already made, and a batch with any output missing is sampled whole (only the missing outputs
 are written): each image comes from the same batch as in an uninterrupted run, hence the same
 bytes.
+
+Quality control (``--qc``, :mod:`seas.judge.qc`): the judge (type classifier, thresholds,
+product foreground) is trained once on the run's real training pairs and saved in ``qc/``; a
+resumed folder reloads it. ``score`` adds ``"qc": {"accepted", "reasons", "scores"}`` to every
+row and rejects nothing. ``filter`` (one process) walks the candidates ``0, 1, 2, ...`` of a kind
+in batches, scores each new one, writes it as an output when accepted and under ``rejected/``
+(row in ``rejected.jsonl``) otherwise, and stops at ``num`` accepted; an output keeps its
+candidate index, so image ``i`` still has seed ``seed + i``. A kind that reaches ``qc_attempts x
+num`` candidates first ends with an error naming it (its accepted outputs are kept; a rerun with
+a larger ``--qc-attempts`` continues). Decisions are deterministic, so a resumed folder accepts
+the same set.
 
 Several processes: process ``rank`` of ``world`` samples the batches ``b % world == rank`` and
 journals into ``manifest.rank<R>.jsonl``; after all have finished, the main process calls
@@ -55,14 +69,18 @@ OPTIONS = {
     "run": "--run", "kinds": "--type/--normal/--mix", "num": "--num", "seed": "--seed",
     "steps": "--steps", "guidance": "--guidance", "signal": "--signal", "noise": "noise",
     "mask_threshold": "--mask-threshold", "mask_steps": "--mask-steps", "mask_batchnorm": "--mask-batchnorm",
-    "reference_images": "--reference-images",
+    "reference_images": "--reference-images", "placement": "--placement", "masks": "--masks",
+    "region_dilation": "--region-dilation", "qc": "--qc",
     "dtype": "--dtype", "vae_slicing": "--vae-slicing", "vae_tiling": "--vae-tiling",
     "attention_slicing": "--attention-slicing",
 }
 # The switches of folders written before they were recorded: fp32, nothing sliced or tiled.
 PLAIN_SWITCHES = {"dtype": "float32", "vae_slicing": False, "vae_tiling": False, "attention_slicing": False}
 # Settings of folders written before these options existed: the values that behaved the same.
-EARLIER_DEFAULTS = {"mask_batchnorm": "eval", "reference_images": None}
+EARLIER_DEFAULTS = {"mask_batchnorm": "eval", "reference_images": None, "placement": "free", "masks": None,
+                    "region_dilation": 1, "qc": "off"}
+REJECTED = "rejected.jsonl"
+JUDGE = "qc/judge.pt"
 
 
 def name_width(num: int) -> int:
@@ -70,12 +88,14 @@ def name_width(num: int) -> int:
     return max(3, len(str(num - 1)))
 
 
-def output_paths(kind: Kind, index: int, width: int) -> dict[str, str]:
-    """Relative paths of one output: ``image``, and for anomalies ``mask`` and ``prob``."""
+def output_paths(kind: Kind, index: int, width: int, placed: bool = False, rejected: bool = False
+                 ) -> dict[str, str]:
+    """Relative paths of one output: ``image``, for anomalies ``mask`` and ``prob``, for placed
+    anomalies ``region``; under ``rejected/`` for a pair quality control rejected."""
     name = f"{index:0{width}d}.png"
-    if kind.is_normal:
-        return {"image": f"{kind.label}/image/{name}"}
-    return {part: f"{kind.label}/{part}/{name}" for part in ("image", "mask", "prob")}
+    folder = f"rejected/{kind.label}" if rejected else kind.label
+    parts = ("image",) if kind.is_normal else ("image", "mask", "prob", *(("region",) if placed else ()))
+    return {part: f"{folder}/{part}/{name}" for part in parts}
 
 
 # ----------------------------------------------------------------------------- manifest
@@ -113,18 +133,19 @@ def png_complete(path: Path) -> bool:
 
 def row_complete(out: Path, row: dict, verify: bool = True) -> bool:
     """Whether the files a manifest row names exist (and, with ``verify``, are whole PNGs)."""
-    paths = [row.get(part) for part in ("image", "mask", "prob") if part == "image" or row.get(part)]
+    paths = [row.get(part) for part in ("image", "mask", "prob", "region") if part == "image" or row.get(part)]
     check = png_complete if verify else Path.is_file
     return all(isinstance(p, str) and check(out / p) for p in paths)
 
 
-def valid_rows(out: Path, verify: bool = True) -> dict[tuple[str, int], dict]:
-    """Rows of the manifest and of every part whose files are complete, by (kind, index).
+def valid_rows(out: Path, verify: bool = True, files: list[Path] | None = None) -> dict[tuple[str, int], dict]:
+    """Rows of the manifest and of every part (or of ``files``) whose files are complete, by
+    (kind, index).
 
     A later row for the same output replaces an earlier one (parts are read after the manifest).
     """
     rows = {}
-    for path in [out / MANIFEST, *part_files(out)]:
+    for path in files if files is not None else [out / MANIFEST, *part_files(out)]:
         for row in read_rows(path):
             if row_complete(out, row, verify):
                 rows[(row["kind"], int(row["index"]))] = row
@@ -217,15 +238,21 @@ def generate_to_folder(
     import torch
 
     from seas.generation.pipeline import resolve_kind
+    from seas.generation.placement import read_user_masks
     from seas.profiles import generation_switches
 
     cfg = dataclasses.replace(cfg or GenerationConfig(), **options)
     if not 0 <= rank < world:
         raise ConfigError(f"process rank {rank} is outside 0..{world - 1}")
+    if cfg.qc == "filter" and world > 1:
+        raise ConfigError("--qc filter runs in one process (which candidates are kept depends on the ones "
+                          "before); run it without torchrun, or use --qc score")
     run_record = Run.load(run)
     chosen = _distinct([resolve_kind(k, run_record.prompt) for k in kinds])
     if not chosen:
         raise ConfigError("nothing to generate: name at least one of --type, --normal, --mix")
+    if cfg.placement == "masks":
+        read_user_masks(cfg.masks, run_record.resolution)  # every file checked before anything is written
     if cfg.guidance is None:
         cfg = dataclasses.replace(cfg, guidance=run_record.guidance)
     out = Path(out) if out is not None else run_record.path / "generated"
@@ -240,23 +267,89 @@ def generate_to_folder(
     }
     check_settings(out, settings)
     done = valid_rows(out)
-    todo = [(k, batch) for k in chosen for batch in batches_of(cfg.num, cfg.batch_size, rank, world)
-            if any((k.label, i) not in done for i in batch)]
-    missing = sum((k.label, i) not in done for k, batch in todo for i in batch)
+    rejected = valid_rows(out, files=[out / REJECTED]) if cfg.qc == "filter" else {}
+    if cfg.qc == "filter":
+        todo = [(k, []) for k in chosen if sum(key[0] == k.label for key in done) < cfg.num]
+        missing = sum(cfg.num - sum(key[0] == k.label for key in done) for k, _ in todo)
+    else:
+        todo = [(k, batch) for k in chosen for batch in batches_of(cfg.num, cfg.batch_size, rank, world)
+                if any((k.label, i) not in done for i in batch)]
+        missing = sum((k.label, i) not in done for k, batch in todo for i in batch)
     pipe = _load_pipeline(run_record, todo, device, switches) if todo else None
 
     _remove_temporaries(out, rank)
     write_settings(out, settings, rank)
+    judge = _judge(out, run_record, pipe, cfg, rank) if todo and cfg.qc != "off" else None
+    writer = _Writer(out, name_width(cfg.num), rank, cfg, judge)
     manifest = start_manifest(out, done, rank, world, cfg.batch_size)
+    short = {}
     with manifest.open("a") as fh, _progress(missing, progress) as bar:
         for kind, batch in todo:
+            if cfg.qc == "filter":
+                accepted = _filter_kind(pipe, kind, cfg, done, rejected, writer, fh, manifest, bar)
+                if accepted < cfg.num:
+                    short[kind.label] = accepted
+                continue
             for item in pipe.generate(kind.label, batch, cfg, batch_size=len(batch)):
                 if (kind.label, item.index) not in done:
-                    _append_row(fh, manifest, write_output(out, kind, item, name_width(cfg.num), rank, cfg))
+                    _append_row(fh, manifest, writer.write(kind, item))
                     bar.update(1)
+    if cfg.qc == "filter":
+        rows = valid_rows(out, verify=False, files=[out / REJECTED])
+        write_rows(out / REJECTED, [rows[key] for key in sorted(rows)], rank)
     if world == 1:
         merge_manifests(out)
+    if short:
+        kinds_short = ", ".join(f"{label} {n} of {cfg.num}" for label, n in short.items())
+        raise RunError(f"--qc filter: only {kinds_short} accepted after {cfg.qc_attempts * cfg.num} candidates "
+                       f"each (--qc-attempts {cfg.qc_attempts}); the accepted pairs are in {out} and the reasons "
+                       f"in {out / REJECTED}; rerun with a larger --qc-attempts to continue")
     return out
+
+
+def _judge(out: Path, run: Run, pipe, cfg: GenerationConfig, rank: int):
+    """The folder's judge: loaded from ``qc/judge.pt`` when a previous call saved it (a resumed
+    folder decides as before), else trained on the run's real training pairs and saved."""
+    from seas.judge.qc import Judge, build_judge
+
+    path = out / JUDGE
+    if path.is_file():
+        return Judge.load(path)
+    judge = build_judge(run, grey=pipe.grey, seed=cfg.seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    judge.save(path)
+    write_json(out / "qc" / "thresholds.json", judge.thresholds.to_dict(), f".rank{rank}")
+    return judge
+
+
+def _filter_kind(pipe, kind: Kind, cfg: GenerationConfig, done: dict, rejected: dict, writer: _Writer,
+                 fh, manifest: Path, bar) -> int:
+    """Walk the candidates of ``kind`` in batches until ``cfg.num`` are accepted or
+    ``cfg.qc_attempts x cfg.num`` were drawn; returns the number accepted. Candidates decided
+    by an earlier call keep their decision; a batch with any undecided candidate is sampled
+    whole, as in an uninterrupted call."""
+    accepted = {i for label, i in done if label == kind.label}
+    decided = accepted | {i for label, i in rejected if label == kind.label}
+    cap, count = cfg.qc_attempts * cfg.num, 0
+    for start in range(0, cap, cfg.batch_size):
+        batch = [i for i in range(start, start + cfg.batch_size) if i < cap]
+        items = (pipe.generate(kind.label, batch, cfg, batch_size=cfg.batch_size)
+                 if any(i not in decided for i in batch) else [None] * len(batch))
+        for i, item in zip(batch, items):
+            if i in decided:
+                count += i in accepted
+            else:
+                row = writer.write(kind, item)
+                if row["qc"]["accepted"]:
+                    count += 1
+                    _append_row(fh, manifest, row)
+                    bar.update(1)
+                else:
+                    with (writer.out / REJECTED).open("a") as rejected_fh:
+                        _append_row(rejected_fh, writer.out / REJECTED, row)
+            if count >= cfg.num:
+                return count
+    return count
 
 
 def start_manifest(out: Path, done: dict[tuple[str, int], dict], rank: int, world: int, batch_size: int) -> Path:
@@ -275,27 +368,50 @@ def _append_row(fh, path: Path, row: dict) -> None:
         raise OSError(err.errno, err.strerror, str(path)) from err
 
 
-def write_output(out: Path, kind: Kind, item: Generated, width: int, rank: int, cfg: GenerationConfig) -> dict:
-    """Write one image (with its mask and probability map) atomically; return its manifest row.
+class _Writer:
+    """Writes one output's files atomically (accepted under ``<kind>/``, rejected under
+    ``rejected/<kind>/``) and returns its manifest row; with a judge, the row carries its scores
+    and decision.
 
     The image is written in its own mode: RGB, or one-channel grey ("L") for a grey product
     (the pipeline converts it: docs/DATA.md, "Channels"). The probability map is an 8-bit grey
-    PNG of the mean anomaly probability (0..255); the mask is 0/255. ``mask_area`` is the defect share of the image (0 for an empty mask).
+    PNG of the mean anomaly probability (0..255); masks and regions are 0/255. ``mask_area`` is
+    the defect share of the image (0 for an empty mask).
     """
-    import numpy as np
-    from PIL import Image
 
-    paths = output_paths(kind, item.index, width)
-    _save_png(item.image, out / paths["image"], rank)
-    if "mask" in paths:
-        _save_png(Image.fromarray(item.mask.astype(np.uint8) * 255), out / paths["mask"], rank)
-        _save_png(Image.fromarray(np.round(item.prob * 255).astype(np.uint8)), out / paths["prob"], rank)
-    return {
-        "kind": kind.label, "index": item.index, **paths, "mask": paths.get("mask"), "prompt": item.prompt,
-        "seed": item.seed, "reference": item.reference,
-        "mask_area": None if item.mask is None else float(item.mask.mean()),
-        "steps": cfg.steps, "guidance": cfg.guidance, "signal": cfg.signal,
-    }
+    def __init__(self, out: Path, width: int, rank: int, cfg: GenerationConfig, judge=None):
+        self.out, self.width, self.rank, self.cfg, self.judge = out, width, rank, cfg, judge
+
+    def write(self, kind: Kind, item: Generated) -> dict:
+        import numpy as np
+        from PIL import Image
+
+        qc = None
+        if self.judge is not None:
+            reference = None if item.round_trip is None else np.asarray(item.round_trip.convert("RGB"))
+            scores = self.judge.score(np.asarray(item.image.convert("RGB")), item.mask, kind.label, reference)
+            ok, reasons = self.judge.decide(scores, kind.label)
+            qc = {"accepted": ok, "reasons": reasons, "scores": scores}
+        rejected = self.cfg.qc == "filter" and not qc["accepted"]
+        paths = output_paths(kind, item.index, self.width, item.region is not None, rejected)
+        _save_png(item.image, self.out / paths["image"], self.rank)
+        if "mask" in paths:
+            _save_png(Image.fromarray(item.mask.astype(np.uint8) * 255), self.out / paths["mask"], self.rank)
+            _save_png(Image.fromarray(np.round(item.prob * 255).astype(np.uint8)), self.out / paths["prob"], self.rank)
+        if "region" in paths:
+            _save_png(Image.fromarray(item.region.astype(np.uint8) * 255), self.out / paths["region"], self.rank)
+        row = {
+            "kind": kind.label, "index": item.index, **paths, "mask": paths.get("mask"), "prompt": item.prompt,
+            "seed": item.seed, "reference": item.reference,
+            "mask_area": None if item.mask is None else float(item.mask.mean()),
+            "steps": self.cfg.steps, "guidance": self.cfg.guidance, "signal": self.cfg.signal,
+            "placement": item.placement,
+        }
+        if item.mask_source is not None:
+            row["mask_source"] = item.mask_source
+        if qc is not None:
+            row["qc"] = qc
+        return row
 
 
 def _save_png(image, path: Path, rank: int) -> None:
@@ -305,7 +421,8 @@ def _save_png(image, path: Path, rank: int) -> None:
 
 def _remove_temporaries(out: Path, rank: int) -> None:
     """Files this rank left half-written when it was stopped."""
-    for tmp in [*out.glob(f".*.rank{rank}.tmp"), *out.glob(f"*/*/.*.rank{rank}.tmp")]:
+    for tmp in [*out.glob(f".*.rank{rank}.tmp"), *out.glob(f"*/*/.*.rank{rank}.tmp"),
+                *out.glob(f"*/*/*/.*.rank{rank}.tmp"), *out.glob(f"qc/.*.rank{rank}.tmp")]:
         tmp.unlink()
 
 

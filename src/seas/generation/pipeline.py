@@ -20,6 +20,18 @@ Image ``i`` of a call with ``seed`` s, prompt P and guidance g:
 4. the final latent is decoded into the output image; for a grey product (``channels``) it is
    converted to a one-channel grey image (luminance).
 
+Placement (anomaly kinds, ``placement`` other than ``free``; :mod:`seas.generation.placement`
+draws the region ``M`` of image ``i``): the region is taken to the latent grid (a cell is in it
+when any of its pixels is), grown by ``region_dilation`` cells, giving ``K (B, 1, h, w)``. After
+every solver step the latent outside ``K`` is replaced by the reference latent noised to that
+step with the image's own start noise, ``alpha_s z + sigma_s eps`` (blended latent diffusion;
+after the last step ``z`` itself). The VAE decoder sees the whole latent (its middle block
+attends globally), so the decoded background still moves with the region's content; the decoded
+image is therefore composited with the decode of ``z`` (the reference's VAE round trip) under
+the pixels of ``K``, feathered inwards over one latent cell: outside ``K`` the output is the
+reference's round trip exactly. The mask is the head's mask inside ``K``; where that is empty,
+the placed region itself (``mask_source = "placed"``).
+
 The mask decodes stop after the last block the mask head reads (``vae.decoder.up_blocks[2]``):
 the remaining block and the output convolution would only make pixels that nobody looks at. A
 forward hook ends the pass, so the VAE stays upstream code. The head runs once per step on
@@ -57,6 +69,7 @@ from seas.data.readers import GOOD
 from seas.data.training_set import split_channels
 from seas.data.transforms import sample_tensors
 from seas.errors import ConfigError
+from seas.generation.placement import Placer
 from seas.model.features import VAE_BLOCKS, FeatureRecorder, conditional_half
 from seas.model.prompts import MIX, PromptSpec, tokenize
 from seas.model.rmp import set_batchnorm_mode
@@ -105,6 +118,10 @@ class Generated:
     seed: int  # seed of this image's generator: call seed + index
     prompt: str
     reference: str  # the normal image whose latent started the sampler
+    placement: str = "free"
+    region: np.ndarray | None = None  # (H, W) bool placed region (before dilation); None when free
+    mask_source: str | None = None  # "head", or "placed" when the head found nothing in the region
+    round_trip: Image.Image | None = None  # placed only: the reference's VAE round trip (the background)
 
 
 class _DecoderStop(Exception):
@@ -144,6 +161,8 @@ class SeaSPipeline:
         self.resolution = run.resolution
         self._reference_latents: dict[int, torch.Tensor] = {}
         self._grey: bool | None = None
+        self._placers: dict[tuple, Placer] = {}
+        self._reference_pixels: dict[int, torch.Tensor] = {}
 
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
@@ -193,34 +212,101 @@ class SeaSPipeline:
         if with_masks:
             set_batchnorm_mode(self.mask_head, cfg.mask_batchnorm)
         references = self.run.references[: cfg.reference_images]
+        placer = None if kind.is_normal or cfg.placement == "free" else self.placer(cfg.placement, cfg.masks)
         results = []
         for start in range(0, len(indices), cfg.batch_size):
             chunk = [int(i) for i in indices[start : start + cfg.batch_size]]
-            latents = self.start_latents(chunk, cfg.seed, cfg.signal, cfg.noise, len(references))
+            z, eps = self._start_parts(chunk, cfg.seed, len(references))
+            latents = cfg.signal * z + cfg.noise * eps
+            regions = keep = None
+            if placer is not None:
+                regions = np.stack([placer.region(kind.types, i, cfg.seed) for i in chunk])  # (B, R, R)
+                keep = self.latent_region(regions, cfg.region_dilation)  # (B, 1, h, w)
             pixels, prob = self._sample(latents, text, guidance, cfg.steps, cfg.mask_steps if with_masks else 0,
-                                        cfg.mask_batchnorm == "batch")
+                                        cfg.mask_batchnorm == "batch", None if keep is None else (keep, z, eps))
+            area = None
+            if keep is not None:
+                area = _pixel_region(keep, self.resolution)  # (B, R, R) bool
+                pixels = self._composite(pixels, area, [i % len(references) for i in chunk])
             for j, i in enumerate(chunk):
                 p = None if prob is None else prob[j].float().cpu().numpy()
+                mask = None if p is None else p > cfg.mask_threshold
+                source = None
+                if mask is not None and area is not None:
+                    mask &= area[j]
+                    source = "head" if mask.any() else "placed"
+                    mask = mask if mask.any() else regions[j].copy()
                 results.append(Generated(
-                    image=_to_pil(pixels[j], self.grey), mask=None if p is None else p > cfg.mask_threshold, prob=p,
+                    image=_to_pil(pixels[j], self.grey), mask=mask, prob=p,
                     kind=kind.label, index=i, seed=cfg.seed + i, prompt=kind.prompt,
-                    reference=references[i % len(references)],
+                    reference=references[i % len(references)], placement=cfg.placement if placer else "free",
+                    region=None if regions is None else regions[j], mask_source=source,
+                    round_trip=None if placer is None else _to_pil(
+                        self.reference_pixels(i % len(references))[0], self.grey),
                 ))
         return results
+
+    def placer(self, placement: str, masks: str | None = None) -> Placer:
+        """The :class:`~seas.generation.placement.Placer` of this run (cached); every mask file
+        and the real masks are read, and checked, here."""
+        key = (placement, masks)
+        if key not in self._placers:
+            self._placers[key] = Placer(self.run, placement, masks, self.grey)
+        return self._placers[key]
+
+    def latent_region(self, regions: np.ndarray, dilation: int) -> torch.Tensor:
+        """Placed regions ``(B, R, R)`` bool -> ``(B, 1, h, w)`` 0/1 latent cells: a cell is in
+        when any of its pixels is, then grown by ``dilation`` cells (a square neighbourhood)."""
+        cells = torch.from_numpy(regions[:, None].astype(np.float32))  # (B, 1, R, R)
+        keep = torch.nn.functional.max_pool2d(cells, self.vae_scale)  # (B, 1, R / f, R / f)
+        if dilation:
+            keep = torch.nn.functional.max_pool2d(keep, 2 * dilation + 1, stride=1, padding=dilation)
+        return keep.to(self.device, self.dtype)
+
+    def _composite(self, pixels: torch.Tensor, area: np.ndarray, numbers: list[int]) -> torch.Tensor:
+        """Images ``(B, 3, R, R)`` inside ``area (B, R, R)`` and the reference round trips outside,
+        with a weight that ramps from 0 at the border of ``area`` to 1 one latent cell inside."""
+        inside = torch.from_numpy(area[:, None].astype(np.float32))
+        width = self.vae_scale
+        # distance-like ramp: erosions by growing squares, averaged -> 0 at the border, 1 deep inside
+        ramp = sum(-torch.nn.functional.max_pool2d(-inside, 2 * k + 1, stride=1, padding=k) for k in range(width))
+        weight = (ramp / width).to(pixels.device, pixels.dtype)
+        background = torch.cat([self.reference_pixels(n) for n in numbers])
+        return weight * pixels + (1 - weight) * background
+
+    @torch.no_grad()
+    def reference_pixels(self, number: int) -> torch.Tensor:
+        """The VAE round trip ``(1, 3, R, R)`` in [-1, 1] of normal training image ``number``
+        (its :meth:`reference_latent` decoded; cached)."""
+        if number not in self._reference_pixels:
+            self._reference_pixels[number] = self._decode_images(self.reference_latent(number))
+        return self._reference_pixels[number]
+
+    @property
+    def vae_scale(self) -> int:
+        """Pixels per latent cell along a side: 2 ** (number of VAE down blocks - 1)."""
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @torch.no_grad()
     def start_latents(self, indices: Sequence[int], seed: int, signal: float = 0.0979, noise: float = 0.99984,
                       cycle: int | None = None) -> torch.Tensor:
         """``x_init = signal * z + noise * eps`` for each index: ``(B, 4, h, w)``; image ``i``
         starts from normal training image ``i % cycle`` (default: all of them in turn)."""
+        z, eps = self._start_parts(indices, seed, cycle)
+        return signal * z + noise * eps
+
+    def _start_parts(self, indices: Sequence[int], seed: int, cycle: int | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reference latents ``z`` and start noises ``eps``, each ``(B, 4, h, w)``; ``eps`` of
+        image ``i`` from a CPU generator seeded ``seed + i``."""
         cycle = cycle or len(self.run.references)
-        rows = []
+        zs, noises = [], []
         for i in indices:
             z = self.reference_latent(i % cycle)
             generator = torch.Generator().manual_seed(seed + i)
-            eps = torch.randn(z.shape, generator=generator, dtype=torch.float32).to(self.device, self.dtype)
-            rows.append(signal * z + noise * eps)
-        return torch.cat(rows)
+            noises.append(torch.randn(z.shape, generator=generator, dtype=torch.float32).to(self.device, self.dtype))
+            zs.append(z)
+        return torch.cat(zs), torch.cat(noises)
 
     @torch.no_grad()
     def reference_latent(self, number: int) -> torch.Tensor:
@@ -256,9 +342,12 @@ class SeaSPipeline:
 
     @torch.no_grad()
     def _sample(self, latents: torch.Tensor, text: torch.Tensor, guidance: float, steps: int,
-                mask_steps: int, batch_norm: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                mask_steps: int, batch_norm: bool = False, blend: tuple | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Denoise ``latents (B, 4, h, w)``.
 
+        ``blend``: ``(K (B, 1, h, w), z (B, 4, h, w), eps (B, 4, h, w))``: after each step the
+        latent outside ``K`` becomes ``z`` noised to that step (module docstring, Placement).
         Returns images ``(B, 3, H, W)`` in [-1, 1] and, when ``mask_steps > 0``, the anomaly
         probability ``(B, H, W)`` averaged over the last ``min(mask_steps, steps)`` steps.
         """
@@ -278,6 +367,8 @@ class SeaSPipeline:
                     eps_u, eps_c = eps.chunk(2)
                     eps = eps_u + guidance * (eps_c - eps_u)
                 latents = scheduler.step(eps, t, latents).prev_sample
+                if blend is not None:
+                    latents = _blend(latents, *blend, scheduler, step)
             prob = None if recorder is None else self._mask_probability(kept, recorder, batch_norm)
         return self._decode_images(latents), prob
 
@@ -335,6 +426,26 @@ class SeaSPipeline:
             yield
         finally:
             self.vae.use_tiling, self.vae.use_slicing = before
+
+
+def _blend(latents: torch.Tensor, keep: torch.Tensor, z: torch.Tensor, eps: torch.Tensor, scheduler,
+           step: int) -> torch.Tensor:
+    """Keep ``latents`` inside ``keep`` and the reference outside: ``z`` noised to the level the
+    solver has just reached (its ``sigmas[step + 1]``, a VP sigma ``s``: ``alpha = 1 / sqrt(1 +
+    s^2)``, ``x = alpha z + s alpha eps``), or ``z`` itself after the last step."""
+    if step + 1 >= len(scheduler.timesteps):
+        background = z
+    else:
+        s = float(scheduler.sigmas[step + 1])
+        alpha = (1 + s * s) ** -0.5
+        background = alpha * z + s * alpha * eps
+    return keep * latents + (1 - keep) * background
+
+
+def _pixel_region(keep: torch.Tensor, resolution: int) -> np.ndarray:
+    """Latent cells ``(B, 1, h, w)`` -> the pixels they cover, ``(B, R, R)`` bool."""
+    pixels = torch.nn.functional.interpolate(keep.float(), size=(resolution, resolution), mode="nearest")
+    return pixels[:, 0].cpu().numpy() > 0.5
 
 
 def _frozen(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:

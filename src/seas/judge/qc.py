@@ -6,13 +6,19 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
+import torch
 
+from seas.data.foreground import product_foreground
 from seas.data.readers import GOOD
+from seas.data.transforms import sample_uint8
+from seas.errors import ConfigError
 from seas.files.images import as_mask, as_rgb
 from seas.judge.classifier import TypeClassifier, crop, crop_box
-from seas.judge.measures import foreground_share, anomaly_evidence
+from seas.judge.measures import anomaly_evidence, foreground_share
+from seas.run import Run
 
 ImageLike = np.ndarray | str | os.PathLike
 MaskLike = np.ndarray | str | os.PathLike | None
@@ -226,3 +232,84 @@ def qc_accept(scores: Mapping[str, float], kind: str, thresholds: QCThresholds) 
         reasons.append(f"evidence contrast {scores['evidence_contrast']:.2f} "
                        f"< {thresholds.min_evidence_contrast:.2f} (the change is not in the mask)")
     return not reasons, reasons
+
+
+# ----------------------------------------------------------------------------
+# The judge of one run: what `seas generate --qc` scores with
+# ----------------------------------------------------------------------------
+
+
+@dataclass
+class Judge:
+    """Classifier, thresholds and product foreground of one run, all learned from its real
+    training pairs and normal training images at the run's resolution (:func:`build_judge`).
+
+    A mixture ``"A+B"`` has no class of its own: its ``prob_kind`` is the sum of its types'
+    probabilities, its least confidence the smallest of theirs and its area range runs from the
+    smallest lower bound to the sum of the upper bounds.
+    """
+
+    classifier: TypeClassifier
+    thresholds: QCThresholds
+    foreground: np.ndarray  # (R, R) bool
+
+    def _parts(self, kind: str) -> list[str]:
+        return [GOOD] if kind == GOOD else kind.split("+")
+
+    def score(self, image: ImageLike, mask: MaskLike, kind: str, reference: ImageLike | None = None
+              ) -> dict[str, float]:
+        """:func:`qc_scores` of one pair; a mixture is scored as its first type, then its
+        ``prob_kind`` replaced by the sum over its types."""
+        parts = self._parts(kind)
+        scores = qc_scores(self.classifier, image, mask, parts[0], self.foreground, reference)
+        if len(parts) > 1:
+            probs = self.classifier.predict(_image(image), _mask(mask, _image(image).shape[:2]))
+            scores["prob_kind"] = float(sum(probs[self.classifier.classes.index(p)] for p in parts))
+        return scores
+
+    def decide(self, scores: Mapping[str, float], kind: str) -> tuple[bool, list[str]]:
+        """:func:`qc_accept` with this judge's thresholds (a mixture's combined, see above)."""
+        parts = self._parts(kind)
+        if len(parts) == 1:
+            return qc_accept(scores, kind, self.thresholds)
+        t = self.thresholds
+        mixed = QCThresholds(
+            classes=t.classes, min_confidence={kind: min(t.min_confidence[p] for p in parts)},
+            area_range={kind: (min(t.area_range[p][0] for p in parts), sum(t.area_range[p][1] for p in parts))},
+            min_foreground_share={kind: min(t.min_foreground_share.get(p, 0.0) for p in parts)},
+            min_evidence_contrast=t.min_evidence_contrast, require_top_class=False,
+        )
+        return qc_accept(scores, kind, mixed)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """One file (``torch.save``), written atomically."""
+        from seas.files.atomic import write_file
+
+        state = {"classifier": self.classifier.state(), "thresholds": self.thresholds.to_dict(),
+                 "foreground": torch.from_numpy(self.foreground.astype(np.uint8))}
+        write_file(Path(path), lambda tmp: torch.save(state, tmp))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Judge:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return cls(TypeClassifier.from_state(state["classifier"]), QCThresholds.from_dict(state["thresholds"]),
+                   state["foreground"].numpy().astype(bool))
+
+
+def build_judge(run: Run, grey: bool = False, seed: int = 0, steps: int = 300) -> Judge:
+    """Train the judge of ``run`` on its real training anomalies (with masks) and normal training
+    images, read as generated images are framed (the run's ``fit``, at its resolution; grey when
+    the product is). The real test images are never seen."""
+    data, size = run.data, run.resolution
+    pairs = {name: [sample_uint8(s.image, s.mask, size, data.fit, data.mask_rule, grey) for s in run.split.train[name]]
+             for name in run.types}
+    pairs = {name: [(rgb, m) for rgb, m in read if m is not None and m.any()] for name, read in pairs.items()}
+    empty = [name for name, read in pairs.items() if not read]
+    if empty:
+        raise ConfigError(f"--qc: type {empty[0]} has no training image with a non-empty mask at {size} px; "
+                          f"quality control needs one per type (use --qc off)")
+    normals = [sample_uint8(path, None, size, data.fit, data.mask_rule, grey)[0] for path in run.references]
+    classifier = TypeClassifier().fit(pairs, normals, seed=seed, steps=steps)
+    foreground = product_foreground(normals)
+    thresholds = learn_thresholds(classifier, pairs, normals, foreground=foreground, seed=seed)
+    return Judge(classifier, thresholds, foreground)
