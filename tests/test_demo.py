@@ -83,3 +83,25 @@ def test_bootstrap_learns_the_product(tmp_path):
         bootstrap_backbone(DataConfig(root=str(root), layout="mvtec"), cfg, tmp_path / "base")
     with pytest.raises(ConfigError, match="multiple of 64"):
         BootstrapConfig(resolution=100)
+
+
+def test_demo_options_reach_its_settings(capsys):
+    from seas.cli import build_parser
+    from seas.cli.demo import DemoConfig, demo_config
+
+    parser = build_parser()
+    args = parser.parse_args(["demo", "--resolution", "192", "--seg-steps", "400", "--seg-size", "128",
+                              "--segmenter", "bisenetv2", "--placement", "real-masks", "--qc", "filter",
+                              "--generic-defects", "0", "--seed", "3"])
+    cfg = demo_config(args)
+    assert (cfg.resolution, cfg.seg_steps, cfg.seg_size, cfg.segmenter, cfg.placement, cfg.qc,
+            cfg.generic_defects, cfg.seed) == (192, 400, 128, "bisenetv2", "real-masks", "filter", 0.0, 3)
+    assert demo_config(parser.parse_args(["demo"])) == DemoConfig()
+    quick = demo_config(parser.parse_args(["demo", "--quick", "--seg-steps", "9"]))
+    assert quick == DemoConfig(**{**DemoConfig.quick().__dict__, "seg_steps": 9})
+    with pytest.raises(ConfigError, match="--resolution 100: must be a multiple of 64"):
+        demo_config(parser.parse_args(["demo", "--resolution", "100"]))
+    with pytest.raises(ConfigError, match="--generic-defects 2.0"):
+        demo_config(parser.parse_args(["demo", "--generic-defects", "2"]))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["demo", "--placement", "masks"])  # the demo has no --masks folder

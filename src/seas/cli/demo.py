@@ -24,10 +24,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from seas.config import MaskConfig, TrainConfig
+from seas.config import PLACEMENTS, QC_MODES, MaskConfig, TrainConfig
 from seas.data.config import DataConfig
 from seas.data.readers import GOOD
-from seas.errors import RunError
+from seas.errors import ConfigError, RunError
 from seas.files.atomic import read_json, remove_path, remove_temporaries, write_json
 from seas.files.checks import ProblemList, Problems, nested_problems, output_folder_problems
 from seas.training.bootstrap import BootstrapConfig, bootstrap_backbone
@@ -49,6 +49,7 @@ class DemoConfig:
     # bootstrap of the tiny base model
     vae_steps: int = 120
     unet_steps: int = 250
+    generic_defects: float = 0.5  # share of bootstrap images with a generic drawn, captioned defect
     # stage 1 (a tiny model trained for minutes needs larger steps than SD's 4e-6 / 4e-5)
     train_steps: int = 400
     lr_unet: float = 2e-4
@@ -58,6 +59,8 @@ class DemoConfig:
     # generation
     num_per_kind: int = 12
     sample_steps: int = 20
+    placement: str = "free"  # SeaS as published; real-masks / masks are seas generate --placement
+    qc: str = "off"  # seas generate --qc
     # downstream evaluation (a small U-Net segmenter at 96 px: four trainings fit in ~2 minutes)
     segmenter: str = "unet"
     seg_steps: int = 150
@@ -186,8 +189,8 @@ def run_demo(out: str | Path, cfg: DemoConfig, data_cfg: DataConfig | None = Non
                                            n_per_type=cfg.n_per_type)
             data_cfg = DataConfig(root=str(root), layout="mvtec")
     with clock.stage("bootstrap base model"):
-        boot = BootstrapConfig(resolution=cfg.resolution, vae_steps=cfg.vae_steps,
-                               unet_steps=cfg.unet_steps, seed=cfg.seed)
+        boot = BootstrapConfig(resolution=cfg.resolution, vae_steps=cfg.vae_steps, unet_steps=cfg.unet_steps,
+                               generic_defects=cfg.generic_defects, seed=cfg.seed)
         base = bootstrap_backbone(data_cfg, boot, out / "base")
     run_dir = out / "run"
     with clock.stage("stage 1: SeaS fine-tuning"):
@@ -202,7 +205,7 @@ def run_demo(out: str | Path, cfg: DemoConfig, data_cfg: DataConfig | None = Non
     kinds = [*run.types, "good"] + (["+".join(run.types[:2])] if len(run.types) > 1 else [])
     with clock.stage("generation"):
         generate_to_folder(run_dir, run_dir / "generated", kinds, num=cfg.num_per_kind, seed=cfg.seed,
-                           steps=cfg.sample_steps, device="cpu")
+                           steps=cfg.sample_steps, device="cpu", placement=cfg.placement, qc=cfg.qc)
     with clock.stage("evidence on held-out real images"):
         backbone = run.load_backbone()
         evidence = (attention_localisation(run, backbone, run.split.test)
@@ -256,6 +259,7 @@ def generated_line(kind: str, counts: dict) -> str:
 
 def add_parsers(sub) -> None:
     from seas.cli.options import add_data_args
+    from seas.evaluation.segmenters import SEGMENTERS
 
     p = sub.add_parser("demo", help="the whole pipeline on a CPU in minutes (synthetic product or --data)",
                        description="Write a synthetic product (or read --data), bootstrap a tiny base model, run "
@@ -266,13 +270,45 @@ def add_parsers(sub) -> None:
                    "demo there wrote is replaced, nothing else; must lie outside --data)")
     p.add_argument("--quick", action="store_true", help="a shortened run (64 px, a few steps per stage) to check the setup")
     p.add_argument("--seed", type=int, default=0, help="seed of every stage (default 0)")
+    d = DemoConfig()
+    g = p.add_argument_group("settings for larger machines and experiments (defaults: the 2-core CPU demo)")
+    g.add_argument("--resolution", type=int, default=None, help=f"image size of every stage (default {d.resolution})")
+    g.add_argument("--train-steps", type=int, default=None, help=f"stage-1 updates (default {d.train_steps})")
+    g.add_argument("--generic-defects", type=float, default=None,
+                   help=f"share of bootstrap images carrying a generic drawn defect (default {d.generic_defects}; "
+                   "0: normal images only)")
+    g.add_argument("--placement", choices=[p for p in PLACEMENTS if p != "masks"], default=None,
+                   help=f"where generated defects go, as seas generate --placement (default {d.placement})")
+    g.add_argument("--qc", choices=QC_MODES, default=None, help=f"quality control, as seas generate --qc (default {d.qc})")
+    g.add_argument("--segmenter", choices=SEGMENTERS, default=None,
+                   help=f"downstream judge's architecture (default {d.segmenter})")
+    g.add_argument("--seg-size", type=int, default=None, help=f"downstream judge's image size (default {d.seg_size})")
+    g.add_argument("--seg-steps", type=int, default=None, help=f"downstream judge's updates (default {d.seg_steps})")
+    g.add_argument("--seg-width", type=float, default=None, help=f"downstream judge's width multiplier (default {d.seg_width})")
     p.set_defaults(func=cmd_demo)
+
+
+def demo_config(args) -> DemoConfig:
+    """The demo's settings: ``--quick`` or the default, then every option given."""
+    cfg = DemoConfig.quick() if args.quick else DemoConfig()
+    given = {name: getattr(args, name) for name in ("seed", "resolution", "train_steps", "generic_defects",
+                                                     "placement", "qc", "segmenter", "seg_size", "seg_steps",
+                                                     "seg_width")
+             if getattr(args, name, None) is not None}
+    cfg = dataclasses.replace(cfg, **given)
+    if cfg.resolution % 64:
+        raise ConfigError(f"--resolution {cfg.resolution}: must be a multiple of 64 (the tiny model's factor)")
+    for name in ("train_steps", "seg_size", "seg_steps"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 1")
+    if not 0 <= cfg.generic_defects <= 1:
+        raise ConfigError(f"--generic-defects {cfg.generic_defects}: a share between 0 and 1")
+    return cfg
 
 
 def cmd_demo(args) -> int:
     from seas.cli.options import data_config
 
-    cfg = DemoConfig.quick() if args.quick else DemoConfig()
-    cfg.seed = args.seed
+    cfg = demo_config(args)
     run_demo(args.out, cfg, data_config(args) if args.data else None, sources=(args.data,) if args.data else ())
     return 0

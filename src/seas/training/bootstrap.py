@@ -7,11 +7,18 @@ still needs a base that can draw the product. This trains, from the random tiny 
    of a crop, not of an image; L1 + MSE reconstruction, a small KL term), then sets
    ``scaling_factor`` so the latents have unit variance, as SD's 0.18215 does;
 2. the U-Net as a text-conditioned denoiser of those latents (epsilon MSE, the SD schedule),
-   with one caption for every image (``a photo of a {product}``) and rotation/flip
-   augmentation.
+   with rotation/flip augmentation.
+
+Captions: a normal image is ``a photo of a {product}``. With ``generic_defects > 0`` that share
+of the training images (VAE and U-Net) are drawn instead from a pool of normal images carrying
+a generic, procedurally drawn defect (:mod:`seas.data.generic_defects`: coloured spots and lines,
+textured, pasted and blurred patches), captioned ``a photo of a {product} with a red spot``
+and so on. This teaches the base what Stable Diffusion knows from pretraining and SeaS relies
+on: words of the prompt change local appearance, in one place. The product's anomaly images
+are never read (they are SeaS's few shots).
 
 The result is an ordinary diffusers folder that ``--base`` accepts. It is a small model
-trained for minutes, not Stable Diffusion: it knows one product and nothing else.
+trained for minutes, not Stable Diffusion: it knows one product and a few generic defects.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from seas.data.config import DataConfig
+from seas.data.generic_defects import defect_caption, draw_generic_defect, normal_caption
 from seas.data.readers import read_dataset
 from seas.data.transforms import apply_augmentation, draw_augmentation, image_to_tensor
 from seas.errors import ConfigError
@@ -52,6 +60,10 @@ class BootstrapConfig(Config):
     lr_unet: float = option(5e-4, help="U-Net learning rate", minimum=0.0)
     kl_weight: float = option(1e-6, help="weight of the VAE's KL term", minimum=0.0)
     max_images: int = option(200, help="normal training images used", minimum=1)
+    generic_defects: float = option(0.5, help="share of the training images that carry a generic drawn defect "
+                                    "with a caption naming it (0: normal images and one caption only)",
+                                    minimum=0.0, maximum=1.0)
+    defect_pool: int = option(3, help="generic-defect images drawn per normal image", minimum=1)
     seed: int = option(0, help="seed of the weights and every draw")
 
     def validate(self) -> None:
@@ -60,18 +72,41 @@ class BootstrapConfig(Config):
 
 
 def caption(product: str) -> str:
-    return f"a photo of a {product}"
+    return normal_caption(product)
 
 
-def _augmented_batch(images: torch.Tensor, seed: int, step: int, batch_size: int) -> torch.Tensor:
-    """(batch, C, H, W) drawn from ``images`` (N, C, H, W), each rotated/flipped at random."""
+def _augmented_batch(images: torch.Tensor, seed: int, step: int, batch_size: int,
+                     weights: np.ndarray | None = None) -> tuple[torch.Tensor, np.ndarray]:
+    """(batch, C, H, W) drawn from ``images`` (N, C, H, W) (uniformly, or with probabilities
+    ``weights (N,)``), each rotated/flipped at random; and the indices drawn."""
     rng = np.random.default_rng([seed, step])
-    picks = rng.integers(len(images), size=batch_size)
-    return torch.stack([apply_augmentation(images[i], *draw_augmentation(rng)) for i in picks])
+    picks = rng.integers(len(images), size=batch_size) if weights is None else rng.choice(
+        len(images), size=batch_size, p=weights)
+    return torch.stack([apply_augmentation(images[i], *draw_augmentation(rng)) for i in picks]), picks
 
 
-def train_vae(vae, images: torch.Tensor, cfg: BootstrapConfig) -> None:
-    """Reconstruction training of the VAE on (N, 3, R, R) images in [-1, 1].
+def defect_pool(images: torch.Tensor, cfg: BootstrapConfig, product: str
+                ) -> tuple[torch.Tensor, list[str], np.ndarray | None]:
+    """The bootstrap's training images: the normal ``images (N, 3, R, R)`` followed by
+    ``defect_pool x N`` copies carrying a generic defect; their captions; and the draw
+    probabilities (``None``: uniform over the normal images alone)."""
+    if cfg.generic_defects == 0:
+        return images, [caption(product)] * len(images), None
+    rng = np.random.default_rng([cfg.seed, 7])
+    plain = [((x.permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8) for x in images]
+    drawn, captions = [], [caption(product)] * len(images)
+    for k in range(cfg.defect_pool * len(images)):
+        image, _, what = draw_generic_defect(plain[k % len(plain)], plain, rng)
+        drawn.append(torch.from_numpy(image).permute(2, 0, 1).float() / 127.5 - 1)
+        captions.append(defect_caption(product, what))
+    n, m = len(images), len(drawn)
+    weights = np.r_[np.full(n, (1 - cfg.generic_defects) / n), np.full(m, cfg.generic_defects / m)]
+    return torch.cat([images, torch.stack(drawn)]), captions, weights
+
+
+def train_vae(vae, images: torch.Tensor, cfg: BootstrapConfig, weights: np.ndarray | None = None) -> None:
+    """Reconstruction training of the VAE on (N, 3, R, R) images in [-1, 1], drawn with
+    probabilities ``weights`` (default uniform).
 
     The log-variance half of ``quant_conv`` starts at -10 (std 0.007): a random encoder's
     variance of 1 would drown the latents in noise and leave the decoder nothing to learn
@@ -84,7 +119,7 @@ def train_vae(vae, images: torch.Tensor, cfg: BootstrapConfig) -> None:
     optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.lr_vae, weight_decay=0.0)
 
     def step_loss(step: int) -> torch.Tensor:
-        x = _augmented_batch(images, cfg.seed, step, cfg.batch_size)
+        x, _ = _augmented_batch(images, cfg.seed, step, cfg.batch_size, weights)
         posterior = vae.encode(x).latent_dist
         z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=step_generator(cfg.seed, 1, step))
         recon = vae.decode(z).sample
@@ -93,16 +128,20 @@ def train_vae(vae, images: torch.Tensor, cfg: BootstrapConfig) -> None:
     _fit(vae, optimizer, cfg.vae_steps, step_loss, "bootstrap: VAE")
 
 
-def train_unet(unet, text_embedding: torch.Tensor, latents: torch.Tensor, scheduler, cfg: BootstrapConfig) -> None:
-    """Epsilon-prediction training on (N, 4, h, w) scaled latents with one caption (1, L, D)."""
+def train_unet(unet, text_embeddings: torch.Tensor, latents: torch.Tensor, scheduler, cfg: BootstrapConfig,
+               caption_of: np.ndarray | None = None, weights: np.ndarray | None = None) -> None:
+    """Epsilon-prediction training on (N, 4, h, w) scaled latents; latent i is captioned
+    ``text_embeddings[caption_of[i]]`` (embeddings (C, L, D); default: all the first one) and
+    drawn with probabilities ``weights`` (default uniform)."""
+    caption_of = np.zeros(len(latents), dtype=int) if caption_of is None else caption_of
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr_unet, weight_decay=0.01)
 
     def step_loss(step: int) -> torch.Tensor:
         g = step_generator(cfg.seed, 2, step)
-        z = _augmented_batch(latents, cfg.seed + 1, step, cfg.batch_size)
+        z, picks = _augmented_batch(latents, cfg.seed + 1, step, cfg.batch_size, weights)
         noise = torch.randn(z.shape, generator=g)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(z),), generator=g)
-        pred = unet(scheduler.add_noise(z, noise, t), t, text_embedding.expand(len(z), -1, -1)).sample
+        pred = unet(scheduler.add_noise(z, noise, t), t, text_embeddings[caption_of[picks]]).sample
         return F.mse_loss(pred, noise)
 
     _fit(unet, optimizer, cfg.unet_steps, step_loss, "bootstrap: U-Net")
@@ -137,12 +176,15 @@ def bootstrap_backbone(data_cfg: DataConfig, cfg: BootstrapConfig, out: str | Pa
     parts = build_tiny_components(seed=cfg.seed, width=cfg.width, vae_width=cfg.vae_width)
     vae, unet, scheduler = parts["vae"], parts["unet"], parts["scheduler"]
     parts["text_encoder"].requires_grad_(False)
-    train_vae(vae, images, cfg)
+    images, captions, weights = defect_pool(images, cfg, data_cfg.product_name)  # (N + M, 3, R, R)
+    train_vae(vae, images, cfg, weights)
     with torch.no_grad():
         latents = torch.cat([vae.encode(chunk).latent_dist.mean for chunk in images.split(16)])
-        vae.register_to_config(scaling_factor=float(1.0 / latents.std()))
+        # the scale of SD's latents: unit variance over the normal images (the product)
+        vae.register_to_config(scaling_factor=float(1.0 / latents[: len(normals)].std()))
         latents = latents * vae.config.scaling_factor
-        ids = tokenize(parts["tokenizer"], [caption(data_cfg.product_name)])
-        text_embedding = parts["text_encoder"](ids)[0]  # (1, L, D)
-    train_unet(unet, text_embedding, latents, scheduler, cfg)
+        unique = sorted(set(captions))
+        text_embeddings = parts["text_encoder"](tokenize(parts["tokenizer"], unique))[0]  # (C, L, D)
+        caption_of = np.array([unique.index(c) for c in captions])
+    train_unet(unet, text_embeddings, latents, scheduler, cfg, caption_of, weights)
     return save_components(parts, out)
