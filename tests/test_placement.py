@@ -14,6 +14,7 @@ from PIL import Image
 from seas.cli import main
 from seas.config import GenerationConfig
 from seas.errors import ConfigError
+from seas.data.transforms import sample_uint8
 from seas.generation.folder import generate_to_folder
 from seas.generation.pipeline import SeaSPipeline, _pixel_region, _to_pil
 from seas.generation.placement import ON_PRODUCT, SCALES, move_mask, read_user_masks
@@ -92,10 +93,11 @@ def test_real_mask_placement_keeps_the_reference_outside_the_region(pipe):
         keep = pipe.latent_region(item.region[None], cfg.region_dilation)
         area = _pixel_region(keep, pipe.resolution)[0]
         assert area[item.region].all()  # the region grown to latent cells holds the placed mask
-        round_trip = np.asarray(item.round_trip).astype(int)
+        reference = sample_uint8(item.reference, None, 64, pipe.run.data.fit, pipe.run.data.mask_rule)[0]
+        assert np.array_equal(np.asarray(item.background), reference)
         image = np.asarray(item.image).astype(int)
-        assert np.abs(image - round_trip)[~area].max() == 0  # outside: the reference's VAE round trip
-        assert np.abs(image - round_trip)[area].mean() > 1  # inside: something was drawn
+        assert np.abs(image - reference)[~area].max() == 0  # outside: the reference normal image itself
+        assert np.abs(image - reference)[area].mean() > 1  # inside: something was drawn
         assert not (item.mask & ~area).any()  # the mask never leaves the region
         if item.mask_source == "placed":
             assert np.array_equal(item.mask, item.region)
@@ -109,9 +111,19 @@ def test_real_mask_placement_keeps_the_reference_outside_the_region(pipe):
     assert np.abs(np.asarray(again.image).astype(int) - np.asarray(items[1].image).astype(int)).max() <= 1
 
 
+def test_round_trip_background_is_the_decoded_reference_latent(pipe):
+    cfg = GenerationConfig(**FAST, placement="real-masks", background="round-trip")
+    item = pipe.generate("stain", [2], cfg)[0]
+    decoded = pipe.vae.decode(pipe.reference_latent(2) / pipe.vae.config.scaling_factor).sample
+    round_trip = np.asarray(_to_pil(decoded[0], pipe.grey)).astype(int)
+    area = _pixel_region(pipe.latent_region(item.region[None], 1), 64)[0]
+    assert np.abs(np.asarray(item.image).astype(int) - round_trip)[~area].max() <= 1
+    assert np.abs(np.asarray(item.background).astype(int) - round_trip).max() <= 1
+
+
 def test_free_placement_is_unchanged(pipe):
     free = pipe.generate("scratch", [0, 1], GenerationConfig(**FAST))
-    assert all(item.region is None and item.mask_source is None and item.round_trip is None for item in free)
+    assert all(item.region is None and item.mask_source is None and item.background is None for item in free)
     latents = pipe.start_latents([0, 1], 0)
     pixels, _ = pipe._sample(latents, pipe._text_embeddings(free[0].prompt, True), 2.0, 3, 0)
     assert np.array_equal(np.asarray(free[0].image), np.asarray(_to_pil(pixels[0], pipe.grey)))

@@ -30,6 +30,7 @@ NORMAL_PATHS = ("coarse", "refined")
 BATCHNORM_MODES = ("eval", "batch")
 PLACEMENTS = ("free", "real-masks", "masks")
 QC_MODES = ("off", "score", "filter")
+BACKGROUNDS = ("reference", "round-trip")
 
 
 def check_profile(profile: str) -> None:
@@ -164,6 +165,8 @@ class GenerationConfig(Config):
                                "takes file i mod n (sorted by name), resized to the run's resolution")
     region_dilation: int = option(1, help="latent cells the placed region grows by before blending (the defect "
                                   "may spill over its mask a little)", minimum=0)
+    background: str = option("reference", help="placed defects: the image kept outside the region, the "
+                             "reference normal image itself or its VAE round trip", choices=BACKGROUNDS)
     qc: str = option("off", help="quality control: off, score (write each pair's scores into the manifest) or "
                      "filter (also reject pairs outside thresholds learned from the real training pairs and "
                      "draw new seeds until --num are accepted)", choices=QC_MODES)

@@ -70,7 +70,7 @@ OPTIONS = {
     "steps": "--steps", "guidance": "--guidance", "signal": "--signal", "noise": "noise",
     "mask_threshold": "--mask-threshold", "mask_steps": "--mask-steps", "mask_batchnorm": "--mask-batchnorm",
     "reference_images": "--reference-images", "placement": "--placement", "masks": "--masks",
-    "region_dilation": "--region-dilation", "qc": "--qc",
+    "region_dilation": "--region-dilation", "background": "--background", "qc": "--qc",
     "dtype": "--dtype", "vae_slicing": "--vae-slicing", "vae_tiling": "--vae-tiling",
     "attention_slicing": "--attention-slicing",
 }
@@ -78,7 +78,7 @@ OPTIONS = {
 PLAIN_SWITCHES = {"dtype": "float32", "vae_slicing": False, "vae_tiling": False, "attention_slicing": False}
 # Settings of folders written before these options existed: the values that behaved the same.
 EARLIER_DEFAULTS = {"mask_batchnorm": "eval", "reference_images": None, "placement": "free", "masks": None,
-                    "region_dilation": 1, "qc": "off"}
+                    "region_dilation": 1, "background": "reference", "qc": "off"}
 REJECTED = "rejected.jsonl"
 JUDGE = "qc/judge.pt"
 
@@ -388,7 +388,7 @@ class _Writer:
 
         qc = None
         if self.judge is not None:
-            reference = None if item.round_trip is None else np.asarray(item.round_trip.convert("RGB"))
+            reference = None if item.background is None else np.asarray(item.background.convert("RGB"))
             scores = self.judge.score(np.asarray(item.image.convert("RGB")), item.mask, kind.label, reference)
             ok, reasons = self.judge.decide(scores, kind.label)
             qc = {"accepted": ok, "reasons": reasons, "scores": scores}

@@ -27,9 +27,10 @@ every solver step the latent outside ``K`` is replaced by the reference latent n
 step with the image's own start noise, ``alpha_s z + sigma_s eps`` (blended latent diffusion;
 after the last step ``z`` itself). The VAE decoder sees the whole latent (its middle block
 attends globally), so the decoded background still moves with the region's content; the decoded
-image is therefore composited with the decode of ``z`` (the reference's VAE round trip) under
-the pixels of ``K``, feathered inwards over one latent cell: outside ``K`` the output is the
-reference's round trip exactly. The mask is the head's mask inside ``K``; where that is empty,
+image is therefore composited under the pixels of ``K``, feathered inwards over one latent
+cell, with ``background``: ``reference`` (default), the reference normal image itself as
+training read it, or ``round-trip``, the decode of ``z``. Outside ``K`` the output is that image
+exactly. The mask is the head's mask inside ``K``; where that is empty,
 the placed region itself (``mask_source = "placed"``).
 
 The mask decodes stop after the last block the mask head reads (``vae.decoder.up_blocks[2]``):
@@ -121,7 +122,7 @@ class Generated:
     placement: str = "free"
     region: np.ndarray | None = None  # (H, W) bool placed region (before dilation); None when free
     mask_source: str | None = None  # "head", or "placed" when the head found nothing in the region
-    round_trip: Image.Image | None = None  # placed only: the reference's VAE round trip (the background)
+    background: Image.Image | None = None  # placed only: the image kept outside the region
 
 
 class _DecoderStop(Exception):
@@ -162,7 +163,7 @@ class SeaSPipeline:
         self._reference_latents: dict[int, torch.Tensor] = {}
         self._grey: bool | None = None
         self._placers: dict[tuple, Placer] = {}
-        self._reference_pixels: dict[int, torch.Tensor] = {}
+        self._reference_pixels: dict[tuple[int, str], torch.Tensor] = {}
 
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
@@ -227,7 +228,7 @@ class SeaSPipeline:
             area = None
             if keep is not None:
                 area = _pixel_region(keep, self.resolution)  # (B, R, R) bool
-                pixels = self._composite(pixels, area, [i % len(references) for i in chunk])
+                pixels = self._composite(pixels, area, [i % len(references) for i in chunk], cfg.background)
             for j, i in enumerate(chunk):
                 p = None if prob is None else prob[j].float().cpu().numpy()
                 mask = None if p is None else p > cfg.mask_threshold
@@ -241,8 +242,8 @@ class SeaSPipeline:
                     kind=kind.label, index=i, seed=cfg.seed + i, prompt=kind.prompt,
                     reference=references[i % len(references)], placement=cfg.placement if placer else "free",
                     region=None if regions is None else regions[j], mask_source=source,
-                    round_trip=None if placer is None else _to_pil(
-                        self.reference_pixels(i % len(references))[0], self.grey),
+                    background=None if placer is None else _to_pil(
+                        self.background_pixels(i % len(references), cfg.background)[0], self.grey),
                 ))
         return results
 
@@ -263,24 +264,32 @@ class SeaSPipeline:
             keep = torch.nn.functional.max_pool2d(keep, 2 * dilation + 1, stride=1, padding=dilation)
         return keep.to(self.device, self.dtype)
 
-    def _composite(self, pixels: torch.Tensor, area: np.ndarray, numbers: list[int]) -> torch.Tensor:
-        """Images ``(B, 3, R, R)`` inside ``area (B, R, R)`` and the reference round trips outside,
+    def _composite(self, pixels: torch.Tensor, area: np.ndarray, numbers: list[int], background: str
+                   ) -> torch.Tensor:
+        """Images ``(B, 3, R, R)`` inside ``area (B, R, R)`` and the backgrounds outside,
         with a weight that ramps from 0 at the border of ``area`` to 1 one latent cell inside."""
         inside = torch.from_numpy(area[:, None].astype(np.float32))
         width = self.vae_scale
         # distance-like ramp: erosions by growing squares, averaged -> 0 at the border, 1 deep inside
         ramp = sum(-torch.nn.functional.max_pool2d(-inside, 2 * k + 1, stride=1, padding=k) for k in range(width))
         weight = (ramp / width).to(pixels.device, pixels.dtype)
-        background = torch.cat([self.reference_pixels(n) for n in numbers])
-        return weight * pixels + (1 - weight) * background
+        kept = torch.cat([self.background_pixels(n, background) for n in numbers])
+        return weight * pixels + (1 - weight) * kept
 
     @torch.no_grad()
-    def reference_pixels(self, number: int) -> torch.Tensor:
-        """The VAE round trip ``(1, 3, R, R)`` in [-1, 1] of normal training image ``number``
-        (its :meth:`reference_latent` decoded; cached)."""
-        if number not in self._reference_pixels:
-            self._reference_pixels[number] = self._decode_images(self.reference_latent(number))
-        return self._reference_pixels[number]
+    def background_pixels(self, number: int, background: str = "reference") -> torch.Tensor:
+        """``(1, 3, R, R)`` in [-1, 1]: normal training image ``number`` as training read it
+        (``reference``), or its :meth:`reference_latent` decoded (``round-trip``); cached."""
+        key = (number, background)
+        if key not in self._reference_pixels:
+            if background == "round-trip":
+                pixels = self._decode_images(self.reference_latent(number))
+            else:
+                data = self.run.data
+                pixels = sample_tensors(self.run.references[number], None, self.resolution, data.fit,
+                                        data.mask_rule, self.grey)[0][None].to(self.device, self.dtype)
+            self._reference_pixels[key] = pixels
+        return self._reference_pixels[key]
 
     @property
     def vae_scale(self) -> int:
