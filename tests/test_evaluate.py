@@ -10,6 +10,8 @@ import argparse
 import base64
 import json
 import math
+import re
+import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -46,7 +48,8 @@ SECTIONS = {"summary", "downstream", "baselines", "per-type", "curves", "quality
 
 
 def _cfg(**kw) -> EvalConfig:
-    base = dict(segmenter="unet", size=64, steps=20, batch_size=4, width=0.25, device="cpu", progress=False)
+    base = dict(segmenter="unet", size=64, steps=20, batch_size=4, width=0.25, device="cpu", progress=False,
+                judge_steps=20)
     return EvalConfig(**{**base, **kw})
 
 
@@ -77,7 +80,8 @@ def _write_generated(folder: Path, split) -> None:
     rows, index = [], 0
     for kind, count in plan:
         for _ in range(count):
-            normal = normals[rng.integers(len(normals))]
+            pick = int(rng.integers(len(normals)))
+            normal = normals[pick]
             if kind == "good":
                 image, mask = normal[:, ::-1].copy(), None
             else:
@@ -89,7 +93,7 @@ def _write_generated(folder: Path, split) -> None:
                 _write_png(folder / "masks" / name, mask.astype(np.uint8) * 255)
             rows.append({"kind": kind, "index": index, "image": f"images/{name}",
                          "mask": None if mask is None else f"masks/{name}", "prompt": f"a ob1 with {kind}",
-                         "seed": index, "reference": "train/good", "mask_area": 0 if mask is None else int(mask.sum())})
+                         "seed": index, "reference": split.normal_train[pick].image, "mask_area": 0 if mask is None else int(mask.sum())})
             index += 1
     (folder / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
@@ -193,6 +197,54 @@ def test_report_is_self_contained_and_has_every_section(evaluation):
     assert "with a non-empty mask" in text and "empty masks" in text  # empty masks are counted apart
 
 
+def test_answer_first_and_the_measures_of_the_generated_pairs(evaluation):
+    metrics, out = evaluation
+    verdict = metrics["verdict"]
+    assert verdict["helped"] in {"yes", "no", "mixed"} and verdict["compared"] == 9
+    assert set(verdict["improved"]) | set(verdict["worsened"]) <= set(metrics["downstream"]["real_only"])
+    assert verdict["vs_cut_paste"]["compared"] == 9
+    measures = metrics["generated_measures"]
+    fidelity = measures["type_fidelity"]
+    assert fidelity["rows"] == ["hole", "scratch", "stain", "good"] and fidelity["chance"] == pytest.approx(1 / 3)
+    assert fidelity["classifier"] == {"seed": 0, "steps": 20, "trained_on": {"hole": 2, "scratch": 2, "stain": 2,
+                                                                            "good": 6}}
+    assert [sum(row) for row in fidelity["confusion"]] == [N_PER_TYPE] * 3 + [2]
+    assert fidelity["not_classified"] == {"hole+scratch": "a mixture has no class of its own"}
+    agreement = measures["mask_agreement"]
+    assert agreement["segmenter"] == "real_only" and agreement["all"]["n"] == 3 * N_PER_TYPE + 2
+    assert set(agreement["per_kind"]) == {"hole", "scratch", "stain", "hole+scratch"}
+    assert set(measures["anomaly_evidence"]["per_placement"]) == {"free"}  # rows without a placement field
+    assert measures["anomaly_evidence"]["per_kind"]["hole"]["free"]["n"] == N_PER_TYPE
+    assert measures["area_position"]["all"]["n"] == 3 * N_PER_TYPE + 2
+    assert metrics["quality_control"] is None
+    html = (out / "report.html").read_text()
+    assert re.findall(r'<section id="([^"]+)"', html)[:3] == ["downstream", "samples", "generated-measures"]
+    assert "Did the generated pairs help?" in html.split('id="samples"')[0]
+    assert "Are the generated pairs right?" in html and "Confusion matrix" in html
+
+
+def test_rejected_pairs_are_shown_but_never_used(run_dir, tmp_path):
+    gen = tmp_path / "gen"
+    shutil.copytree(run_dir / "generated", gen)
+    for kind in ("hole", "good"):
+        (gen / "rejected" / kind / "image").mkdir(parents=True)
+        shutil.copy(gen / "images" / "0000.png", gen / "rejected" / kind / "image" / "0000.png")
+    rows = [{"kind": kind, "index": 0, "image": f"rejected/{kind}/image/0000.png", "mask": None,
+             "qc": {"accepted": False, "reasons": [f"too odd for {kind}"], "scores": {}}} for kind in ("hole", "good")]
+    (gen / "rejected.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + "not json\n")
+    cheap = _cfg(size=32, steps=1, baselines=False, quality=False, judge_steps=2)
+    metrics = evaluate_run(run_dir, generated_dir=gen, out_dir=tmp_path / "out", cfg=cheap)
+    assert metrics["train_sets"]["real+generated"]["generated_anomalies"] == 3 * N_PER_TYPE + 2
+    assert metrics["train_sets"]["real+generated"]["generated_normals"] == 2
+    qc = metrics["quality_control"]
+    assert qc["per_kind"]["hole"] == {"accepted": N_PER_TYPE, "rejected": 1, "acceptance_rate": N_PER_TYPE / 9}
+    assert qc["per_kind"]["good"]["rejected"] == 1 and qc["per_kind"]["stain"]["rejected"] == 0
+    assert qc["skipped_lines"] == 1
+    html = (tmp_path / "out" / "report.html").read_text()
+    control = html.split('<section id="quality-control"')[1].split("</section>")[0]
+    assert "rejected: too odd for hole" in control and 'alt="accepted"' in control
+
+
 # ----------------------------------------------------------------------------- folders and errors
 
 
@@ -252,7 +304,7 @@ def test_command_line_parser_and_command(run_dir, tmp_path, capsys):
     assert (defaults.segmenter, defaults.size, defaults.quality, defaults.generated) == ("bisenetv2", 256, None, None)
     args = parser.parse_args(["evaluate", "--run", str(run_dir), "--out", str(tmp_path / "cli"), "--segmenter", "unet",
                               "--size", "32", "--steps", "1", "--width", "0.25", "--device", "cpu", "--no-baselines",
-                              "--max-generated", "2", "--no-quality"])
+                              "--max-generated", "2", "--no-quality", "--judge-steps", "20"])
     assert (args.baselines, args.quality, args.max_generated) == (False, False, 2)
     assert EvalConfig.from_dict(EvalConfig.given(args)) == _cfg(
         size=32, steps=1, batch_size=8, seed=0, baselines=False, max_generated=2, quality=False, progress=True)

@@ -236,6 +236,10 @@ def print_summary(out: Path, metrics: dict, evidence: dict, seconds: dict) -> No
     downstream = metrics.get("downstream", {})
     for name, values in downstream.items():
         print(f"downstream {name:<16} pixel AP {values.get('pixel_ap', float('nan')):.3f}  IoU {values.get('iou', float('nan')):.3f}")
+    if metrics.get("verdict"):
+        print(metrics["verdict"]["sentence"])
+    for line in measure_lines(metrics.get("generated_measures") or {}):
+        print(line)
     lpips = metrics.get("quality", {}).get("lpips", {})
     if "skipped" in lpips:
         print(f"IC-LPIPS skipped: {lpips['skipped']}")
@@ -245,6 +249,39 @@ def print_summary(out: Path, metrics: dict, evidence: dict, seconds: dict) -> No
             f"{row} {values.get('ic_lpips', float('nan')):.3f}" for row, values in rows.items()))
     print("stage timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()) + f"; total {sum(seconds.values()):.0f} s")
     print(f"report: {out / 'evaluation' / 'report.html'}")
+
+
+def _num(value, percent: bool = False) -> str:
+    """metrics.json numbers (``None`` for undefined) as short text."""
+    if value is None:
+        return "-"
+    return f"{100 * value:.0f}%" if percent else f"{value:.2f}"
+
+
+def measure_lines(measures: dict) -> list[str]:
+    """Three lines on whether the generated pairs are right (``metrics.json["generated_measures"]``):
+    type fidelity against chance, mask agreement with the real-only segmenter, areas in range
+    with the mean areas (whole-image masks agree with a segmenter that marks everything)."""
+    fid, agr, area = (measures.get(k) or {} for k in ("type_fidelity", "mask_agreement", "area_position"))
+    lines = []
+    if "skipped" in fid:
+        lines.append(f"type fidelity skipped: {fid['skipped']}")
+    elif fid:
+        lines.append(f"type fidelity of the generated pairs: {_num(fid.get('accuracy'))} "
+                     f"(chance {_num(fid.get('chance'))}); generated normals read as good: "
+                     f"{_num(fid.get('good_accuracy'))}")
+    if "skipped" in agr:
+        lines.append(f"mask agreement skipped: {agr['skipped']}")
+    elif agr:
+        every = agr.get("all", {})
+        lines.append(f"mask agreement with the real-only segmenter: IoU {_num(every.get('mean_iou'))}, "
+                     f"generated masks found {_num(every.get('found_rate'), True)}")
+    if area.get("all"):
+        every = area["all"]
+        lines.append(f"generated mask areas in the real range: {_num(every.get('in_range_rate'), True)} "
+                     f"(mean area {_num(every.get('area_mean'), True)} of the image; "
+                     f"real {_num(every.get('real_area_mean'), True)})")
+    return lines
 
 
 def generated_line(kind: str, counts: dict) -> str:

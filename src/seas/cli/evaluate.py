@@ -13,7 +13,8 @@ def add_parsers(subparsers) -> None:
         description="Train a segmenter on the real few-shot data with and without the generated pairs "
                     "(and on cut-paste and Perlin baselines), test it on the held-out split, score the "
                     "generated images (IC-LPIPS when the LPIPS weights are found, IS and KID when the "
-                    "Inception-v3 weights are) and write metrics.json and report.html "
+                    "Inception-v3 weights are), judge whether the generated pairs are right (type fidelity, mask "
+                    "agreement, anomaly evidence, area and position) and write metrics.json and report.html "
                     "(see docs/EVALUATION.md).")
     p.add_argument("--run", required=True, help="folder of a finished 'seas train' run")
     p.add_argument("--generated", default=None, help="folder of 'seas generate' output (default: <run>/generated)")
@@ -27,6 +28,7 @@ def add_parsers(subparsers) -> None:
 
 
 def cmd_evaluate(args) -> int:
+    from seas.cli.demo import measure_lines
     from seas.cli.options import check_evaluate_inputs
     from seas.evaluation.evaluate import EvalConfig, evaluate_run
     from seas.evaluation.quality import QUALITY_FAMILIES
@@ -39,6 +41,9 @@ def cmd_evaluate(args) -> int:
     print(f"{'training set':<16}" + "".join(f"{k:>14}" for k in keys))
     for name, values in metrics["downstream"].items():
         print(f"{name:<16}" + "".join(f"{_percent(values[k]):>14}" for k in keys))
+    print(metrics["verdict"]["sentence"])
+    for line in measure_lines(metrics["generated_measures"]):
+        print(line)
     for family, label in QUALITY_FAMILIES.items():
         result = metrics["quality"].get(family, {})
         if "skipped" in result:

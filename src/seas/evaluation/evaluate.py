@@ -18,7 +18,15 @@ Protocol for one product (spec section 7, docs/EVALUATION.md):
   computed on its own, or skipped with a one-line reason); plus, per type, IC-LPIPS of the
   generated images, the real test anomalies and cut-paste and Perlin pairs, all clustered
   around the type's real training anomalies, so that the generated images' number can be read
-  against real variety and against the classic baselines.
+  against real variety and against the classic baselines;
+* **the answer** (:mod:`seas.evaluation.verdict`): whether the generated pairs helped, judged on
+  every downstream metric together, against ``real_only`` and against ``cut_paste``;
+* **are the generated pairs right?** (:mod:`seas.evaluation.generated_measures`): type fidelity
+  (a type classifier trained on the real training anomalies, seeded with ``seed``), mask
+  agreement (the ``real_only`` segmenter above, not another), anomaly evidence against each
+  row's reference normal image, and mask area and position, per generated kind;
+* the pairs quality control rejected (``rejected.jsonl``), counted and shown in the report only:
+  training and the measures use ``manifest.jsonl`` alone.
 
 Everything happens at ``size x size``: real images and masks are first cut to the run's
 ``fit`` (docs/DATA.md, Geometry; the same frame training used), then images are resized (area
@@ -49,6 +57,14 @@ from seas.evaluation.downstream import (
     resolve_device,
     train_segmenter,
 )
+from seas.evaluation.generated_measures import (
+    GeneratedPair,
+    components,
+    kind_order,
+    load_pairs,
+    measure_generated,
+    reference_reader,
+)
 from seas.evaluation.lpips_weights import LpipsWeightsError
 from seas.evaluation.metrics import UndefinedMetricError, all_metrics, pr_curve, roc_curve
 from seas.evaluation.quality import (
@@ -61,13 +77,14 @@ from seas.evaluation.quality import (
     load_family_network,
     masks_to_tensor,
 )
+from seas.evaluation.rejected import qc_counts, qc_examples, read_rejected
 from seas.evaluation.report import write_report
 from seas.evaluation.segmenters import SEGMENTERS
+from seas.evaluation.verdict import verdict
 from seas.fields import Config, option
 from seas.files.atomic import write_text
 from seas.files.images import read_mask, read_rgb, resize_image, resize_mask
 from seas.generation.folder import MANIFEST
-from seas.model.prompts import MIX
 from seas.run import Run
 
 EVAL_FORMAT = "seas-evaluation-1"
@@ -101,6 +118,8 @@ class EvalConfig(Config):
     quality_size: int = option(256, help="resolution of the quality scores (protocol: 256)", minimum=16)
     max_generated: int | None = option(None, help="use at most this many generated images per kind "
                                        "(default: all)", minimum=1)
+    judge_steps: int = option(300, help="updates of the type classifier that judges the generated pairs "
+                              "(trained on the real training anomalies; seeded with --seed)", minimum=1)
     progress: bool = option(True, help="tqdm bars while training", cli=False)
 
     def validate(self) -> None:
@@ -171,13 +190,6 @@ def _cap_per_kind(rows: list[dict], limit: int | None) -> list[dict]:
     return kept
 
 
-def _kind_order(kinds, types: list[str]) -> list[str]:
-    """Run types first (their order), then mixtures and other kinds sorted, then ``good``."""
-    kinds = set(kinds)
-    rest = sorted(kinds - set(types) - {GOOD})
-    return [t for t in types if t in kinds] + rest + ([GOOD] if GOOD in kinds else [])
-
-
 # ----------------------------------------------------------------------------- loading at size
 
 
@@ -191,10 +203,6 @@ def _load_pairs(samples, size: int, run: Run) -> list[tuple[np.ndarray, np.ndarr
     grey = split_channels(data.channels, run.split) == "grey"
     pairs = [sample_arrays(s.image, s.mask, data.fit, data.mask_rule, grey) for s in samples]
     return [(resize_image(image, size), None if mask is None else resize_mask(mask, size)) for image, mask in pairs]
-
-
-def _components(kind: str) -> list[str]:
-    return kind.split(MIX)
 
 
 # ----------------------------------------------------------------------------- training sets
@@ -257,16 +265,18 @@ def _per_type(scores: np.ndarray, masks: np.ndarray, test_types: list[str], type
 
 
 def run_downstream(train_sets: dict[str, list], test_pairs: list, test_types: list[str],
-                   types: list[str], cfg: EvalConfig) -> dict:
+                   types: list[str], cfg: EvalConfig, judged: list[np.ndarray] = ()) -> dict:
     """Train and score one segmenter per training set.
 
+    ``judged``: further ``(S, S, 3)`` images (the generated anomalies) the ``real_only`` model
+    also maps, so that the mask agreement reuses it instead of training another.
     Returns ``{"metrics": {set: all_metrics}, "per_type": {set: {type: all_metrics}},
-    "curves": {set: {"roc": .., "pr": ..}}, "seconds": {set: s}}``.
+    "curves": {set: {"roc": .., "pr": ..}}, "seconds": {set: s}, "judged": (N, S, S) maps}``.
     """
     dcfg = cfg.downstream()
     images = [image for image, _ in test_pairs]
     masks = np.stack([np.zeros((cfg.size, cfg.size), bool) if m is None else m for _, m in test_pairs])
-    out = {"metrics": {}, "per_type": {}, "curves": {}, "seconds": {}}
+    out = {"metrics": {}, "per_type": {}, "curves": {}, "seconds": {}, "judged": np.zeros((0, cfg.size, cfg.size))}
     for name, pairs in train_sets.items():
         start = time.perf_counter()
         model = train_segmenter(pairs, dcfg, desc=name)
@@ -275,6 +285,8 @@ def run_downstream(train_sets: dict[str, list], test_pairs: list, test_types: li
         out["per_type"][name] = _per_type(scores, masks, test_types, types)
         out["curves"][name] = _pixel_curves(scores, masks)
         out["seconds"][name] = time.perf_counter() - start
+        if name == "real_only" and len(judged):
+            out["judged"] = predict(model, judged, cfg.size, resize_back=False, batch_size=dcfg.eval_batch_size)
     return out
 
 
@@ -309,6 +321,18 @@ def check_quality_weights(cfg: EvalConfig) -> dict[str, str | None]:
         kind = next((type(e) for e in errors.values() if not isinstance(e, MissingWeightsError)), MissingWeightsError)
         raise kind("; ".join(f"{QUALITY_FAMILIES[f]}: {e}" for f, e in errors.items()))
     return {family: str(errors[family]) if family in errors else None for family in QUALITY_FAMILIES}
+
+
+def _load_generated(rows: list[dict], size: int, run: Run) -> list[GeneratedPair]:
+    """Manifest rows at ``size`` (:func:`seas.evaluation.generated_measures.load_pairs`), each
+    row's ``reference`` normal image read as the real images are (:func:`_load_pairs`)."""
+    from seas.data.training_set import split_channels
+    from seas.data.transforms import sample_arrays
+
+    data = run.data
+    grey = split_channels(data.channels, run.split) == "grey"
+    return load_pairs(rows, size, reference_reader(
+        lambda path: sample_arrays(path, None, data.fit, data.mask_rule, grey)[0], size))
 
 
 def _generated_at(rows: list[dict], size: int) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
@@ -352,8 +376,8 @@ def run_quality(generated: list[dict], run: Run, reasons: dict[str, str | None],
             continue
         model = load_family_network(family, cfg.weights_dir, device)
         per_kind = {}
-        for kind in _kind_order(by_kind, split.types):
-            real = [s for t in _components(kind) for s in real_by_type.get(t, [])]
+        for kind in kind_order(by_kind, split.types):
+            real = [s for t in components(kind) for s in real_by_type.get(t, [])]
             per_kind[kind] = _kind_quality(family, model, by_kind[kind], real, run, cfg)
         singles = [v for k, v in per_kind.items() if k in real_by_type and "skipped" not in v]
         keys = list(dict.fromkeys(key for v in singles for key in v))
@@ -445,7 +469,7 @@ def _grids(generated: list[dict], split: Split, threshold: str, kinds: list[str]
     grids = {}
     for kind in kinds:
         rows = [r for r in generated if r["kind"] == kind]
-        real = split.normal_train if kind == GOOD else [s for t in _components(kind) for s in split.train.get(t, [])]
+        real = split.normal_train if kind == GOOD else [s for t in components(kind) for s in split.train.get(t, [])]
         grids[kind] = {
             "count": len(rows),
             "generated": [(read_rgb(r["image"]), read_mask(r["mask"]) if r.get("mask") else None)
@@ -510,14 +534,24 @@ def evaluate_run(run_dir: str | Path, generated_dir: str | Path | None = None, o
 
     split, threshold = run.split, run.mask_rule
     rows = _cap_per_kind(all_rows, cfg.max_generated)
-    real_pairs = _load_pairs([s for t in split.types for s in split.train[t]], cfg.size, run)
+    real = {t: _load_pairs(split.train[t], cfg.size, run) for t in split.types}  # {type: [(image, mask)]}
+    real_pairs = [pair for t in split.types for pair in real[t]]
     normals = [image for image, _ in _load_pairs(split.normal_train, cfg.size, run)]
     train_sets, composition = build_train_sets(real_pairs, normals, rows, cfg)
     test_pairs = _load_pairs(split.test, cfg.size, run)
-    downstream = run_downstream(train_sets, test_pairs, [s.type for s in split.test], split.types, cfg)
+    generated = _load_generated(rows, cfg.size, run)
+    judged = [p for p in generated if p.kind != GOOD and p.mask is not None]
+    downstream = run_downstream(train_sets, test_pairs, [s.type for s in split.test], split.types, cfg,
+                                judged=[p.image for p in judged])
+    for pair, prob in zip(judged, downstream["judged"]):
+        pair.prob = prob  # the real_only segmenter's map: mask agreement reuses that model
+    measures = measure_generated(generated, real, normals, seed=cfg.seed, steps=cfg.judge_steps,
+                                 device=str(resolve_device(cfg.device)))
 
     quality_scores = run_quality(rows, run, quality_reasons, cfg)
-    kinds = _kind_order({r["kind"] for r in all_rows}, split.types)
+    kinds = kind_order({r["kind"] for r in all_rows}, split.types)
+    rejected, skipped = read_rejected(gen_dir)
+    qc = qc_counts(all_rows, rejected, kinds, skipped) if rejected or skipped else None
     total, used = Counter(r["kind"] for r in all_rows), Counter(r["kind"] for r in rows)
     metrics = _json_safe({
         "format": EVAL_FORMAT,
@@ -530,14 +564,18 @@ def evaluate_run(run_dir: str | Path, generated_dir: str | Path | None = None, o
                           "empty_masks": sum(1 for r in rows if r["kind"] == k and r.get("mask")
                                              and not r.get("mask_area"))} for k in kinds},
         "train_sets": {name: dict(composition[name], seconds=downstream["seconds"][name]) for name in train_sets},
+        "verdict": verdict(downstream["metrics"]),
         "downstream": downstream["metrics"],
         "per_type": downstream["per_type"],
+        "generated_measures": measures,
+        "quality_control": qc,
         "quality": quality_scores,
         "curves": downstream["curves"],
         "extra": extra or {},
     })
     out.mkdir(parents=True, exist_ok=True)
     report = out / REPORT_FILE
-    write_report(report, metrics, metrics["curves"], _grids(rows, split, threshold, kinds), metrics["extra"])
+    examples = qc_examples(all_rows, rejected, list(qc["per_kind"])) if qc else None
+    write_report(report, metrics, metrics["curves"], _grids(rows, split, threshold, kinds), metrics["extra"], examples)
     write_text(out / METRICS_FILE, json.dumps(metrics, indent=1, allow_nan=False))
     return metrics

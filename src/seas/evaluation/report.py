@@ -3,11 +3,14 @@
 No external CSS, scripts or fonts: styles are inline, images are base64 PNG data URIs made
 with Pillow, plots are inline SVG. Every piece of text is escaped.
 
-Sections (element ids): ``summary`` (run, configuration, split and generated counts, training
-sets), ``downstream`` (every metric per training set, best in bold), ``baselines`` (each set
-minus ``real_only``), ``per-type``, ``curves`` (pixel ROC and PR), ``quality``, ``samples``
-(generated images with red mask overlays beside real training images) and ``extra`` (sections
-added by the caller, ids ``extra-<n>``).
+Sections in page order (element ids): ``downstream`` (the answer first: the verdict sentence and
+its rule, every metric per training set), ``samples`` (real training pairs beside generated
+pairs, red mask overlays), ``generated-measures`` ("Are the generated pairs right?": type
+fidelity, mask agreement, area and position per kind, the confusion matrix, anomaly evidence),
+``quality-control`` (only when quality control rejected pairs: counts, accepted beside rejected
+examples with their reasons), ``baselines`` (each set minus ``real_only``), ``per-type``,
+``curves`` (pixel ROC and PR), ``quality``, ``summary`` (run, configuration, split and generated
+counts, training sets) and ``extra`` (sections added by the caller, ids ``extra-<n>``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from seas.evaluation.verdict import metric_name
 from seas.files.atomic import write_text
 
 METRICS = ("image_auroc", "image_ap", "image_f1_max", "pixel_auroc", "pixel_ap", "pixel_f1_max",
@@ -204,13 +208,18 @@ def _summary(metrics: dict) -> str:
     return _section("summary", "Run and configuration", body)
 
 
-def _downstream(metrics: dict) -> str:
+def _answer(metrics: dict) -> str:
+    """The opening: the verdict sentence, its rule, and every metric of every training set."""
     results = metrics.get("downstream", {})
-    table = _table(["training set", *METRICS], [[n, *(r.get(k) for k in METRICS)] for n, r in results.items()],
-                   percent=True, bold_best=True)
-    note = _note("Values in %. Image score = maximum of the map; IoU = mean over anomalous test images of "
-                 "the best-threshold IoU. Best per column in bold.")
-    return _section("downstream", "Downstream segmentation", note + table)
+    keys = list(dict.fromkeys(k for r in results.values() for k in r))  # whatever all_metrics gives
+    table = _table(["training set", *(metric_name(k) for k in keys)],
+                   [[n, *(r.get(k) for k in keys)] for n, r in results.items()], bold_best=True)
+    verdict = metrics.get("verdict") or {}
+    body = f"<p><b>{escape(verdict.get('sentence', ''))}</b></p>" + _note(f"Rule: {verdict.get('rule', '')}.")
+    note = _note("Each training set trains the same segmenter from scratch with the same seed; tested on the "
+                 "held-out real split. Image score = maximum of the map; IoU = mean over anomalous test images "
+                 "of the best-threshold IoU. Best per column in bold.")
+    return _section("downstream", "Did the generated pairs help?", body + table + note)
 
 
 def _baselines(metrics: dict) -> str:
@@ -303,14 +312,99 @@ def _ic_lpips_comparison(comparison: dict) -> str:
 
 
 def _samples(grids: dict) -> str:
-    body = _note("Masks in semi-transparent red with a red outline.")
+    """Per kind the real training pairs next to the generated ones."""
+    body = _note("Masks in semi-transparent red with a red outline; real training pairs (normal training "
+                 "images for good) on the left, generated pairs on the right.")
     for kind, grid in grids.items():
         body += f"<h3>{escape(kind)}</h3>"
+        if grid["real"]:
+            body += _figure(_strip(grid["real"]), "real training pairs")
         if grid["generated"]:
             body += _figure(_strip(grid["generated"]), f"generated ({len(grid['generated'])} of {grid['count']})")
-        if grid["real"]:
-            body += _figure(_strip(grid["real"]), "real training images")
-    return _section("samples", "Generated images", body)
+    return _section("samples", "Real and generated pairs", body)
+
+
+# ----------------------------------------------------------------------------- are the pairs right?
+
+
+MEASURE_COLUMNS = ("n", "type fidelity", "read as good", "mask IoU", "mask found", "area in range",
+                   "mask area", "real area", "empty masks", "on product", "real on product")
+
+
+def _measure_row(kind: str, fidelity: dict, agreement: dict, area: dict) -> list:
+    return [kind, agreement.get("n", fidelity.get("n", area.get("n"))), fidelity.get("accuracy"),
+            fidelity.get("good_rate"), agreement.get("mean_iou"), agreement.get("found_rate"),
+            area.get("in_range_rate"), area.get("area_mean"), area.get("real_area_mean"), area.get("empty_rate"),
+            area.get("foreground_share"),
+            area.get("real_foreground_share")]
+
+
+def _skips(parts: dict) -> str:
+    return "".join(_note(f"{name.replace('_', ' ')}: skipped, {part['skipped']}")
+                   for name, part in parts.items() if isinstance(part, dict) and "skipped" in part)
+
+
+def _measures(metrics: dict) -> str:
+    """Type fidelity, mask agreement, area and position per kind; the confusion matrix; evidence."""
+    parts = metrics.get("generated_measures") or {}
+    fid, agr, area = (parts.get(k) or {} for k in ("type_fidelity", "mask_agreement", "area_position"))
+    fid_rows, agr_rows, area_rows = fid.get("per_type", {}), agr.get("per_kind", {}), area.get("per_kind", {})
+    kinds = list(dict.fromkeys([*area_rows, *agr_rows, *fid_rows]))
+    rows = [_measure_row(k, fid_rows.get(k, {}), agr_rows.get(k, {}), area_rows.get(k, {})) for k in kinds]
+    rows.append(_measure_row("all anomalies", fid, agr.get("all", {}), area.get("all", {})))
+    body = _skips(parts) + _note(
+        "type fidelity: share of pairs a classifier trained only on the real training anomalies (and normal "
+        f"training images as good) names as the requested kind (chance 1/K = {_fmt(fid.get('chance'))}; for good: "
+        "read as good); read as good: share it calls normal; mask IoU and mask found (IoU > 0.1): the real_only "
+        "segmenter's prediction against each generated mask; area in range: share of masks whose area lies in "
+        "the real training masks' range of the type (an empty mask never does); mask area and real area: mean "
+        "share of the image of the non-empty generated and real masks; on product: share of mask pixels "
+        "on the product's region in the normal images (real: the same for the real masks).")
+    body += _table(["kind", *MEASURE_COLUMNS], rows)
+    body += "".join(_note(f"{k}: no type fidelity, {why}") for k, why in fid.get("not_classified", {}).items())
+    if fid.get("confusion"):
+        body += "<h3>Confusion matrix (rows: requested kind; columns: predicted class)</h3>" + _table(
+            ["requested \\ predicted", *fid["columns"]], [[r, *c] for r, c in zip(fid["rows"], fid["confusion"])])
+    return _section("generated-measures", "Are the generated pairs right?", body + _evidence(parts))
+
+
+def _evidence(parts: dict) -> str:
+    evidence = parts.get("anomaly_evidence") or {}
+    keys = ("n", "inside", "outside", "ring", "contrast", "ratio")
+    body = "<h3>Anomaly evidence (change from the reference normal image)</h3>" + _note(
+        "Mean absolute change from the row's reference normal image inside the mask, outside it and in a band "
+        "around it; contrast = (inside - outside) / (inside + outside), near 1 when the change sits in the mask. "
+        "Meaningful only for placed defects (placement real-masks or masks): with free placement the whole "
+        "image is re-drawn, so every pixel changes.")
+    if "skipped" in evidence:
+        return body + _note(f"skipped: {evidence['skipped']}")
+    rows = [[f"{kind} ({placement})", *(v.get(k) for k in keys)]
+            for kind, per in evidence.get("per_kind", {}).items() for placement, v in per.items()]
+    rows += [[f"all ({placement})", *(v.get(k) for k in keys)]
+             for placement, v in evidence.get("per_placement", {}).items()]
+    body += _table(["kind (placement)", *keys], rows)
+    missing = ", ".join(f"{k} {n}" for k, n in evidence.get("without_reference", {}).items())
+    return body + (_note(f"without a readable reference: {missing}") if missing else "")
+
+
+def _quality_control(qc: dict, examples: dict) -> str:
+    """Counts per kind, and accepted beside rejected examples with the reasons as captions."""
+    rows = [[k, v["accepted"], v["rejected"], v["acceptance_rate"]] for k, v in qc.get("per_kind", {}).items()]
+    body = _note("From manifest.jsonl (accepted) and rejected.jsonl (rejected by seas generate --qc filter); "
+                 "only the accepted pairs are used above.")
+    body += _table(["kind", "accepted", "rejected", "acceptance rate"], rows)
+    if qc.get("skipped_lines"):
+        body += _note(f"{qc['skipped_lines']} line(s) of rejected.jsonl skipped: not a row, or its image is missing")
+    for kind, shown in examples.items():
+        if not shown["accepted"] and not shown["rejected"]:
+            continue
+        body += f"<h3>{escape(kind)}</h3><div>"
+        if shown["accepted"]:
+            body += _figure(_strip(shown["accepted"]), "accepted")
+        body += "".join(_figure(_strip([pair]), "rejected: " + ("; ".join(reasons) or "no reason given"))
+                        for pair, reasons in shown["rejected"])
+        body += "</div>"
+    return _section("quality-control", "Quality control: accepted and rejected pairs", body)
 
 
 def _extra_table(content) -> str:
@@ -331,7 +425,8 @@ def _extra(extra: dict) -> str:
 # ----------------------------------------------------------------------------- entry point
 
 
-def write_report(path: str | Path, metrics: dict, curves: dict, grids: dict, extra: dict | None = None) -> Path:
+def write_report(path: str | Path, metrics: dict, curves: dict, grids: dict, extra: dict | None = None,
+                 qc_examples: dict | None = None) -> Path:
     """Write the report and return its path (temporary file, then rename).
 
     Args:
@@ -340,14 +435,21 @@ def write_report(path: str | Path, metrics: dict, curves: dict, grids: dict, ext
         grids: ``{kind: {"count": n, "generated": [(rgb, mask)], "real": [(rgb, mask)]}}`` with
             ``(H, W, 3)`` uint8 images and ``(H, W)`` bool masks or None.
         extra: further sections ``{title: {row: value or {column: value}}}``.
+        qc_examples: ``{kind: {"accepted": [(rgb, mask)], "rejected": [((rgb, mask), reasons)]}}``
+            (:func:`seas.evaluation.rejected.qc_examples`); the quality-control section is shown
+            when ``metrics["quality_control"]`` is set.
     """
     path = Path(path)
     title = f"SeaS evaluation: {metrics.get('run', {}).get('product', '')}"
-    links = [("summary", "run"), ("downstream", "downstream"), ("baselines", "baselines"), ("per-type", "per type"),
-             ("curves", "curves"), ("quality", "quality"), ("samples", "images"), ("extra", "further results")]
+    qc = metrics.get("quality_control")
+    links = [("downstream", "answer"), ("samples", "pairs"), ("generated-measures", "are the pairs right?"),
+             *([("quality-control", "quality control")] if qc else []), ("baselines", "baselines"),
+             ("per-type", "per type"), ("curves", "curves"), ("quality", "quality"), ("summary", "run"),
+             ("extra", "further results")]
     nav = "<nav>" + "".join(f'<a href="#{i}">{escape(t)}</a>' for i, t in links) + "</nav>"
-    body = (_summary(metrics) + _downstream(metrics) + _baselines(metrics) + _per_type(metrics) + _curves(curves)
-            + _quality(metrics) + _samples(grids) + _extra(extra or {}))
+    body = (_answer(metrics) + _samples(grids) + _measures(metrics)
+            + (_quality_control(qc, qc_examples or {}) if qc else "") + _baselines(metrics) + _per_type(metrics)
+            + _curves(curves) + _quality(metrics) + _summary(metrics) + _extra(extra or {}))
     page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
             f"<style>{STYLE}</style></head><body><h1>{escape(title)}</h1>{nav}{body}</body></html>\n")
     return write_text(path, page)
