@@ -30,7 +30,7 @@ from seas.data.synthetic import write_synthetic_product
 from seas.errors import ConfigError, RunError, SeasError
 from seas.evaluation import lpips_weights, quality
 from seas.evaluation.baselines import cut_paste
-from seas.evaluation.evaluate import EvalConfig, evaluate_run, read_generated
+from seas.evaluation.evaluate import EvalConfig, build_train_sets, evaluate_run, read_generated
 from seas.evaluation.lpips import LPIPS
 from seas.evaluation.lpips_weights import lpips_weights_path
 from seas.evaluation.quality import WEIGHT_FILES, MissingWeightsError
@@ -141,6 +141,28 @@ def _numbers(tree):
     return [tree]
 
 
+# ----------------------------------------------------------------------------- training sets
+
+
+def test_real_plus_generated_follows_the_protocol_unless_asked_for_generated_normals():
+    img = lambda v: np.full((8, 8, 3), v, np.uint8)
+    real = [(img(1), np.ones((8, 8), bool))]
+    normals = [img(2), img(3)]
+    rows = [{"kind": "hole", "image": img(4), "mask": np.ones((8, 8), bool)},
+            {"kind": "hole", "image": img(5), "mask": None},  # no mask: unusable
+            {"kind": "good", "image": img(6), "mask": None}]
+    sets, parts = build_train_sets(real, normals, rows, _cfg(baselines=False))
+    values = [int(image[0, 0, 0]) for image, _ in sets["real+generated"]]
+    assert values == [1, 2, 3, 4]
+    assert parts["real+generated"] == {"real_anomalies": 1, "real_normals": 2,
+                                       "generated_anomalies": 1, "generated_normals": 0}
+    sets, parts = build_train_sets(real, normals, rows, _cfg(baselines=False, generated_normals=True))
+    assert [int(image[0, 0, 0]) for image, _ in sets["real+generated"]] == [1, 2, 3, 4, 6]
+    assert parts["real+generated"]["generated_normals"] == 1
+    with pytest.raises(RunError, match="--generated-normals"):
+        build_train_sets(real, normals, rows[2:], _cfg(baselines=False))
+
+
 # ----------------------------------------------------------------------------- end to end
 
 
@@ -158,7 +180,7 @@ def test_metrics_are_finite_for_every_training_set(evaluation):
     sets = metrics["train_sets"]
     assert sets["real_only"] == {"real_anomalies": 6, "real_normals": 6, "seconds": sets["real_only"]["seconds"]}
     assert sets["real+generated"]["generated_anomalies"] == 3 * N_PER_TYPE + 2
-    assert sets["real+generated"]["generated_normals"] == 2
+    assert sets["real+generated"]["generated_normals"] == 0  # protocol: real normals only
     assert sets["cut_paste"]["synthetic_anomalies"] == 3 * N_PER_TYPE + 2
     assert [r["test"] for r in metrics["split"]] == [4, 4, 4, 4]
     assert metrics["extra"]["Attention-map localisation"]["<script>x</script>"]["iou"] is None
@@ -235,7 +257,7 @@ def test_rejected_pairs_are_shown_but_never_used(run_dir, tmp_path):
     cheap = _cfg(size=32, steps=1, baselines=False, quality=False, judge_steps=2)
     metrics = evaluate_run(run_dir, generated_dir=gen, out_dir=tmp_path / "out", cfg=cheap)
     assert metrics["train_sets"]["real+generated"]["generated_anomalies"] == 3 * N_PER_TYPE + 2
-    assert metrics["train_sets"]["real+generated"]["generated_normals"] == 2
+    assert metrics["train_sets"]["real+generated"]["generated_normals"] == 0
     qc = metrics["quality_control"]
     assert qc["per_kind"]["hole"] == {"accepted": N_PER_TYPE, "rejected": 1, "acceptance_rate": N_PER_TYPE / 9}
     assert qc["per_kind"]["good"]["rejected"] == 1 and qc["per_kind"]["stain"]["rejected"] == 0

@@ -118,6 +118,9 @@ class EvalConfig(Config):
     quality_size: int = option(256, help="resolution of the quality scores (protocol: 256)", minimum=16)
     max_generated: int | None = option(None, help="use at most this many generated images per kind "
                                        "(default: all)", minimum=1)
+    generated_normals: bool = option(False, help="also add the generated normal images to real+generated "
+                                     "(protocol, spec section 7: generated anomaly pairs + the real training "
+                                     "third + the real normal images, so the default leaves them out)")
     judge_steps: int = option(300, help="updates of the type classifier that judges the generated pairs "
                               "(trained on the real training anomalies; seeded with --seed)", minimum=1)
     progress: bool = option(True, help="tqdm bars while training", cli=False)
@@ -213,16 +216,18 @@ def build_train_sets(real_pairs: list, normals: list[np.ndarray], generated: lis
     """The training sets and their composition.
 
     ``real_pairs``: real training anomalies ``(image, mask)``; ``normals``: normal training
-    images; ``generated``: manifest rows (anomaly rows without a mask are left out).
+    images; ``generated``: manifest rows (anomaly rows without a mask are left out). Generated
+    normal images join ``real+generated`` only with ``cfg.generated_normals``: the protocol
+    (spec section 7) trains on generated pairs, the real training third and the real normals.
     Returns ``({name: [(image, mask or None)]}, {name: {part: count}})``.
     """
     base = list(real_pairs) + [(image, None) for image in normals]
     parts = {"real_anomalies": len(real_pairs), "real_normals": len(normals)}
     gen_pairs = [(r["image"], r["mask"]) for r in generated if r["kind"] != GOOD and r.get("mask") is not None]
-    gen_normals = [(r["image"], None) for r in generated if r["kind"] == GOOD]
+    gen_normals = [(r["image"], None) for r in generated if r["kind"] == GOOD and cfg.generated_normals]
     if not gen_pairs and not gen_normals:
-        raise RunError("the generated folder has no usable rows (anomalies need masks: "
-                       "generate with a trained mask head)")
+        raise RunError("the generated folder has no usable rows (anomalies need masks: generate with a "
+                       "trained mask head; a folder of normal images only needs --generated-normals)")
     sets = {"real_only": base, "real+generated": base + gen_pairs + gen_normals}
     composition = {"real_only": parts, "real+generated": dict(
         parts, generated_anomalies=len(gen_pairs), generated_normals=len(gen_normals))}

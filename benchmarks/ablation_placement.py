@@ -1,0 +1,154 @@
+"""Ablation: placement (free vs real-masks) and quality control (off vs filter), against real-only,
+cut-paste and Perlin, over several seeds, on the demo's product or a dataset (docs/ABLATION.md).
+
+For each seed, the default ``seas demo`` runs (data, bootstrap, both stages, generation with
+``free`` placement and no QC, the full evaluation with the baselines); then the same run
+generates the three other variants into their own folders, each evaluated without the
+baselines (real-only is retrained with the same seed, hence the same model). Every number comes
+from the variant's ``metrics.json``; the table gives mean and spread (sample standard deviation)
+over the seeds.
+
+    python -m benchmarks.ablation_placement --out /tmp/ablation --seeds 0 1 2
+    python -m benchmarks.ablation_placement --out /tmp/ablation-mt --seeds 0 1 2 --data examples/magnetic-tile.yaml
+
+A seed folder whose demo finished is reused (delete it to redo it). Progress goes to stderr; the
+table (Markdown) to stdout and ``<out>/ablation.md``, the numbers to ``<out>/ablation.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+from pathlib import Path
+
+from seas.cli.demo import DemoConfig, run_demo
+from seas.evaluation.evaluate import EvalConfig, evaluate_run
+from seas.errors import RunError
+from seas.files.atomic import read_json, write_json
+from seas.generation.folder import generate_to_folder
+from seas.run import Run
+
+VARIANTS = {  # name -> (placement, qc)
+    "free": ("free", "off"),
+    "free+qc": ("free", "filter"),
+    "real-masks": ("real-masks", "off"),
+    "real-masks+qc": ("real-masks", "filter"),
+}
+DOWNSTREAM = ("pixel_auroc", "pixel_ap", "iou", "aupro_0.3", "image_auroc", "image_ap")
+
+
+def seed_folder(out: Path, seed: int, cfg: DemoConfig, data_cfg) -> Path:
+    """The finished demo of ``seed`` in ``out/seed<seed>`` (run now unless already finished)."""
+    folder = out / f"seed{seed}"
+    marker = folder / "demo.json"
+    if not (marker.is_file() and read_json(marker).get("status") == "finished"):
+        run_demo(folder, dataclasses.replace(cfg, seed=seed), data_cfg)
+    return folder
+
+
+def variant_metrics(folder: Path, name: str, cfg: DemoConfig, seed: int) -> dict:
+    """``metrics.json`` of one variant of one seed (generated and evaluated unless present), with
+    ``accepted``: the share of the requested pairs written (below 1 when QC's cap was reached)."""
+    generated = folder / ("run/generated" if name == "free" else f"generated-{name}")
+    evaluation = folder / ("evaluation" if name == "free" else f"evaluation-{name}")
+    run_dir = folder / "run"
+    run = Run.load(run_dir)
+    kinds = [*run.types, "good"] + (["+".join(run.types[:2])] if len(run.types) > 1 else [])
+    if not (evaluation / "metrics.json").is_file():
+        placement, qc = VARIANTS[name]
+        try:
+            generate_to_folder(run_dir, generated, kinds, num=cfg.num_per_kind, seed=seed, steps=cfg.sample_steps,
+                               device="cpu", placement=placement, qc=qc)
+        except RunError as err:  # QC's cap reached: the accepted pairs stay; say so and go on
+            print(f"seed {seed} {name}: {err}", file=sys.stderr)
+    manifest = generated / "manifest.jsonl"
+    written = len(manifest.read_text().splitlines()) if manifest.is_file() else 0
+    accepted = written / (len(kinds) * cfg.num_per_kind)
+    if (evaluation / "metrics.json").is_file():
+        return {**read_json(evaluation / "metrics.json"), "accepted": accepted}
+    if not written:
+        return {"downstream": {}, "accepted": 0.0}
+    eval_cfg = EvalConfig(segmenter=cfg.segmenter, size=cfg.seg_size, steps=cfg.seg_steps, width=cfg.seg_width,
+                          seed=seed, device="cpu", quality=False, quality_size=cfg.seg_size, baselines=False)
+    try:
+        return {**evaluate_run(run_dir, generated, evaluation, eval_cfg), "accepted": accepted}
+    except RunError as err:  # e.g. only normal images accepted: nothing to add to real_only
+        print(f"seed {seed} {name}: {err}", file=sys.stderr)
+        return {"downstream": {}, "accepted": accepted}
+
+
+def measures(metrics: dict, train_set: str) -> dict:
+    """The ablation's numbers for one training set of one variant's metrics."""
+    row = {key: metrics["downstream"].get(train_set, {}).get(key, math.nan) for key in DOWNSTREAM}
+    judged = metrics.get("generated_measures", {})
+    if train_set == "real+generated":
+        row["accepted"] = metrics.get("accepted", math.nan)
+    if train_set == "real+generated" and judged:
+        row["type_fidelity"] = judged.get("type_fidelity", {}).get("accuracy", math.nan)
+        row["mask_iou"] = judged.get("mask_agreement", {}).get("all", {}).get("mean_iou", math.nan)
+        row["mask_found"] = judged.get("mask_agreement", {}).get("all", {}).get("found_rate", math.nan)
+    return row
+
+
+def mean_spread(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return math.nan, math.nan
+    mean = sum(values) / len(values)
+    spread = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return mean, spread
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--data", default=None, help="a dataset description (YAML); default: the synthetic product")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                        help="demo settings other than the default (e.g. seg_size=128 seg_steps=400)")
+    parser.add_argument("--quick", action="store_true", help="the test suite's shortened demo (a smoke test)")
+    args = parser.parse_args()
+
+    data_cfg = None
+    if args.data:
+        from seas.data.config import DataConfig
+
+        data_cfg = DataConfig.from_yaml(args.data)
+    cfg = DemoConfig.quick() if args.quick else DemoConfig()
+    types = {f.name: f.type for f in dataclasses.fields(DemoConfig)}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        if name not in types:
+            parser.error(f"--set {item}: no demo setting {name!r} (one of {', '.join(types)})")
+        kind = types[name] if isinstance(types[name], str) else types[name].__name__
+        cast = {"int": int, "float": float}.get(kind, str)
+        cfg = dataclasses.replace(cfg, **{name: cast(value)})
+    rows: dict[str, list[dict]] = {}
+    for seed in args.seeds:
+        folder = seed_folder(args.out, seed, cfg, data_cfg)
+        for name in args.variants:
+            metrics = variant_metrics(folder, name, cfg, seed)
+            rows.setdefault(name, []).append(measures(metrics, "real+generated"))
+            if name == "free":
+                for baseline in ("real_only", "cut_paste", "perlin"):
+                    rows.setdefault(baseline, []).append(measures(metrics, baseline))
+    columns = ["accepted", "type_fidelity", "mask_iou", "mask_found", *DOWNSTREAM]
+    table = {name: {c: mean_spread([r.get(c, math.nan) for r in values]) for c in columns}
+             for name, values in rows.items()}
+    write_json(args.out / "ablation.json", {"seeds": args.seeds, "data": args.data, "rows": rows, "table": {
+        name: {c: list(v) for c, v in cols.items()} for name, cols in table.items()}})
+    lines = [f"| training set ({len(args.seeds)} seeds: mean ± sd) | " + " | ".join(columns) + " |",
+             "| --- " * (len(columns) + 1) + "|"]
+    for name, cols in table.items():
+        label = name if name in ("real_only", "cut_paste", "perlin") else f"real + generated ({name})"
+        cells = ["–" if math.isnan(m) else f"{m:.3f} ± {s:.3f}" for m, s in cols.values()]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    (args.out / "ablation.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+if __name__ == "__main__":
+    main()
