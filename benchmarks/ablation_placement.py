@@ -118,7 +118,7 @@ def main() -> None:
         from seas.data.config import DataConfig
 
         data_cfg = DataConfig.from_yaml(args.data)
-    cfg = DemoConfig.quick() if args.quick else DemoConfig()
+    cfg = DemoConfig.quick() if args.quick else DemoConfig.photographs() if args.data else DemoConfig()
     types = {f.name: f.type for f in dataclasses.fields(DemoConfig)}
     for item in args.set:
         name, _, value = item.partition("=")
