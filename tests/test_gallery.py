@@ -284,7 +284,7 @@ def test_run_gallery_prints_its_address_and_stops_on_ctrl_c(folder):
         url = line.split(" at ", 1)[1].split()[0]
         assert get(url)[0] == 200
         process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=10) == 0
+        assert process.wait(timeout=60) == 0
     finally:
         process.kill()
         process.wait()
