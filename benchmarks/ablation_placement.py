@@ -50,15 +50,25 @@ def seed_folder(out: Path, seed: int, cfg: DemoConfig, data_cfg) -> Path:
     return folder
 
 
+JUDGE = ("segmenter", "seg_size", "seg_steps", "seg_width")  # the downstream judge's settings
+
+
 def variant_metrics(folder: Path, name: str, cfg: DemoConfig, seed: int) -> dict:
     """``metrics.json`` of one variant of one seed (generated and evaluated unless present), with
-    ``accepted``: the share of the requested pairs written (below 1 when QC's cap was reached)."""
+    ``accepted``: the share of the requested pairs written (below 1 when QC's cap was reached).
+
+    ``free`` is the demo's own output and evaluation. When ``cfg``'s downstream judge differs from
+    the one the seed's demo ran with (``--set seg_steps=...`` on finished seeds), every variant,
+    ``free`` with the baselines included, is judged again into folders named after the judge."""
+    demo_judge = tuple(read_json(folder / "demo.json")["config"][key] for key in JUDGE)
+    judge = tuple(getattr(cfg, key) for key in JUDGE)
+    suffix = "" if judge == demo_judge else "@" + "-".join(str(v) for v in judge)
     generated = folder / ("run/generated" if name == "free" else f"generated-{name}")
-    evaluation = folder / ("evaluation" if name == "free" else f"evaluation-{name}")
+    evaluation = folder / ("evaluation" + suffix if name == "free" else f"evaluation-{name}{suffix}")
     run_dir = folder / "run"
     run = Run.load(run_dir)
     kinds = [*run.types, "good"] + (["+".join(run.types[:2])] if len(run.types) > 1 else [])
-    if not (evaluation / "metrics.json").is_file():
+    if not (generated / "manifest.jsonl").is_file():
         placement, qc = VARIANTS[name]
         try:
             generate_to_folder(run_dir, generated, kinds, num=cfg.num_per_kind, seed=seed, steps=cfg.sample_steps,
@@ -73,7 +83,7 @@ def variant_metrics(folder: Path, name: str, cfg: DemoConfig, seed: int) -> dict
     if not written:
         return {"downstream": {}, "accepted": 0.0}
     eval_cfg = EvalConfig(segmenter=cfg.segmenter, size=cfg.seg_size, steps=cfg.seg_steps, width=cfg.seg_width,
-                          seed=seed, device="cpu", quality=False, quality_size=cfg.seg_size, baselines=False)
+                          seed=seed, device="cpu", quality=False, quality_size=cfg.seg_size, baselines=name == "free")
     try:
         return {**evaluate_run(run_dir, generated, evaluation, eval_cfg), "accepted": accepted}
     except RunError as err:  # e.g. only normal images accepted: nothing to add to real_only
