@@ -105,13 +105,22 @@ def measures(metrics: dict, train_set: str) -> dict:
     return row
 
 
-def mean_spread(values: list[float]) -> tuple[float, float]:
+def mean_spread(values: list[float]) -> tuple[float, float, int]:
+    """Mean, sample standard deviation and count of the defined values (a QC variant that
+    accepted no anomaly on a seed has no downstream numbers there)."""
     values = [v for v in values if v is not None and not math.isnan(v)]
     if not values:
-        return math.nan, math.nan
+        return math.nan, math.nan, 0
     mean = sum(values) / len(values)
-    spread = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-    return mean, spread
+    spread = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else math.nan
+    return mean, spread, len(values)
+
+
+def cell(mean: float, spread: float, count: int, seeds: int) -> str:
+    if count == 0:
+        return "–"
+    text = f"{mean:.3f}" if count == 1 else f"{mean:.3f} ± {spread:.3f}"
+    return text if count == seeds else f"{text} ({count} of {seeds} seeds)"
 
 
 def main() -> None:
@@ -162,10 +171,10 @@ def main() -> None:
              "| --- " * (len(columns) + 1) + "|"]
     for name, cols in table.items():
         label = name if name in ("real_only", "cut_paste", "perlin") else f"real + generated ({name})"
-        cells = ["–" if math.isnan(m) else f"{m:.3f} ± {s:.3f}" for m, s in cols.values()]
+        cells = [cell(*values, len(args.seeds)) for values in cols.values()]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "| evidence on held-out real images (free, from demo.json) | mean ± sd |", "| --- | --- |"]
-    lines += [f"| {key} | {m:.3f} ± {s:.3f} |" for key, (m, s) in evidence.items()]
+    lines += [f"| {key} | {cell(*values, len(args.seeds))} |" for key, values in evidence.items()]
     (args.out / "ablation.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
