@@ -276,7 +276,10 @@ def test_run_gallery_prints_its_address_and_stops_on_ctrl_c(folder):
     import signal
     import sys
 
-    code = "import sys; from seas.gallery import run_gallery; run_gallery(sys.argv[1], port=0)"
+    # a shell that starts the suite in the background (``cmd &``) makes its children ignore
+    # SIGINT, and Python then never raises KeyboardInterrupt: give the child the terminal's default
+    code = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "from seas.gallery import run_gallery; run_gallery(sys.argv[1], port=0)")
     process = subprocess.Popen([sys.executable, "-c", code, str(folder.generated)], stdout=subprocess.PIPE, text=True)
     try:
         line = process.stdout.readline()
@@ -284,7 +287,7 @@ def test_run_gallery_prints_its_address_and_stops_on_ctrl_c(folder):
         url = line.split(" at ", 1)[1].split()[0]
         assert get(url)[0] == 200
         process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=60) == 0
+        assert process.wait(timeout=20) == 0
     finally:
         process.kill()
         process.wait()
