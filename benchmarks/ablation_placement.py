@@ -167,7 +167,7 @@ def main() -> None:
     write_json(args.out / "ablation.json", {"seeds": args.seeds, "data": args.data, "config": dataclasses.asdict(cfg),
                                             "rows": rows, "evidence_rows": evidence_rows, "evidence": evidence, "table": {
         name: {c: list(v) for c, v in cols.items()} for name, cols in table.items()}})
-    lines = [f"| training set ({len(args.seeds)} seeds: mean ± sd) | " + " | ".join(columns) + " |",
+    lines = [f"| training set ({len(args.seeds)} seed{'s' if len(args.seeds) > 1 else ''}: mean ± sd) | " + " | ".join(columns) + " |",
              "| --- " * (len(columns) + 1) + "|"]
     for name, cols in table.items():
         label = name if name in ("real_only", "cut_paste", "perlin") else f"real + generated ({name})"
