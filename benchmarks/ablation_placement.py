@@ -8,8 +8,11 @@ baselines (real-only is retrained with the same seed, hence the same model). Eve
 from the variant's ``metrics.json``; the table gives mean and spread (sample standard deviation)
 over the seeds.
 
-    python -m benchmarks.ablation_placement --out /tmp/ablation --seeds 0 1 2
-    python -m benchmarks.ablation_placement --out /tmp/ablation-mt --seeds 0 1 2 --data examples/magnetic-tile.yaml
+    OMP_NUM_THREADS=1 python -m benchmarks.ablation_placement --out /tmp/ablation --seeds 0 1 2
+    OMP_NUM_THREADS=1 python -m benchmarks.ablation_placement --out /tmp/ablation-mt --seeds 0 1 2 \
+        --data examples/magnetic-tile.yaml
+
+(The tiny model's numbers depend on the thread count; docs/ABLATION.md used one thread.)
 
 A seed folder whose demo finished is reused (delete it to redo it). Progress goes to stderr; the
 table (Markdown) to stdout and ``<out>/ablation.md``, the numbers to ``<out>/ablation.json``.
