@@ -327,12 +327,16 @@ def add_parsers(sub) -> None:
     g.add_argument("--qc", choices=QC_MODES, default=None, help=f"quality control, as seas generate --qc (default {d.qc})")
     g.add_argument("--segmenter", choices=SEGMENTERS, default=None,
                    help=f"downstream judge's architecture (default {d.segmenter})")
-    g.add_argument("--seg-size", type=int, default=None, help=f"downstream judge's image size (default {d.seg_size}; "
-                   f"{photo.seg_size} with --data)")
-    g.add_argument("--seg-steps", type=int, default=None, help=f"downstream judge's updates (default {d.seg_steps}; "
-                   f"{photo.seg_steps} with --data)")
+    g.add_argument("--seg-size", type=int, default=None, help=f"downstream judge's image size (default {_default(d, photo, 'seg_size')})")
+    g.add_argument("--seg-steps", type=int, default=None, help=f"downstream judge's updates (default {_default(d, photo, 'seg_steps')})")
     g.add_argument("--seg-width", type=float, default=None, help=f"downstream judge's width multiplier (default {d.seg_width})")
     p.set_defaults(func=cmd_demo)
+
+
+def _default(synthetic: DemoConfig, photographs: DemoConfig, name: str) -> str:
+    """A setting's default in ``--help``: ``96; 192 with --data`` where the two defaults differ."""
+    a, b = getattr(synthetic, name), getattr(photographs, name)
+    return f"{a}" if a == b else f"{a}; {b} with --data"
 
 
 def demo_config(args) -> DemoConfig:
