@@ -26,7 +26,7 @@ import math
 import sys
 from pathlib import Path
 
-from seas.cli.demo import DemoConfig, run_demo
+from seas.cli.demo import DemoConfig, demo_kinds, run_demo
 from seas.evaluation.evaluate import EvalConfig, evaluate_run
 from seas.errors import RunError
 from seas.files.atomic import read_json, write_json
@@ -69,7 +69,7 @@ def variant_metrics(folder: Path, name: str, cfg: DemoConfig, seed: int) -> dict
     evaluation = folder / ("evaluation" + suffix if name == "free" else f"evaluation-{name}{suffix}")
     run_dir = folder / "run"
     run = Run.load(run_dir)
-    kinds = [*run.types, "good"] + (["+".join(run.types[:2])] if len(run.types) > 1 else [])
+    kinds = demo_kinds(run.types)
     if not (generated / "manifest.jsonl").is_file():
         placement, qc = VARIANTS[name]
         try:
@@ -96,15 +96,13 @@ def variant_metrics(folder: Path, name: str, cfg: DemoConfig, seed: int) -> dict
 def measures(metrics: dict, train_set: str) -> dict:
     """The ablation's numbers for one training set of one variant's metrics."""
     row = {key: metrics["downstream"].get(train_set, {}).get(key, math.nan) for key in DOWNSTREAM}
-    judged = metrics.get("generated_measures", {})
-    if train_set == "real+generated":
-        row["accepted"] = metrics.get("accepted", math.nan)
-    if train_set == "real+generated" and judged:
-        row["type_fidelity"] = judged.get("type_fidelity", {}).get("accuracy", math.nan)
-        row["normals_good"] = judged.get("type_fidelity", {}).get("good_accuracy", math.nan)
-        row["mask_iou"] = judged.get("mask_agreement", {}).get("all", {}).get("mean_iou", math.nan)
-        row["mask_found"] = judged.get("mask_agreement", {}).get("all", {}).get("found_rate", math.nan)
-    return row
+    if train_set != "real+generated":
+        return row
+    fidelity = metrics.get("generated_measures", {}).get("type_fidelity", {})
+    agreement = metrics.get("generated_measures", {}).get("mask_agreement", {}).get("all", {})
+    return {**row, "accepted": metrics.get("accepted", math.nan),
+            "type_fidelity": fidelity.get("accuracy", math.nan), "normals_good": fidelity.get("good_accuracy", math.nan),
+            "mask_iou": agreement.get("mean_iou", math.nan), "mask_found": agreement.get("found_rate", math.nan)}
 
 
 def mean_spread(values: list[float]) -> tuple[float, float, int]:

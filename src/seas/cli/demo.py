@@ -71,8 +71,8 @@ class DemoConfig:
     @classmethod
     def photographs(cls) -> "DemoConfig":
         """The default for ``--data``: a downstream judge that can learn real photographs' small
-        defects (on magnetic-tile, real-only pixel AUROC 0.82 / AP 0.51 at 192 px and 400 updates
-        against 0.70 / 0.26 at 96 px and 150; docs/ABLATION.md)."""
+        defects (on magnetic-tile, real-only pixel AUROC 0.82 / AP 0.51 at 192 px and 400
+        updates; docs/ABLATION.md)."""
         return cls(seg_size=192)
 
     @classmethod
@@ -95,6 +95,11 @@ class StageClock:
         yield
         self.seconds[name] = round(time.perf_counter() - start, 1)
         print(f"== {name}: {self.seconds[name]:.1f} s", flush=True)
+
+
+def demo_kinds(types: list[str]) -> list[str]:
+    """What the demo generates: every type, normal images and a mixture of the first two types."""
+    return [*types, GOOD] + (["+".join(types[:2])] if len(types) > 1 else [])
 
 
 def demo_entries(synthetic: bool) -> list[str]:
@@ -210,7 +215,7 @@ def run_demo(out: str | Path, cfg: DemoConfig, data_cfg: DataConfig | None = Non
         train_mask_head(run_dir, MaskConfig(steps=cfg.mask_head_updates, grad_accum=1, timesteps="low", seed=cfg.seed,
                                             checkpoint_every=max(cfg.mask_head_updates // 2, 1)))
     run = Run.load(run_dir)
-    kinds = [*run.types, "good"] + (["+".join(run.types[:2])] if len(run.types) > 1 else [])
+    kinds = demo_kinds(run.types)
     with clock.stage("generation"):
         generate_to_folder(run_dir, run_dir / "generated", kinds, num=cfg.num_per_kind, seed=cfg.seed,
                            steps=cfg.sample_steps, device="cpu", placement=cfg.placement, qc=cfg.qc)
