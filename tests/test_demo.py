@@ -7,6 +7,7 @@ import html
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -86,6 +87,45 @@ def test_bootstrap_learns_the_product(tmp_path):
         BootstrapConfig(resolution=100)
 
 
+class _ContextRecorder(torch.nn.Module):
+    """A stand-in U-Net: predicts zeros plus a bias, records the text context of every call."""
+
+    def __init__(self):
+        super().__init__()
+        self.bias = torch.nn.Parameter(torch.zeros(()))
+        self.contexts = []
+
+    def forward(self, x, t, context):
+        self.contexts.append(context.detach().clone())
+        return type("Out", (), {"sample": x * 0 + self.bias})()
+
+
+@pytest.mark.parametrize("share", [0.0, 0.5])
+def test_bootstrap_captions_a_share_of_unet_images_with_the_empty_prompt(share):
+    from diffusers import DDPMScheduler
+
+    from seas.training.bootstrap import train_unet
+
+    captions = torch.randn(2, 5, 3)  # (C, L, D): two captions
+    empty = torch.full((5, 3), 7.0)  # (L, D): the empty prompt's embedding
+    caption_of = [0] * 6 + [1] * 6
+    cfg = BootstrapConfig(unet_steps=50, batch_size=4, empty_captions=share, seed=1)
+    runs = []
+    for _ in range(2):
+        unet = _ContextRecorder()
+        train_unet(unet, captions, torch.randn(12, 4, 8, 8), DDPMScheduler(), cfg, np.array(caption_of), None, empty)
+        runs.append(torch.cat(unet.contexts))  # (steps * B, L, D)
+    contexts = runs[0]
+    is_empty = (contexts == empty).all(dim=(1, 2))
+    is_caption = torch.stack([(contexts == c).all(dim=(1, 2)) for c in captions]).any(0)
+    assert bool((is_empty ^ is_caption).all())  # every image has its caption or the empty one
+    assert torch.equal(runs[0], runs[1])  # the drops are seeded
+    if share == 0:
+        assert not is_empty.any()
+    else:
+        assert 0.35 < is_empty.float().mean().item() < 0.65  # 200 draws of p = 0.5
+
+
 def test_demo_options_reach_its_settings(capsys):
     from seas.cli import build_parser
     from seas.cli.demo import DemoConfig, demo_config
@@ -93,10 +133,11 @@ def test_demo_options_reach_its_settings(capsys):
     parser = build_parser()
     args = parser.parse_args(["demo", "--resolution", "192", "--seg-steps", "400", "--seg-size", "128",
                               "--segmenter", "bisenetv2", "--placement", "real-masks", "--qc", "filter",
-                              "--generic-defects", "0", "--seed", "3"])
+                              "--generic-defects", "0", "--empty-captions", "0.25", "--seed", "3"])
     cfg = demo_config(args)
     assert (cfg.resolution, cfg.seg_steps, cfg.seg_size, cfg.segmenter, cfg.placement, cfg.qc,
-            cfg.generic_defects, cfg.seed) == (192, 400, 128, "bisenetv2", "real-masks", "filter", 0.0, 3)
+            cfg.generic_defects, cfg.empty_captions, cfg.seed) == (192, 400, 128, "bisenetv2", "real-masks", "filter",
+                                                                   0.0, 0.25, 3)
     assert demo_config(parser.parse_args(["demo"])) == DemoConfig()
     photo = demo_config(parser.parse_args(["demo", "--data", "some.yaml"]))  # photographs: a stronger judge
     assert photo == dataclasses.replace(DemoConfig(), seg_size=192)
@@ -107,5 +148,7 @@ def test_demo_options_reach_its_settings(capsys):
         demo_config(parser.parse_args(["demo", "--resolution", "100"]))
     with pytest.raises(ConfigError, match="--generic-defects 2.0"):
         demo_config(parser.parse_args(["demo", "--generic-defects", "2"]))
+    with pytest.raises(ConfigError, match="--empty-captions -0.1: a share between 0 and 1"):
+        demo_config(parser.parse_args(["demo", "--empty-captions", "-0.1"]))
     with pytest.raises(SystemExit):
         parser.parse_args(["demo", "--placement", "masks"])  # the demo has no --masks folder

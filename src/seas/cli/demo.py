@@ -50,6 +50,7 @@ class DemoConfig:
     vae_steps: int = 120
     unet_steps: int = 250
     generic_defects: float = 0.5  # share of bootstrap images with a generic drawn, captioned defect
+    empty_captions: float = 0.0  # share of bootstrap U-Net images captioned with the empty prompt
     # stage 1 (a tiny model trained for minutes needs larger steps than SD's 4e-6 / 4e-5)
     train_steps: int = 400
     lr_unet: float = 2e-4
@@ -203,7 +204,8 @@ def run_demo(out: str | Path, cfg: DemoConfig, data_cfg: DataConfig | None = Non
             data_cfg = DataConfig(root=str(root), layout="mvtec")
     with clock.stage("bootstrap base model"):
         boot = BootstrapConfig(resolution=cfg.resolution, vae_steps=cfg.vae_steps, unet_steps=cfg.unet_steps,
-                               generic_defects=cfg.generic_defects, seed=cfg.seed)
+                               generic_defects=cfg.generic_defects, empty_captions=cfg.empty_captions,
+                               seed=cfg.seed)
         base = bootstrap_backbone(data_cfg, boot, out / "base")
     run_dir = out / "run"
     with clock.stage("stage 1: SeaS fine-tuning"):
@@ -327,6 +329,9 @@ def add_parsers(sub) -> None:
     g.add_argument("--generic-defects", type=float, default=None,
                    help=f"share of bootstrap images carrying a generic drawn defect (default {d.generic_defects}; "
                    "0: normal images only)")
+    g.add_argument("--empty-captions", type=float, default=None,
+                   help=f"share of bootstrap U-Net images captioned with the empty prompt, as SD's caption dropout "
+                   f"(default {d.empty_captions}; 0: never)")
     g.add_argument("--placement", choices=[p for p in PLACEMENTS if p != "masks"], default=None,
                    help=f"where generated defects go, as seas generate --placement (default {d.placement})")
     g.add_argument("--qc", choices=QC_MODES, default=None, help=f"quality control, as seas generate --qc (default {d.qc})")
@@ -349,7 +354,7 @@ def demo_config(args) -> DemoConfig:
     (photographs), then every option given."""
     cfg = DemoConfig.quick() if args.quick else DemoConfig.photographs() if args.data else DemoConfig()
     given = {name: getattr(args, name) for name in ("seed", "resolution", "train_steps", "generic_defects",
-                                                     "placement", "qc", "segmenter", "seg_size", "seg_steps",
+                                                     "empty_captions", "placement", "qc", "segmenter", "seg_size", "seg_steps",
                                                      "seg_width")
              if getattr(args, name, None) is not None}
     cfg = dataclasses.replace(cfg, **given)
@@ -358,8 +363,9 @@ def demo_config(args) -> DemoConfig:
     for name in ("train_steps", "seg_size", "seg_steps"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 1")
-    if not 0 <= cfg.generic_defects <= 1:
-        raise ConfigError(f"--generic-defects {cfg.generic_defects}: a share between 0 and 1")
+    for name in ("generic_defects", "empty_captions"):
+        if not 0 <= getattr(cfg, name) <= 1:
+            raise ConfigError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: a share between 0 and 1")
     return cfg
 
 

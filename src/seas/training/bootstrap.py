@@ -7,7 +7,10 @@ still needs a base that can draw the product. This trains, from the random tiny 
    of a crop, not of an image; L1 + MSE reconstruction, a small KL term), then sets
    ``scaling_factor`` so the latents have unit variance, as SD's 0.18215 does;
 2. the U-Net as a text-conditioned denoiser of those latents (epsilon MSE, the SD schedule),
-   with rotation/flip augmentation.
+   with rotation/flip augmentation; a share ``empty_captions`` of the images is captioned with
+   the empty prompt, as SD's pretraining drops captions, so that generation's classifier-free
+   guidance (``eps("") + g * (eps(prompt) - eps(""))``) steers away from a learned
+   unconditional prediction rather than from the U-Net's answer to a context it never saw.
 
 Captions: a normal image is ``a photo of a {product}``. With ``generic_defects > 0`` that share
 of the training images (VAE and U-Net) are drawn instead from a pool of normal images carrying
@@ -64,6 +67,10 @@ class BootstrapConfig(Config):
                                     "with a caption naming it (0: normal images and one caption only)",
                                     minimum=0.0, maximum=1.0)
     defect_pool: int = option(3, help="generic-defect images drawn per normal image", minimum=1)
+    empty_captions: float = option(0.0, help="share of the U-Net's training images captioned with the empty prompt, "
+                                   "as SD's pretraining drops 10% of captions to give classifier-free guidance its "
+                                   "unconditional branch (0: never; 0.1 measured no better on the demo, "
+                                   "docs/TRAINING.md)", minimum=0.0, maximum=1.0)
     seed: int = option(0, help="seed of the weights and every draw")
 
     def validate(self) -> None:
@@ -104,9 +111,10 @@ def defect_pool(images: torch.Tensor, cfg: BootstrapConfig, product: str
     return torch.cat([images, torch.stack(drawn)]), captions, weights
 
 
-def train_vae(vae, images: torch.Tensor, cfg: BootstrapConfig, weights: np.ndarray | None = None) -> None:
+def train_vae(vae, images: torch.Tensor, cfg: BootstrapConfig, weights: np.ndarray | None = None,
+              after_update=None) -> None:
     """Reconstruction training of the VAE on (N, 3, R, R) images in [-1, 1], drawn with
-    probabilities ``weights`` (default uniform).
+    probabilities ``weights`` (default uniform); ``after_update`` as in :func:`_fit`.
 
     The log-variance half of ``quant_conv`` starts at -10 (std 0.007): a random encoder's
     variance of 1 would drown the latents in noise and leave the decoder nothing to learn
@@ -125,14 +133,16 @@ def train_vae(vae, images: torch.Tensor, cfg: BootstrapConfig, weights: np.ndarr
         recon = vae.decode(z).sample
         return F.l1_loss(recon, x) + F.mse_loss(recon, x) + cfg.kl_weight * posterior.kl().mean()
 
-    _fit(vae, optimizer, cfg.vae_steps, step_loss, "bootstrap: VAE")
+    _fit(vae, optimizer, cfg.vae_steps, step_loss, "bootstrap: VAE", after_update)
 
 
 def train_unet(unet, text_embeddings: torch.Tensor, latents: torch.Tensor, scheduler, cfg: BootstrapConfig,
-               caption_of: np.ndarray | None = None, weights: np.ndarray | None = None) -> None:
+               caption_of: np.ndarray | None = None, weights: np.ndarray | None = None,
+               empty: torch.Tensor | None = None) -> None:
     """Epsilon-prediction training on (N, 4, h, w) scaled latents; latent i is captioned
     ``text_embeddings[caption_of[i]]`` (embeddings (C, L, D); default: all the first one) and
-    drawn with probabilities ``weights`` (default uniform)."""
+    drawn with probabilities ``weights`` (default uniform). With ``empty`` ((L, D), the empty
+    prompt's embedding), each drawn image takes it instead with probability ``cfg.empty_captions``."""
     caption_of = np.zeros(len(latents), dtype=int) if caption_of is None else caption_of
     optimizer = torch.optim.AdamW(unet.parameters(), lr=cfg.lr_unet, weight_decay=0.01)
 
@@ -141,14 +151,20 @@ def train_unet(unet, text_embeddings: torch.Tensor, latents: torch.Tensor, sched
         z, picks = _augmented_batch(latents, cfg.seed + 1, step, cfg.batch_size, weights)
         noise = torch.randn(z.shape, generator=g)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(z),), generator=g)
-        pred = unet(scheduler.add_noise(z, noise, t), t, text_embeddings[caption_of[picks]]).sample
+        context = text_embeddings[caption_of[picks]]  # (B, L, D)
+        if empty is not None and cfg.empty_captions > 0:
+            dropped = np.random.default_rng([cfg.seed, 3, step]).random(len(picks)) < cfg.empty_captions
+            context = torch.where(torch.from_numpy(dropped)[:, None, None], empty, context)
+        pred = unet(scheduler.add_noise(z, noise, t), t, context).sample
         return F.mse_loss(pred, noise)
 
     _fit(unet, optimizer, cfg.unet_steps, step_loss, "bootstrap: U-Net")
 
 
-def _fit(module, optimizer, steps: int, step_loss, desc: str) -> None:
-    """``steps`` updates of ``module`` minimising ``step_loss(step)``, with a progress bar."""
+def _fit(module, optimizer, steps: int, step_loss, desc: str, after_update=None) -> None:
+    """``steps`` updates of ``module`` minimising ``step_loss(step)``, with a progress bar;
+    ``after_update(n)`` (optional) is called after the ``n``-th update, with ``module`` in eval
+    mode (benchmarks measure the model along its training)."""
     module.train()
     bar = progress(steps, 0, desc, disable=False)
     for step in range(steps):
@@ -158,8 +174,20 @@ def _fit(module, optimizer, steps: int, step_loss, desc: str) -> None:
         optimizer.zero_grad(set_to_none=True)
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
+        if after_update is not None:
+            module.eval()
+            after_update(step + 1)
+            module.train()
     bar.close()
     module.eval()
+
+
+def normal_training_images(data_cfg: DataConfig, cfg: BootstrapConfig) -> torch.Tensor:
+    """The product's first ``cfg.max_images`` normal training images (by file name) at
+    ``cfg.resolution``: ``(N, 3, R, R)`` in [-1, 1]."""
+    samples = read_dataset(data_cfg)
+    normals = sorted((s for s in samples if s.is_normal and s.partition == "train"), key=lambda s: Path(s.image).name)
+    return torch.stack([image_to_tensor(read_rgb(s.image), cfg.resolution) for s in normals[: cfg.max_images]])
 
 
 def bootstrap_backbone(data_cfg: DataConfig, cfg: BootstrapConfig, out: str | Path) -> Path:
@@ -167,11 +195,8 @@ def bootstrap_backbone(data_cfg: DataConfig, cfg: BootstrapConfig, out: str | Pa
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"--out {out}: not empty; choose a new folder for the bootstrapped model")
-    samples = read_dataset(data_cfg)
-    normals = sorted((s for s in samples if s.is_normal and s.partition == "train"), key=lambda s: Path(s.image).name)
-    normals = normals[: cfg.max_images]
-    images = torch.stack([image_to_tensor(read_rgb(s.image), cfg.resolution) for s in normals])  # (N, 3, R, R)
-
+    images = normal_training_images(data_cfg, cfg)  # (N, 3, R, R)
+    n_normals = len(images)
     torch.manual_seed(cfg.seed)
     parts = build_tiny_components(seed=cfg.seed, width=cfg.width, vae_width=cfg.vae_width)
     vae, unet, scheduler = parts["vae"], parts["unet"], parts["scheduler"]
@@ -181,10 +206,10 @@ def bootstrap_backbone(data_cfg: DataConfig, cfg: BootstrapConfig, out: str | Pa
     with torch.no_grad():
         latents = torch.cat([vae.encode(chunk).latent_dist.mean for chunk in images.split(16)])
         # the scale of SD's latents: unit variance over the normal images (the product)
-        vae.register_to_config(scaling_factor=float(1.0 / latents[: len(normals)].std()))
+        vae.register_to_config(scaling_factor=float(1.0 / latents[:n_normals].std()))
         latents = latents * vae.config.scaling_factor
         unique = sorted(set(captions))
-        text_embeddings = parts["text_encoder"](tokenize(parts["tokenizer"], unique))[0]  # (C, L, D)
+        text_embeddings = parts["text_encoder"](tokenize(parts["tokenizer"], [*unique, ""]))[0]  # (C + 1, L, D)
         caption_of = np.array([unique.index(c) for c in captions])
-    train_unet(unet, text_embeddings, latents, scheduler, cfg, caption_of, weights)
+    train_unet(unet, text_embeddings[:-1], latents, scheduler, cfg, caption_of, weights, empty=text_embeddings[-1])
     return save_components(parts, out)
