@@ -87,6 +87,22 @@ def test_bootstrap_learns_the_product(tmp_path):
         BootstrapConfig(resolution=100)
 
 
+def test_bootstrap_vae_can_be_measured_along_its_training():
+    from seas.model.backbone import build_tiny_components
+    from seas.training.bootstrap import train_vae
+
+    vae = build_tiny_components(seed=0, width=16, vae_width=8)["vae"]
+    seen = []
+
+    def after_update(n):  # what a benchmark sees: the update count, the model in eval mode
+        seen.append((n, vae.training, vae.encoder.conv_in.weight.detach().clone()))
+
+    train_vae(vae, torch.rand(4, 3, 64, 64) * 2 - 1, BootstrapConfig(vae_steps=3, batch_size=2), after_update=after_update)
+    assert [(n, training) for n, training, _ in seen] == [(1, False), (2, False), (3, False)]
+    assert not torch.equal(seen[0][2], seen[2][2])  # called after each update, on the updated weights
+    assert not vae.training
+
+
 class _ContextRecorder(torch.nn.Module):
     """A stand-in U-Net: predicts zeros plus a bias, records the text context of every call."""
 
