@@ -16,13 +16,15 @@ decode) and measures:
 It writes ``curve.json``, ``curve.md`` and ``reconstructions.png`` (rows: originals, then one row
 per checkpoint) into ``--out``::
 
-    OMP_NUM_THREADS=1 python -m benchmarks.bootstrap_vae_curve --out /tmp/vae-curve --checkpoints 120 480 960
+    OMP_NUM_THREADS=1 python -m benchmarks.bootstrap_vae_curve --out /tmp/vae-curve --checkpoints 120 240 480
+    OMP_NUM_THREADS=1 python -m benchmarks.bootstrap_vae_curve --out /tmp/vae-grad --set vae_gradient_weight=1
     OMP_NUM_THREADS=1 python -m benchmarks.bootstrap_vae_curve --out /tmp/vae-curve-mt --data examples/magnetic-tile.yaml
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -64,8 +66,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--data", default=None, help="a dataset description (YAML); default: the demo's synthetic product")
-    parser.add_argument("--checkpoints", type=int, nargs="+", default=[120, 480, 960], help="VAE updates to measure at")
+    parser.add_argument("--checkpoints", type=int, nargs="+", default=[120, 240, 480], help="VAE updates to measure at")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                        help="bootstrap settings other than the demo's (e.g. vae_gradient_weight=1 vae_width=32)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -78,8 +82,15 @@ def main() -> None:
                                        n_per_type=demo.n_per_type)
         data_cfg = DataConfig(root=str(root), layout="mvtec")
     size = demo.resolution
-    cfg = BootstrapConfig(resolution=size, vae_steps=max(args.checkpoints), generic_defects=demo.generic_defects,
-                          seed=args.seed)
+    fields = {f.name: f.type for f in dataclasses.fields(BootstrapConfig)}
+    overrides = {}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        if name not in fields:
+            parser.error(f"--set {item}: no bootstrap setting {name!r} (one of {', '.join(fields)})")
+        overrides[name] = {"int": int, "float": float}.get(str(fields[name]), str)(value)
+    cfg = BootstrapConfig(**{"resolution": size, "generic_defects": demo.generic_defects, "seed": args.seed,
+                             **overrides, "vae_steps": max(args.checkpoints)})
 
     split = few_shot_split(read_dataset(data_cfg), data_cfg)
     load = lambda s: resize_image(read_rgb(s.image), size)  # noqa: E731
@@ -113,6 +124,7 @@ def main() -> None:
     train_vae(vae, images, cfg, weights, after_update=measure)
     Image.fromarray(np.concatenate([np.concatenate(list(r), 1) for r in sheet], 0)).save(args.out / "reconstructions.png")
     (args.out / "curve.json").write_text(json.dumps({"data": args.data or "synthetic", "seed": args.seed,
+                                                     "bootstrap": dataclasses.asdict(cfg),
                                                      "test_anomalies": len(tests), "rows": rows}, indent=1))
     lines = ["| VAE | updates | seconds | L1 | type fidelity | read as normal |", "| --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {name} | {r['updates']} | {r.get('seconds', '-')} | {r['l1']:.3f} | {r['type_fidelity']:.2f} | "

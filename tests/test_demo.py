@@ -103,6 +103,29 @@ def test_bootstrap_vae_can_be_measured_along_its_training():
     assert not vae.training
 
 
+def test_gradient_l1_is_zero_for_an_offset_and_counts_lost_edges():
+    from seas.training.bootstrap import gradient_l1
+
+    image = torch.rand(2, 3, 8, 8)
+    assert gradient_l1(image + 0.3, image).item() == pytest.approx(0.0, abs=1e-6)
+    stripes = torch.tensor([[0.0, 1.0], [0.0, 1.0]])[None, None]  # (1, 1, 2, 2): one vertical edge
+    # horizontal differences: [[1], [1]] against [[0], [0]] -> 1; vertical ones all 0 -> 0
+    assert gradient_l1(stripes, torch.zeros_like(stripes)).item() == pytest.approx(1.0)
+
+
+def test_the_vae_gradient_term_changes_the_update_only_when_weighted():
+    from seas.model.backbone import build_tiny_components
+    from seas.training.bootstrap import train_vae
+
+    images = torch.rand(4, 3, 64, 64) * 2 - 1
+    weights = []
+    for gradient_weight in (0.0, 0.0, 1.0):
+        vae = build_tiny_components(seed=0, width=16, vae_width=8)["vae"]
+        train_vae(vae, images, BootstrapConfig(vae_steps=1, batch_size=2, vae_gradient_weight=gradient_weight))
+        weights.append(vae.decoder.conv_out.weight.detach().clone())
+    assert torch.equal(weights[0], weights[1]) and not torch.equal(weights[0], weights[2])
+
+
 class _ContextRecorder(torch.nn.Module):
     """A stand-in U-Net: predicts zeros plus a bias, records the text context of every call."""
 
