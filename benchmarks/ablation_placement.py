@@ -43,11 +43,14 @@ EVIDENCE = ("attention_pixel_auroc", "mask_head_pixel_auroc", "mask_head_pixel_a
 DOWNSTREAM = ("pixel_auroc", "pixel_ap", "iou", "aupro_0.3", "image_auroc", "image_ap")
 
 
-def seed_folder(out: Path, seed: int, cfg: DemoConfig, data_cfg) -> Path:
-    """The finished demo of ``seed`` in ``out/seed<seed>`` (run now unless already finished)."""
+def seed_folder(out: Path, seed: int, cfg: DemoConfig, data_cfg, compute: bool = True) -> Path | None:
+    """The finished demo of ``seed`` in ``out/seed<seed>`` (run now unless already finished;
+    ``None`` when it is not finished and ``compute`` is off)."""
     folder = out / f"seed{seed}"
     marker = folder / "demo.json"
     if not (marker.is_file() and read_json(marker).get("status") == "finished"):
+        if not compute:
+            return None
         run_demo(folder, dataclasses.replace(cfg, seed=seed), data_cfg)
     return folder
 
@@ -55,9 +58,10 @@ def seed_folder(out: Path, seed: int, cfg: DemoConfig, data_cfg) -> Path:
 JUDGE = ("segmenter", "seg_size", "seg_steps", "seg_width")  # the downstream judge's settings
 
 
-def variant_metrics(folder: Path, name: str, cfg: DemoConfig, seed: int) -> dict:
-    """``metrics.json`` of one variant of one seed (generated and evaluated unless present), with
-    ``accepted``: the share of the requested pairs written (below 1 when QC's cap was reached).
+def variant_metrics(folder: Path, name: str, cfg: DemoConfig, seed: int, compute: bool = True) -> dict:
+    """``metrics.json`` of one variant of one seed (generated and evaluated unless present, or
+    ``{"downstream": {}}`` when absent and ``compute`` is off), with ``accepted``: the share of the
+    requested pairs written (below 1 when QC's cap was reached).
 
     ``free`` is the demo's own output and evaluation. When ``cfg``'s downstream judge differs from
     the one the seed's demo ran with (``--set seg_steps=...`` on finished seeds), every variant,
@@ -70,6 +74,8 @@ def variant_metrics(folder: Path, name: str, cfg: DemoConfig, seed: int) -> dict
     run_dir = folder / "run"
     run = Run.load(run_dir)
     kinds = demo_kinds(run.types)
+    if not compute and not (evaluation / "metrics.json").is_file():
+        return {"downstream": {}}
     if not (generated / "manifest.jsonl").is_file():
         placement, qc = VARIANTS[name]
         try:
@@ -132,6 +138,8 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="demo settings other than the default (e.g. seg_size=128 seg_steps=400)")
     parser.add_argument("--quick", action="store_true", help="the test suite's shortened demo (a smoke test)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="tabulate what is finished, compute nothing (a missing seed or variant counts as absent)")
     args = parser.parse_args()
 
     data_cfg = None
@@ -150,12 +158,12 @@ def main() -> None:
         cfg = dataclasses.replace(cfg, **{name: cast(value)})
     rows: dict[str, list[dict]] = {}
     for seed in args.seeds:
-        folder = seed_folder(args.out, seed, cfg, data_cfg)
+        folder = seed_folder(args.out, seed, cfg, data_cfg, compute=not args.report_only)
         for name in args.variants:
-            metrics = variant_metrics(folder, name, cfg, seed)
+            metrics = variant_metrics(folder, name, cfg, seed, not args.report_only) if folder else {"downstream": {}}
             rows.setdefault(name, []).append(measures(metrics, "real+generated"))
             if name == "free":
-                evidence = read_json(folder / "demo.json").get("evidence", {})
+                evidence = read_json(folder / "demo.json").get("evidence", {}) if folder else {}
                 rows.setdefault("evidence", []).append({key: evidence.get(key, math.nan) for key in EVIDENCE})
                 for baseline in ("real_only", "cut_paste", "perlin"):
                     rows.setdefault(baseline, []).append(measures(metrics, baseline))
