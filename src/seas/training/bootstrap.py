@@ -62,8 +62,9 @@ class BootstrapConfig(Config):
     lr_vae: float = option(1e-3, help="VAE learning rate", minimum=0.0)
     lr_unet: float = option(5e-4, help="U-Net learning rate", minimum=0.0)
     kl_weight: float = option(1e-6, help="weight of the VAE's KL term", minimum=0.0)
-    vae_gradient_weight: float = option(0.0, help="weight of an L1 term on the reconstruction's image gradients "
-                                        "(keeps edges and small defects that L1 + MSE alone blur; 0: off)", minimum=0.0)
+    vae_gradient_weight: float = option(0.0, help="weight of an L1 term on the reconstruction's image gradients, "
+                                        "which penalises the blur L1 + MSE allow (0: off; measured in docs/TRAINING.md)",
+                                        minimum=0.0)
     max_images: int = option(200, help="normal training images used", minimum=1)
     generic_defects: float = option(0.5, help="share of the training images that carry a generic drawn defect "
                                     "with a caption naming it (0: normal images and one caption only)",
