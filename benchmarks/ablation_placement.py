@@ -26,6 +26,7 @@ import math
 import sys
 from pathlib import Path
 
+from benchmarks.common import with_settings
 from seas.cli.demo import DemoConfig, demo_kinds, run_demo
 from seas.evaluation.evaluate import EvalConfig, evaluate_run
 from seas.errors import RunError
@@ -71,11 +72,11 @@ def variant_metrics(folder: Path, name: str, cfg: DemoConfig, seed: int, compute
     suffix = "" if judge == demo_judge else "@" + "-".join(str(v) for v in judge)
     generated = folder / ("run/generated" if name == "free" else f"generated-{name}")
     evaluation = folder / ("evaluation" + suffix if name == "free" else f"evaluation-{name}{suffix}")
+    if not compute and not (evaluation / "metrics.json").is_file():
+        return {"downstream": {}}
     run_dir = folder / "run"
     run = Run.load(run_dir)
     kinds = demo_kinds(run.types)
-    if not compute and not (evaluation / "metrics.json").is_file():
-        return {"downstream": {}}
     if not (generated / "manifest.jsonl").is_file():
         placement, qc = VARIANTS[name]
         try:
@@ -148,14 +149,7 @@ def main() -> None:
 
         data_cfg = DataConfig.from_yaml(args.data)
     cfg = DemoConfig.quick() if args.quick else DemoConfig.photographs() if args.data else DemoConfig()
-    types = {f.name: f.type for f in dataclasses.fields(DemoConfig)}
-    for item in args.set:
-        name, _, value = item.partition("=")
-        if name not in types:
-            parser.error(f"--set {item}: no demo setting {name!r} (one of {', '.join(types)})")
-        kind = types[name] if isinstance(types[name], str) else types[name].__name__
-        cast = {"int": int, "float": float}.get(kind, str)
-        cfg = dataclasses.replace(cfg, **{name: cast(value)})
+    cfg = with_settings(cfg, args.set, parser.error)
     rows: dict[str, list[dict]] = {}
     for seed in args.seeds:
         folder = seed_folder(args.out, seed, cfg, data_cfg, compute=not args.report_only)

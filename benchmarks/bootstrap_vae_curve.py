@@ -33,11 +33,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from seas.cli.demo import DemoConfig
+from benchmarks.common import with_settings
+from seas.cli.demo import DemoConfig, write_demo_product
 from seas.data.config import DataConfig
 from seas.data.readers import GOOD, read_dataset
 from seas.data.split import few_shot_split
-from seas.data.synthetic import write_synthetic_product
 from seas.data.transforms import image_to_tensor
 from seas.files.images import read_mask, read_rgb, resize_image, resize_mask
 from seas.judge.classifier import TypeClassifier
@@ -74,36 +74,22 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
 
     demo = DemoConfig(seed=args.seed)
-    if args.data:
-        data_cfg = DataConfig.from_yaml(args.data)
-    else:  # the demo's product
-        root = write_synthetic_product(args.out / "data", product="tile", seed=demo.seed, size=demo.resolution,
-                                       n_train_good=demo.n_train_good, n_test_good=demo.n_test_good,
-                                       n_per_type=demo.n_per_type)
-        data_cfg = DataConfig(root=str(root), layout="mvtec")
+    data_cfg = DataConfig.from_yaml(args.data) if args.data else write_demo_product(args.out / "data", demo)
     size = demo.resolution
-    fields = {f.name: f.type for f in dataclasses.fields(BootstrapConfig)}
-    overrides = {}
-    for item in args.set:
-        name, _, value = item.partition("=")
-        if name not in fields:
-            parser.error(f"--set {item}: no bootstrap setting {name!r} (one of {', '.join(fields)})")
-        overrides[name] = {"int": int, "float": float}.get(str(fields[name]), str)(value)
-    cfg = BootstrapConfig(**{"resolution": size, "generic_defects": demo.generic_defects, "seed": args.seed,
-                             **overrides, "vae_steps": max(args.checkpoints)})
+    cfg = BootstrapConfig(resolution=size, generic_defects=demo.generic_defects, seed=args.seed)
+    cfg = dataclasses.replace(with_settings(cfg, args.set, parser.error), vae_steps=max(args.checkpoints))
 
     split = few_shot_split(read_dataset(data_cfg), data_cfg)
-    load = lambda s: resize_image(read_rgb(s.image), size)  # noqa: E731
-    real = {t: [(load(s), resize_mask(read_mask(s.mask, data_cfg.mask_rule), size)) for s in v]
-            for t, v in split.train.items()}
-    normals = [load(s) for s in split.normal_train]
-    classifier = TypeClassifier().fit(real, normals, seed=args.seed, steps=300)
+    image_at = lambda s: resize_image(read_rgb(s.image), size)  # noqa: E731  (R, R, 3) uint8
+    mask_at = lambda s: resize_mask(read_mask(s.mask, data_cfg.mask_rule), size)  # noqa: E731  (R, R) bool
+    real = {t: [(image_at(s), mask_at(s)) for s in v] for t, v in split.train.items()}
+    classifier = TypeClassifier().fit(real, [image_at(s) for s in split.normal_train], seed=args.seed, steps=300)
     tests = [s for s in split.test if not s.is_normal]
     test_images = torch.stack([image_to_tensor(read_rgb(s.image), size) for s in tests])  # (T, 3, R, R)
-    test_masks = [resize_mask(read_mask(s.mask, data_cfg.mask_rule), size) for s in tests]
-    test_types = [s.type for s in tests]
+    test_masks, test_types = [mask_at(s) for s in tests], [s.type for s in tests]
+    shown = slice(None, None, max(len(tests) // SHEET_IMAGES, 1))  # about SHEET_IMAGES spread over the types
     rows = {"originals": {"updates": 0, "l1": 0.0, **reading(classifier, to_uint8(test_images), test_masks, test_types)}}
-    sheet = [to_uint8(test_images[:: max(len(tests) // SHEET_IMAGES, 1)][:SHEET_IMAGES])]
+    sheet = [to_uint8(test_images[shown][:SHEET_IMAGES])]
 
     vae = build_tiny_components(seed=args.seed, width=cfg.width, vae_width=cfg.vae_width)["vae"]
     images, _, weights = defect_pool(normal_training_images(data_cfg, cfg), cfg, data_cfg.product_name)
@@ -118,7 +104,7 @@ def main() -> None:
         rows[f"{update} updates"] = {"updates": update, "seconds": round(time.perf_counter() - start, 1),
                                      "l1": float((recon - test_images).abs().mean() / 2),
                                      **reading(classifier, to_uint8(recon), test_masks, test_types)}
-        sheet.append(to_uint8(recon[:: max(len(tests) // SHEET_IMAGES, 1)][:SHEET_IMAGES]))
+        sheet.append(to_uint8(recon[shown][:SHEET_IMAGES]))
         print(f"{update} updates: {rows[f'{update} updates']}", flush=True)
 
     train_vae(vae, images, cfg, weights, after_update=measure)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass
@@ -149,3 +150,15 @@ def release_free_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except OSError:
         pass
+
+
+def with_settings(cfg, items: list[str], error) -> object:
+    """``cfg`` (a dataclass) with ``--set FIELD=VALUE`` items applied, each value cast to the
+    field's type (int, float, else str); ``error(message)`` for an unknown field."""
+    types = {f.name: f.type if isinstance(f.type, str) else f.type.__name__ for f in dataclasses.fields(cfg)}
+    for item in items:
+        name, _, value = item.partition("=")
+        if name not in types:
+            error(f"--set {item}: no setting {name!r} (one of {', '.join(types)})")
+        cfg = dataclasses.replace(cfg, **{name: {"int": int, "float": float}.get(types[name], str)(value)})
+    return cfg

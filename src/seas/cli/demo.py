@@ -98,6 +98,16 @@ class StageClock:
         print(f"== {name}: {self.seconds[name]:.1f} s", flush=True)
 
 
+def write_demo_product(folder: Path, cfg: DemoConfig) -> DataConfig:
+    """Write the demo's synthetic product (a tile, MVTec layout, seeded by ``cfg.seed``) into
+    ``folder``; return its data config."""
+    from seas.data.synthetic import write_synthetic_product
+
+    root = write_synthetic_product(folder, product="tile", seed=cfg.seed, size=cfg.resolution,
+                                   n_train_good=cfg.n_train_good, n_test_good=cfg.n_test_good, n_per_type=cfg.n_per_type)
+    return DataConfig(root=str(root), layout="mvtec")
+
+
 def demo_kinds(types: list[str]) -> list[str]:
     """What the demo generates: every type, normal images and a mixture of the first two types."""
     return [*types, GOOD] + (["+".join(types[:2])] if len(types) > 1 else [])
@@ -181,7 +191,6 @@ def run_demo(out: str | Path, cfg: DemoConfig, data_cfg: DataConfig | None = Non
 
     Everything is checked first (:func:`demo_problems`, every problem in one list); nothing
     is written or deleted before. ``sources``: further paths ``out`` must not hold."""
-    from seas.data.synthetic import write_synthetic_product
     from seas.evaluation.evaluate import EvalConfig, evaluate_run
     from seas.evaluation.localisation import attention_localisation, mask_head_localisation
     from seas.generation.folder import generate_to_folder
@@ -198,10 +207,7 @@ def run_demo(out: str | Path, cfg: DemoConfig, data_cfg: DataConfig | None = Non
     clock = StageClock()
     with clock.stage("data"):
         if data_cfg is None:
-            root = write_synthetic_product(out / "data", product="tile", seed=cfg.seed, size=cfg.resolution,
-                                           n_train_good=cfg.n_train_good, n_test_good=cfg.n_test_good,
-                                           n_per_type=cfg.n_per_type)
-            data_cfg = DataConfig(root=str(root), layout="mvtec")
+            data_cfg = write_demo_product(out / "data", cfg)
     with clock.stage("bootstrap base model"):
         boot = BootstrapConfig(resolution=cfg.resolution, vae_steps=cfg.vae_steps, unet_steps=cfg.unet_steps,
                                generic_defects=cfg.generic_defects, empty_captions=cfg.empty_captions,
