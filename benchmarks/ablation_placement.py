@@ -4,7 +4,7 @@ cut-paste and Perlin, over several seeds, on the demo's product or a dataset (do
 For each seed, the default ``seas demo`` runs (data, bootstrap, both stages, generation with
 ``free`` placement and no QC, the full evaluation with the baselines); then the same run
 generates the three other variants into their own folders, each evaluated without the
-baselines (real-only is retrained with the same seed, hence the same model). Every number comes
+baselines (real-only is the demo's model, read back from ``<run>/judges``). Every number comes
 from the variant's ``metrics.json``; the table gives mean and spread (sample standard deviation)
 over the seeds.
 

@@ -178,7 +178,8 @@ def test_metrics_are_finite_for_every_training_set(evaluation):
         assert all(math.isfinite(v) for v in _numbers(metrics["per_type"][name]))
         assert metrics["curves"][name]["roc"]["fpr"][0] == 0.0 and metrics["curves"][name]["roc"]["tpr"][-1] == 1.0
     sets = metrics["train_sets"]
-    assert sets["real_only"] == {"real_anomalies": 6, "real_normals": 6, "seconds": sets["real_only"]["seconds"]}
+    assert sets["real_only"] == {"real_anomalies": 6, "real_normals": 6, "seconds": sets["real_only"]["seconds"],
+                                 "reused": False}
     assert sets["real+generated"]["generated_anomalies"] == 3 * N_PER_TYPE + 2
     assert sets["real+generated"]["generated_normals"] == 0  # protocol: real normals only
     assert sets["cut_paste"]["synthetic_anomalies"] == 3 * N_PER_TYPE + 2
@@ -287,6 +288,28 @@ def test_previous_evaluation_is_replaced_and_other_folders_refused(run_dir, tmp_
     with pytest.raises(RunError, match="notes.txt"):
         evaluate_run(run_dir, out_dir=foreign, cfg=cheap)
     assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
+
+
+def test_real_only_judge_is_kept_and_reused_for_another_generated_folder(run_dir, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("judges", "evaluation"))
+    cheap = _cfg(size=32, steps=3, baselines=False, quality=False, judge_steps=2)
+    first = evaluate_run(run, out_dir=tmp_path / "first", cfg=cheap)
+    assert first["train_sets"]["real_only"]["reused"] is False
+    assert len(list((run / "judges").iterdir())) == 1
+    # another generated folder of the same run: the same real-only model, read back
+    second = evaluate_run(run, out_dir=tmp_path / "second", cfg=_cfg(**{**cheap.to_dict(), "max_generated": 2}))
+    assert second["train_sets"]["real_only"]["reused"] is True
+    assert second["train_sets"]["real+generated"]["reused"] is False
+    assert second["downstream"]["real_only"] == first["downstream"]["real_only"]
+    assert second["downstream"]["real+generated"] != first["downstream"]["real+generated"]
+    # turned off: trained afresh, same numbers
+    third = evaluate_run(run, out_dir=tmp_path / "third", cfg=_cfg(**{**cheap.to_dict(), "reuse_judge": False}))
+    assert third["train_sets"]["real_only"]["reused"] is False
+    assert third["downstream"]["real_only"] == first["downstream"]["real_only"]
+    # other settings: another model, kept beside the first
+    evaluate_run(run, out_dir=tmp_path / "fourth", cfg=_cfg(**{**cheap.to_dict(), "steps": 4}))
+    assert len(list((run / "judges").iterdir())) == 2
 
 
 def test_required_quality_without_weights_fails_and_writes_nothing(run_dir, tmp_path):

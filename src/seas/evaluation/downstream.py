@@ -156,7 +156,8 @@ def _flip(images: torch.Tensor, masks: torch.Tensor,
     return images, masks
 
 
-def _build(cfg: DownstreamConfig) -> Segmenter:
+def build_untrained(cfg: DownstreamConfig) -> Segmenter:
+    """The segmenter ``cfg`` names, with fresh (unseeded) weights."""
     extra = {"aux_heads": cfg.aux_weight > 0} if cfg.segmenter == "bisenetv2" else {}
     return build_segmenter(cfg.segmenter, width=cfg.width, **extra)
 
@@ -175,7 +176,7 @@ def train_segmenter(pairs: Sequence[Pair], cfg: DownstreamConfig, desc: str = "t
     cuda = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(cfg.seed)
-        model = _build(cfg).to(device).train()
+        model = build_untrained(cfg).to(device).train()
         gen = torch.Generator().manual_seed(cfg.seed)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (1 - s / max(cfg.steps, 1)) ** 0.9)

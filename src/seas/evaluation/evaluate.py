@@ -9,7 +9,8 @@ Protocol for one product (spec section 7, docs/EVALUATION.md):
   images), ``real+generated`` (+ the generated anomaly pairs and generated normals),
   and the classic baselines ``cut_paste`` (real training defects pasted on normal images) and
   ``perlin`` (DRAEM-style noise blends), each with as many synthetic pairs as there are
-  generated anomaly pairs;
+  generated anomaly pairs; the ``real_only`` model is kept in ``<run>/judges`` and reused when
+  the same run is evaluated again with the same settings (:mod:`seas.evaluation.judge_cache`);
 * every model is scored with :func:`seas.evaluation.metrics.all_metrics` on the whole test set
   and per anomaly type (that type's test anomalies + all normal test images);
 * generation quality per generated kind against every real image of that type (training and
@@ -55,7 +56,6 @@ from seas.evaluation.downstream import (
     make_perlin_set,
     predict,
     resolve_device,
-    train_segmenter,
 )
 from seas.evaluation.generated_measures import (
     GeneratedPair,
@@ -65,6 +65,7 @@ from seas.evaluation.generated_measures import (
     measure_generated,
     reference_reader,
 )
+from seas.evaluation.judge_cache import cached_segmenter
 from seas.evaluation.lpips_weights import LpipsWeightsError
 from seas.evaluation.metrics import UndefinedMetricError, all_metrics, pr_curve, roc_curve
 from seas.evaluation.quality import (
@@ -121,6 +122,9 @@ class EvalConfig(Config):
     generated_normals: bool = option(False, help="also add the generated normal images to real+generated "
                                      "(protocol, spec section 7: generated anomaly pairs + the real training "
                                      "third + the real normal images, so the default leaves them out)")
+    reuse_judge: bool = option(True, help="keep the real-only segmenter in <run>/judges and reuse it when the "
+                               "same run is evaluated again with the same settings and real data (it does not "
+                               "depend on the generated folder); --no-reuse-judge trains it afresh")
     judge_steps: int = option(300, help="updates of the type classifier that judges the generated pairs "
                               "(trained on the real training anomalies; seeded with --seed)", minimum=1)
     progress: bool = option(True, help="tqdm bars while training", cli=False)
@@ -270,21 +274,27 @@ def _per_type(scores: np.ndarray, masks: np.ndarray, test_types: list[str], type
 
 
 def run_downstream(train_sets: dict[str, list], test_pairs: list, test_types: list[str],
-                   types: list[str], cfg: EvalConfig, judged: list[np.ndarray] = ()) -> dict:
+                   types: list[str], cfg: EvalConfig, judged: list[np.ndarray] = (),
+                   run_dir: Path | None = None) -> dict:
     """Train and score one segmenter per training set.
 
     ``judged``: further ``(S, S, 3)`` images (the generated anomalies) the ``real_only`` model
     also maps, so that the mask agreement reuses it instead of training another.
+    ``run_dir``: with ``cfg.reuse_judge``, the ``real_only`` model is kept in and read back from
+    ``<run_dir>/judges`` (:mod:`seas.evaluation.judge_cache`).
     Returns ``{"metrics": {set: all_metrics}, "per_type": {set: {type: all_metrics}},
-    "curves": {set: {"roc": .., "pr": ..}}, "seconds": {set: s}, "judged": (N, S, S) maps}``.
+    "curves": {set: {"roc": .., "pr": ..}}, "seconds": {set: s}, "reused": {set: bool},
+    "judged": (N, S, S) maps}``.
     """
     dcfg = cfg.downstream()
     images = [image for image, _ in test_pairs]
     masks = np.stack([np.zeros((cfg.size, cfg.size), bool) if m is None else m for _, m in test_pairs])
-    out = {"metrics": {}, "per_type": {}, "curves": {}, "seconds": {}, "judged": np.zeros((0, cfg.size, cfg.size))}
+    out = {"metrics": {}, "per_type": {}, "curves": {}, "seconds": {}, "reused": {},
+           "judged": np.zeros((0, cfg.size, cfg.size))}
     for name, pairs in train_sets.items():
         start = time.perf_counter()
-        model = train_segmenter(pairs, dcfg, desc=name)
+        keep = run_dir if name == "real_only" and cfg.reuse_judge else None
+        model, out["reused"][name] = cached_segmenter(pairs, dcfg, keep, name)
         scores = predict(model, images, cfg.size, resize_back=False, batch_size=dcfg.eval_batch_size)
         out["metrics"][name] = all_metrics(scores, masks)
         out["per_type"][name] = _per_type(scores, masks, test_types, types)
@@ -547,7 +557,7 @@ def evaluate_run(run_dir: str | Path, generated_dir: str | Path | None = None, o
     generated = _load_generated(rows, cfg.size, run)
     judged = [p for p in generated if p.kind != GOOD and p.mask is not None]
     downstream = run_downstream(train_sets, test_pairs, [s.type for s in split.test], split.types, cfg,
-                                judged=[p.image for p in judged])
+                                judged=[p.image for p in judged], run_dir=run.path)
     for pair, prob in zip(judged, downstream["judged"]):
         pair.prob = prob  # the real_only segmenter's map: mask agreement reuses that model
     measures = measure_generated(generated, real, normals, seed=cfg.seed, steps=cfg.judge_steps,
@@ -568,7 +578,8 @@ def evaluate_run(run_dir: str | Path, generated_dir: str | Path | None = None, o
                           "with_mask": sum(1 for r in rows if r["kind"] == k and r.get("mask") and r.get("mask_area")),
                           "empty_masks": sum(1 for r in rows if r["kind"] == k and r.get("mask")
                                              and not r.get("mask_area"))} for k in kinds},
-        "train_sets": {name: dict(composition[name], seconds=downstream["seconds"][name]) for name in train_sets},
+        "train_sets": {name: dict(composition[name], seconds=downstream["seconds"][name],
+                                 reused=downstream["reused"][name]) for name in train_sets},
         "verdict": verdict(downstream["metrics"]),
         "downstream": downstream["metrics"],
         "per_type": downstream["per_type"],
