@@ -303,6 +303,8 @@ def test_real_only_judge_is_kept_and_reused_for_another_generated_folder(run_dir
     assert second["train_sets"]["real+generated"]["reused"] is False
     assert second["downstream"]["real_only"] == first["downstream"]["real_only"]
     assert second["downstream"]["real+generated"] != first["downstream"]["real+generated"]
+    assert "read back from the run&#x27;s judges/ folder" in (tmp_path / "second" / "report.html").read_text()
+    assert "judges/ folder" not in (tmp_path / "first" / "report.html").read_text()
     # turned off: trained afresh, same numbers
     third = evaluate_run(run, out_dir=tmp_path / "third", cfg=_cfg(**{**cheap.to_dict(), "reuse_judge": False}))
     assert third["train_sets"]["real_only"]["reused"] is False
