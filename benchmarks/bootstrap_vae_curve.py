@@ -91,7 +91,8 @@ def main() -> None:
     rows = {"originals": {"updates": 0, "l1": 0.0, **reading(classifier, to_uint8(test_images), test_masks, test_types)}}
     sheet = [to_uint8(test_images[shown][:SHEET_IMAGES])]
 
-    vae = build_tiny_components(seed=args.seed, width=cfg.width, vae_width=cfg.vae_width)["vae"]
+    vae = build_tiny_components(seed=args.seed, width=cfg.width, vae_width=cfg.vae_width,
+                                latent_channels=cfg.latent_channels)["vae"]
     images, _, weights = defect_pool(normal_training_images(data_cfg, cfg), cfg, data_cfg.product_name)
     start = time.perf_counter()
 

@@ -87,6 +87,30 @@ def test_bootstrap_learns_the_product(tmp_path):
         BootstrapConfig(resolution=100)
 
 
+def test_bootstrap_latent_channels_reach_the_vae_and_the_unet(tmp_path):
+    from seas.data.synthetic import write_synthetic_product
+    from seas.data.transforms import image_to_tensor
+    from seas.files.images import read_rgb
+    from seas.model.backbone import build_tiny_components
+
+    default, four = (build_tiny_components(seed=0, width=16, **kw) for kw in ({}, {"latent_channels": 4}))
+    for part in ("vae", "unet"):  # SD's 4 unless asked: the default model is the one it always was
+        a, b = default[part].state_dict(), four[part].state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    root = write_synthetic_product(tmp_path / "data", size=64, n_train_good=4, n_test_good=1, n_per_type=1)
+    cfg = BootstrapConfig(resolution=64, width=16, vae_width=8, latent_channels=8, vae_steps=2, unet_steps=2,
+                          batch_size=2)
+    trained = load_backbone(str(bootstrap_backbone(DataConfig(root=str(root), layout="mvtec"), cfg, tmp_path / "b")))
+    assert trained.vae.config.latent_channels == 8
+    assert trained.unet.config.in_channels == trained.unet.config.out_channels == 8
+    image = image_to_tensor(read_rgb(next((root / "train/good").glob("*.png"))), 64)[None]
+    with torch.no_grad():
+        z = trained.vae.encode(image).latent_dist.mean  # (1, 8, 8, 8)
+        context = torch.zeros(1, 77, trained.unet.config.cross_attention_dim)
+        eps = trained.unet(z, 10, encoder_hidden_states=context).sample
+    assert z.shape == eps.shape == (1, 8, 8, 8)
+
+
 def test_bootstrap_vae_can_be_measured_along_its_training():
     from seas.model.backbone import build_tiny_components
     from seas.training.bootstrap import train_vae

@@ -106,9 +106,11 @@ def tiny_tokenizer_vocab() -> dict[str, int]:
     return vocab
 
 
-def build_tiny_components(seed: int = 0, width: int = 32, vae_width: int | None = None) -> dict:
+def build_tiny_components(seed: int = 0, width: int = 32, vae_width: int | None = None,
+                          latent_channels: int = 4) -> dict:
     """Random tiny SD-1.x-shaped parts, built offline. ``width`` scales every channel count
-    (``vae_width``, default ``width``, those of the VAE)."""
+    (``vae_width``, default ``width``, those of the VAE); ``latent_channels`` is SD 1.x's 4
+    unless asked otherwise (the U-Net's input and output follow it)."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -135,8 +137,8 @@ def build_tiny_components(seed: int = 0, width: int = 32, vae_width: int | None 
     channels = (width, 2 * width, 4 * width, 4 * width)
     unet = UNet2DConditionModel(
         sample_size=32,
-        in_channels=4,
-        out_channels=4,
+        in_channels=latent_channels,
+        out_channels=latent_channels,
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
         block_out_channels=channels,
@@ -153,7 +155,7 @@ def build_tiny_components(seed: int = 0, width: int = 32, vae_width: int | None 
         up_block_types=("UpDecoderBlock2D",) * 4,
         block_out_channels=(v, 2 * v, 2 * v, 2 * v),
         layers_per_block=1,
-        latent_channels=4,
+        latent_channels=latent_channels,
         norm_num_groups=min(32, v),
         sample_size=256,
     )

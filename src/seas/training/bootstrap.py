@@ -56,6 +56,8 @@ class BootstrapConfig(Config):
     width: int = option(32, help="tiny U-Net and text-encoder width (U-Net channels w, 2w, 4w, 4w)", minimum=1)
     vae_width: int = option(16, help="tiny VAE width (channels v, 2v, 2v, 2v): 16 costs a quarter of 32 on a CPU",
                             minimum=1)
+    latent_channels: int = option(4, help="channels of the VAE's latent, the U-Net's input and output (SD 1.x: 4; "
+                                  "16 measured no better within 480 VAE updates, docs/TRAINING.md)", minimum=1)
     vae_steps: int = option(300, help="VAE updates", minimum=1)
     unet_steps: int = option(400, help="U-Net updates", minimum=1)
     batch_size: int = option(8, help="images per update", minimum=1)
@@ -213,7 +215,8 @@ def bootstrap_backbone(data_cfg: DataConfig, cfg: BootstrapConfig, out: str | Pa
     images = normal_training_images(data_cfg, cfg)  # (N, 3, R, R)
     n_normals = len(images)
     torch.manual_seed(cfg.seed)
-    parts = build_tiny_components(seed=cfg.seed, width=cfg.width, vae_width=cfg.vae_width)
+    parts = build_tiny_components(seed=cfg.seed, width=cfg.width, vae_width=cfg.vae_width,
+                                  latent_channels=cfg.latent_channels)
     vae, unet, scheduler = parts["vae"], parts["unet"], parts["scheduler"]
     parts["text_encoder"].requires_grad_(False)
     images, captions, weights = defect_pool(images, cfg, data_cfg.product_name)  # (N + M, 3, R, R)
