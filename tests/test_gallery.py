@@ -293,6 +293,31 @@ def test_run_gallery_prints_its_address_and_stops_on_ctrl_c(folder):
         process.wait()
 
 
+def test_ctrl_c_while_the_address_is_printed_stops_cleanly(folder, monkeypatch):
+    """Ctrl-C can arrive before the address line is finished (seen under load): no traceback,
+    the server is shut down."""
+    import builtins
+
+    from seas.gallery import server as server_module
+
+    started = []
+    real_serve = server_module.serve
+    monkeypatch.setattr(server_module, "serve", lambda *a, **k: started.append(real_serve(*a, **k)) or started[-1])
+
+    def interrupted_print(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(builtins, "print", interrupted_print)
+    try:
+        server_module.run_gallery(folder.generated, port=0)  # returns instead of raising
+    except KeyboardInterrupt:  # caught here: escaping, it would stop the whole test session
+        pytest.fail("Ctrl-C during the address line escaped run_gallery")
+    finally:
+        monkeypatch.undo()
+    started[0].thread.join(timeout=5)
+    assert not started[0].thread.is_alive()
+
+
 def test_server_binds_loopback_by_default(folder):
     with serve(folder.generated) as server:
         assert server.httpd.server_address[0] == "127.0.0.1"

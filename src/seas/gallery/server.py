@@ -625,10 +625,11 @@ def run_gallery(
 ) -> None:
     """Serve the gallery of ``generated_dir`` until Ctrl-C; print its address first."""
     server = serve(generated_dir, host, port, open_browser)
-    print(f"seas gallery: {server.folder} at {server.url}  (Ctrl-C to stop)", flush=True)
-    if not _is_loopback(host):
-        print("seas gallery: warning: other machines can reach this address; anyone who can may curate", file=sys.stderr)
-    try:
+    try:  # from the first printed line on, Ctrl-C stops cleanly (a user may press it at once)
+        print(f"seas gallery: {server.folder} at {server.url}  (Ctrl-C to stop)", flush=True)
+        if not _is_loopback(host):
+            print("seas gallery: warning: other machines can reach this address; anyone who can may curate",
+                  file=sys.stderr)
         while server.thread.is_alive():
             time.sleep(0.5)
     except KeyboardInterrupt:
