@@ -142,6 +142,8 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true",
                         help="tabulate what is finished, compute nothing (a missing seed or variant counts as absent)")
     args = parser.parse_args()
+    if args.report_only and not args.out.is_dir():
+        parser.error(f"--out {args.out}: no such folder, so nothing to report; give the --out of an ablation run")
 
     data_cfg = None
     if args.data:
