@@ -85,7 +85,7 @@ class DownstreamConfig:
 # ----------------------------------------------------------------------------
 
 
-def _prepare(pairs: Sequence[Pair], size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def prepare_pairs(pairs: Sequence[Pair], size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Load and resize pairs -> images ``(N, 3, S, S)`` uint8 and masks ``(N, S, S)`` bool."""
     images, masks = [], []
     for image, mask in pairs:
@@ -172,7 +172,7 @@ def train_segmenter(pairs: Sequence[Pair], cfg: DownstreamConfig, desc: str = "t
     if not pairs:
         raise ValueError("no training pairs")
     device = resolve_device(cfg.device)
-    images, masks = _prepare(pairs, cfg.size)
+    images, masks = prepare_pairs(pairs, cfg.size)
     cuda = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda):
         torch.manual_seed(cfg.seed)
@@ -244,7 +244,7 @@ def _metrics(model: Segmenter, images: torch.Tensor, masks: torch.Tensor,
 
 def evaluate(model: Segmenter, test_pairs: Sequence[Pair], cfg: DownstreamConfig) -> dict[str, float]:
     """:func:`~seas.evaluation.metrics.all_metrics` of ``model`` on ``test_pairs`` at ``cfg.size``."""
-    return _metrics(model, *_prepare(test_pairs, cfg.size), cfg)
+    return _metrics(model, *prepare_pairs(test_pairs, cfg.size), cfg)
 
 
 # ----------------------------------------------------------------------------

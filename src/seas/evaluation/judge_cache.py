@@ -28,10 +28,16 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
 from seas.evaluation import downstream, segmenters
-from seas.evaluation.downstream import DownstreamConfig, Pair, build_untrained, resolve_device, train_segmenter
+from seas.evaluation.downstream import (
+    DownstreamConfig,
+    Pair,
+    build_untrained,
+    prepare_pairs,
+    resolve_device,
+    train_segmenter,
+)
 from seas.evaluation.segmenters import Segmenter
 from seas.files.atomic import write_file
-from seas.files.images import as_mask, as_rgb, resize_image, resize_mask
 
 JUDGES = "judges"  # folder inside the run
 UNKEYED = ("device", "eval_batch_size", "progress")  # settings that do not change the weights
@@ -46,10 +52,10 @@ def judge_key(pairs: Sequence[Pair], cfg: DownstreamConfig) -> str:
     digest.update(json.dumps(settings, sort_keys=True).encode())
     for module in (downstream, segmenters):  # a changed recipe is a different model
         digest.update(Path(module.__file__).read_bytes())
-    for image, mask in pairs:  # the arrays train_segmenter sees: (S, S, 3) uint8 and (S, S) bool
-        rgb = as_rgb(image)
-        digest.update(np.ascontiguousarray(resize_image(rgb, cfg.size)).tobytes())
-        digest.update(np.packbits(resize_mask(as_mask(mask, rgb.shape[:2]), cfg.size)).tobytes())
+    # exactly what train_segmenter trains on: (N, 3, S, S) uint8 images, (N, S, S) bool masks
+    images, masks = prepare_pairs(pairs, cfg.size)
+    digest.update(images.numpy().tobytes())
+    digest.update(np.packbits(masks.numpy()).tobytes())
     return digest.hexdigest()
 
 
