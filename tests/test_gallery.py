@@ -302,7 +302,12 @@ def test_ctrl_c_while_the_address_is_printed_stops_cleanly(folder, monkeypatch):
 
     started = []
     real_serve = server_module.serve
-    monkeypatch.setattr(server_module, "serve", lambda *a, **k: started.append(real_serve(*a, **k)) or started[-1])
+
+    def recording_serve(*args, **kwargs):  # keeps the server so the test can see it stopped
+        started.append(real_serve(*args, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(server_module, "serve", recording_serve)
 
     def interrupted_print(*args, **kwargs):
         raise KeyboardInterrupt
