@@ -62,7 +62,8 @@ JUDGE = ("segmenter", "seg_size", "seg_steps", "seg_width")  # the downstream ju
 def variant_metrics(folder: Path, name: str, cfg: DemoConfig, seed: int, compute: bool = True) -> dict:
     """``metrics.json`` of one variant of one seed (generated and evaluated unless present, or
     ``{"downstream": {}}`` when absent and ``compute`` is off), with ``accepted``: the share of the
-    requested pairs written (below 1 when QC's cap was reached).
+    requested pairs written (below 1 when QC's cap was reached; given whenever the variant's
+    generated folder exists, also when its pairs could not be judged, e.g. normal images only).
 
     ``free`` is the demo's own output and evaluation. When ``cfg``'s downstream judge differs from
     the one the seed's demo ran with (``--set seg_steps=...`` on finished seeds), every variant,
@@ -72,25 +73,25 @@ def variant_metrics(folder: Path, name: str, cfg: DemoConfig, seed: int, compute
     suffix = "" if judge == demo_judge else "@" + "-".join(str(v) for v in judge)
     generated = folder / ("run/generated" if name == "free" else f"generated-{name}")
     evaluation = folder / ("evaluation" + suffix if name == "free" else f"evaluation-{name}{suffix}")
-    if not compute and not (evaluation / "metrics.json").is_file():
+    manifest = generated / "manifest.jsonl"
+    if not compute and not manifest.is_file():
         return {"downstream": {}}
     run_dir = folder / "run"
     run = Run.load(run_dir)
     kinds = demo_kinds(run.types)
-    if not (generated / "manifest.jsonl").is_file():
+    if not manifest.is_file():
         placement, qc = VARIANTS[name]
         try:
             generate_to_folder(run_dir, generated, kinds, num=cfg.num_per_kind, seed=seed, steps=cfg.sample_steps,
                                device="cpu", placement=placement, qc=qc)
         except RunError as err:  # QC's cap reached: the accepted pairs stay; say so and go on
             print(f"seed {seed} {name}: {err}", file=sys.stderr)
-    manifest = generated / "manifest.jsonl"
     written = len(manifest.read_text().splitlines()) if manifest.is_file() else 0
     accepted = written / (len(kinds) * cfg.num_per_kind)
     if (evaluation / "metrics.json").is_file():
         return {**read_json(evaluation / "metrics.json"), "accepted": accepted}
-    if not written:
-        return {"downstream": {}, "accepted": 0.0}
+    if not written or not compute:  # nothing to judge, or a QC run whose pairs could not be judged
+        return {"downstream": {}, "accepted": accepted}
     eval_cfg = EvalConfig(segmenter=cfg.segmenter, size=cfg.seg_size, steps=cfg.seg_steps, width=cfg.seg_width,
                           seed=seed, device="cpu", quality=False, quality_size=cfg.seg_size, baselines=name == "free")
     try:
