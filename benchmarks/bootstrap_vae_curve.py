@@ -92,7 +92,7 @@ def main() -> None:
     sheet = [to_uint8(test_images[shown][:SHEET_IMAGES])]
 
     vae = build_tiny_components(seed=args.seed, width=cfg.width, vae_width=cfg.vae_width,
-                                latent_channels=cfg.latent_channels)["vae"]
+                                latent_channels=cfg.latent_channels, vae_factor=cfg.vae_factor)["vae"]
     images, _, weights = defect_pool(normal_training_images(data_cfg, cfg), cfg, data_cfg.product_name)
     start = time.perf_counter()
 

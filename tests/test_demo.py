@@ -111,6 +111,40 @@ def test_bootstrap_latent_channels_reach_the_vae_and_the_unet(tmp_path):
     assert z.shape == eps.shape == (1, 8, 8, 8)
 
 
+def test_a_factor_4_vae_base_runs_both_stages_and_generation(tmp_path):
+    """``vae_factor=4``: a 16 x 16 latent for 64 px; stage 1, the mask head (its MRM chain ends
+    at the last VAE feature, here the image's own size) and generation follow the base."""
+    from PIL import Image
+
+    from seas.config import MaskConfig, TrainConfig
+    from seas.data.synthetic import write_synthetic_product
+    from seas.generation.folder import generate_to_folder
+    from seas.model.backbone import build_tiny_components
+    from seas.training.stage1 import train_generator
+    from seas.training.stage2 import train_mask_head
+
+    default = build_tiny_components(seed=0, width=16)["vae"]
+    assert len(default.config.block_out_channels) == 4  # SD 1.x's factor 8 unless asked
+    with pytest.raises(ValueError, match="must be 2, 4 or 8"):
+        build_tiny_components(seed=0, width=16, vae_factor=16)
+    root = write_synthetic_product(tmp_path / "data", size=64, n_train_good=4, n_test_good=1, n_per_type=2)
+    data = DataConfig(root=str(root), layout="mvtec")
+    cfg = BootstrapConfig(resolution=64, width=16, vae_width=8, vae_factor=4, vae_steps=2, unet_steps=2, batch_size=2)
+    base = bootstrap_backbone(data, cfg, tmp_path / "base")
+    backbone = load_backbone(str(base))
+    assert backbone.vae_factor == 4
+    with torch.no_grad():
+        z = backbone.vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist.mean
+    assert z.shape == (1, 4, 16, 16)
+    run = train_generator(data, TrainConfig(base=str(base), resolution=64, batch_size=1, grad_accum=1, steps=1),
+                          tmp_path / "run")
+    train_mask_head(run, MaskConfig(steps=1, batch_size=1))
+    out = generate_to_folder(run, tmp_path / "gen", ["hole"], num=1, steps=2, progress=False)
+    image = np.asarray(Image.open(out / "hole" / "image" / "000.png"))
+    mask = np.asarray(Image.open(out / "hole" / "mask" / "000.png"))
+    assert image.shape == (64, 64, 3) and mask.shape == (64, 64)
+
+
 def test_bootstrap_vae_can_be_measured_along_its_training():
     from seas.model.backbone import build_tiny_components
     from seas.training.bootstrap import train_vae

@@ -107,10 +107,14 @@ def tiny_tokenizer_vocab() -> dict[str, int]:
 
 
 def build_tiny_components(seed: int = 0, width: int = 32, vae_width: int | None = None,
-                          latent_channels: int = 4) -> dict:
+                          latent_channels: int = 4, vae_factor: int = 8) -> dict:
     """Random tiny SD-1.x-shaped parts, built offline. ``width`` scales every channel count
     (``vae_width``, default ``width``, those of the VAE); ``latent_channels`` is SD 1.x's 4
-    unless asked otherwise (the U-Net's input and output follow it)."""
+    and ``vae_factor`` (pixels per latent cell along a side, 2, 4 or 8) SD 1.x's 8 unless asked
+    otherwise (the U-Net's input and output follow the channels; its latent grows with a
+    smaller factor)."""
+    if vae_factor not in (2, 4, 8):
+        raise ValueError(f"vae_factor {vae_factor}: must be 2, 4 or 8")
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -148,12 +152,13 @@ def build_tiny_components(seed: int = 0, width: int = 32, vae_width: int | None 
         norm_num_groups=min(32, width),
     )
     v = vae_width or width
+    blocks = vae_factor.bit_length()  # 8 -> 4 blocks (3 downsamplings, SD 1.x), 4 -> 3, 2 -> 2
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(v, 2 * v, 2 * v, 2 * v),
+        down_block_types=("DownEncoderBlock2D",) * blocks,
+        up_block_types=("UpDecoderBlock2D",) * blocks,
+        block_out_channels=(v,) + (2 * v,) * (blocks - 1),
         layers_per_block=1,
         latent_channels=latent_channels,
         norm_num_groups=min(32, v),

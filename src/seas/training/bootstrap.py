@@ -58,6 +58,8 @@ class BootstrapConfig(Config):
                             minimum=1)
     latent_channels: int = option(4, help="channels of the VAE's latent, the U-Net's input and output (SD 1.x: 4; "
                                   "16 measured no better within 480 VAE updates, docs/TRAINING.md)", minimum=1)
+    vae_factor: int = option(8, help="pixels per latent cell along a side (SD 1.x: 8); 4 gives the VAE a latent "
+                             "four times larger, for thin defects, and the U-Net four times the work", choices=(2, 4, 8))
     vae_steps: int = option(300, help="VAE updates", minimum=1)
     unet_steps: int = option(400, help="U-Net updates", minimum=1)
     batch_size: int = option(8, help="images per update", minimum=1)
@@ -216,7 +218,7 @@ def bootstrap_backbone(data_cfg: DataConfig, cfg: BootstrapConfig, out: str | Pa
     n_normals = len(images)
     torch.manual_seed(cfg.seed)
     parts = build_tiny_components(seed=cfg.seed, width=cfg.width, vae_width=cfg.vae_width,
-                                  latent_channels=cfg.latent_channels)
+                                  latent_channels=cfg.latent_channels, vae_factor=cfg.vae_factor)
     vae, unet, scheduler = parts["vae"], parts["unet"], parts["scheduler"]
     parts["text_encoder"].requires_grad_(False)
     images, captions, weights = defect_pool(images, cfg, data_cfg.product_name)  # (N + M, 3, R, R)
