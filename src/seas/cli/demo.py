@@ -49,6 +49,7 @@ class DemoConfig:
     # bootstrap of the tiny base model
     vae_steps: int = 120
     unet_steps: int = 250
+    vae_factor: int = 8  # pixels per latent cell along a side (SD 1.x: 8)
     generic_defects: float = 0.5  # share of bootstrap images with a generic drawn, captioned defect
     empty_captions: float = 0.0  # share of bootstrap U-Net images captioned with the empty prompt
     # stage 1 (a tiny model trained for minutes needs larger steps than SD's 4e-6 / 4e-5)
@@ -211,7 +212,7 @@ def run_demo(out: str | Path, cfg: DemoConfig, data_cfg: DataConfig | None = Non
     with clock.stage("bootstrap base model"):
         boot = BootstrapConfig(resolution=cfg.resolution, vae_steps=cfg.vae_steps, unet_steps=cfg.unet_steps,
                                generic_defects=cfg.generic_defects, empty_captions=cfg.empty_captions,
-                               seed=cfg.seed)
+                               vae_factor=cfg.vae_factor, seed=cfg.seed)
         base = bootstrap_backbone(data_cfg, boot, out / "base")
     run_dir = out / "run"
     with clock.stage("stage 1: SeaS fine-tuning"):
@@ -338,6 +339,9 @@ def add_parsers(sub) -> None:
     g.add_argument("--empty-captions", type=float, default=None,
                    help=f"share of bootstrap U-Net images captioned with the empty prompt, as SD's caption dropout "
                    f"(default {d.empty_captions}; 0: never)")
+    g.add_argument("--vae-factor", type=int, choices=(2, 4, 8), default=None,
+                   help=f"pixels per latent cell of the bootstrapped VAE (default {d.vae_factor}, SD 1.x's; 4 keeps "
+                   "more detail and gives the U-Net four times the work, docs/TRAINING.md)")
     g.add_argument("--placement", choices=[p for p in PLACEMENTS if p != "masks"], default=None,
                    help=f"where generated defects go, as seas generate --placement (default {d.placement})")
     g.add_argument("--qc", choices=QC_MODES, default=None, help=f"quality control, as seas generate --qc (default {d.qc})")
@@ -360,7 +364,7 @@ def demo_config(args) -> DemoConfig:
     (photographs), then every option given."""
     cfg = DemoConfig.quick() if args.quick else DemoConfig.photographs() if args.data else DemoConfig()
     given = {name: getattr(args, name) for name in ("seed", "resolution", "train_steps", "generic_defects",
-                                                     "empty_captions", "placement", "qc", "segmenter", "seg_size", "seg_steps",
+                                                     "empty_captions", "vae_factor", "placement", "qc", "segmenter", "seg_size", "seg_steps",
                                                      "seg_width")
              if getattr(args, name, None) is not None}
     cfg = dataclasses.replace(cfg, **given)
