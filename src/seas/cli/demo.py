@@ -30,6 +30,7 @@ from seas.data.readers import GOOD
 from seas.errors import ConfigError, RunError
 from seas.files.atomic import read_json, remove_path, remove_temporaries, write_json
 from seas.files.checks import ProblemList, Problems, nested_problems, output_folder_problems
+from seas.model.backbone import VAE_FACTORS
 from seas.training.bootstrap import BootstrapConfig, bootstrap_backbone
 
 DEMO_MARKER = "demo.json"  # written first (what the demo will create), rewritten last
@@ -339,7 +340,7 @@ def add_parsers(sub) -> None:
     g.add_argument("--empty-captions", type=float, default=None,
                    help=f"share of bootstrap U-Net images captioned with the empty prompt, as SD's caption dropout "
                    f"(default {d.empty_captions}; 0: never)")
-    g.add_argument("--vae-factor", type=int, choices=(2, 4, 8), default=None,
+    g.add_argument("--vae-factor", type=int, choices=VAE_FACTORS, default=None,
                    help=f"pixels per latent cell of the bootstrapped VAE (default {d.vae_factor}, SD 1.x's; 4 keeps "
                    "more detail and gives the U-Net four times the work, docs/TRAINING.md)")
     g.add_argument("--placement", choices=[p for p in PLACEMENTS if p != "masks"], default=None,

@@ -106,6 +106,9 @@ def tiny_tokenizer_vocab() -> dict[str, int]:
     return vocab
 
 
+VAE_FACTORS = (2, 4, 8)  # pixels per latent cell along a side that the tiny VAE can be built with
+
+
 def build_tiny_components(seed: int = 0, width: int = 32, vae_width: int | None = None,
                           latent_channels: int = 4, vae_factor: int = 8) -> dict:
     """Random tiny SD-1.x-shaped parts, built offline. ``width`` scales every channel count
@@ -113,8 +116,8 @@ def build_tiny_components(seed: int = 0, width: int = 32, vae_width: int | None 
     and ``vae_factor`` (pixels per latent cell along a side, 2, 4 or 8) SD 1.x's 8 unless asked
     otherwise (the U-Net's input and output follow the channels; its latent grows with a
     smaller factor)."""
-    if vae_factor not in (2, 4, 8):
-        raise ValueError(f"vae_factor {vae_factor}: must be 2, 4 or 8")
+    if vae_factor not in VAE_FACTORS:
+        raise ValueError(f"vae_factor {vae_factor}: must be one of {VAE_FACTORS}")
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 

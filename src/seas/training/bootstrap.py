@@ -40,7 +40,7 @@ from seas.data.transforms import apply_augmentation, draw_augmentation, image_to
 from seas.errors import ConfigError
 from seas.fields import Config, option
 from seas.files.images import read_rgb
-from seas.model.backbone import build_tiny_components, save_components
+from seas.model.backbone import VAE_FACTORS, build_tiny_components, save_components
 from seas.model.prompts import tokenize
 from seas.seeds import step_generator
 from seas.training.loop import progress
@@ -59,7 +59,7 @@ class BootstrapConfig(Config):
     latent_channels: int = option(4, help="channels of the VAE's latent, the U-Net's input and output (SD 1.x: 4; "
                                   "16 measured no better within 480 VAE updates, docs/TRAINING.md)", minimum=1)
     vae_factor: int = option(8, help="pixels per latent cell along a side (SD 1.x: 8); 4 gives the VAE a latent "
-                             "four times larger, for thin defects, and the U-Net four times the work", choices=(2, 4, 8))
+                             "four times larger, for thin defects, and the U-Net four times the work", choices=VAE_FACTORS)
     vae_steps: int = option(300, help="VAE updates", minimum=1)
     unet_steps: int = option(400, help="U-Net updates", minimum=1)
     batch_size: int = option(8, help="images per update", minimum=1)
