@@ -231,11 +231,11 @@ def test_demo_options_reach_its_settings(capsys):
     args = parser.parse_args(["demo", "--resolution", "192", "--seg-steps", "400", "--seg-size", "128",
                               "--segmenter", "bisenetv2", "--placement", "real-masks", "--qc", "filter",
                               "--generic-defects", "0", "--empty-captions", "0.25", "--vae-factor", "4",
-                              "--seed", "3"])
+                              "--unet-width", "16", "--seed", "3"])
     cfg = demo_config(args)
     assert (cfg.resolution, cfg.seg_steps, cfg.seg_size, cfg.segmenter, cfg.placement, cfg.qc,
-            cfg.generic_defects, cfg.empty_captions, cfg.vae_factor, cfg.seed) == (
-        192, 400, 128, "bisenetv2", "real-masks", "filter", 0.0, 0.25, 4, 3)
+            cfg.generic_defects, cfg.empty_captions, cfg.vae_factor, cfg.unet_width, cfg.seed) == (
+        192, 400, 128, "bisenetv2", "real-masks", "filter", 0.0, 0.25, 4, 16, 3)
     assert demo_config(parser.parse_args(["demo"])) == DemoConfig()
     photo = demo_config(parser.parse_args(["demo", "--data", "some.yaml"]))  # photographs: a stronger judge
     assert photo == dataclasses.replace(DemoConfig(), seg_size=192)
@@ -248,13 +248,15 @@ def test_demo_options_reach_its_settings(capsys):
         demo_config(parser.parse_args(["demo", "--generic-defects", "2"]))
     with pytest.raises(ConfigError, match="--empty-captions -0.1: a share between 0 and 1"):
         demo_config(parser.parse_args(["demo", "--empty-captions", "-0.1"]))
+    with pytest.raises(ConfigError, match="--unet-width 0: must be at least 1"):
+        demo_config(parser.parse_args(["demo", "--unet-width", "0"]))
     with pytest.raises(SystemExit):
         parser.parse_args(["demo", "--placement", "masks"])  # the demo has no --masks folder
     with pytest.raises(SystemExit):
         parser.parse_args(["demo", "--vae-factor", "16"])
 
 
-def test_demo_bootstraps_with_its_vae_factor(tmp_path, monkeypatch):
+def test_demo_bootstraps_with_its_vae_factor_and_unet_width(tmp_path, monkeypatch):
     import seas.cli.demo as demo
 
     seen = []
@@ -265,5 +267,5 @@ def test_demo_bootstraps_with_its_vae_factor(tmp_path, monkeypatch):
 
     monkeypatch.setattr(demo, "bootstrap_backbone", record)
     with pytest.raises(KeyboardInterrupt):
-        demo.run_demo(tmp_path / "out", dataclasses.replace(demo.DemoConfig.quick(), vae_factor=4))
-    assert [b.vae_factor for b in seen] == [4]
+        demo.run_demo(tmp_path / "out", dataclasses.replace(demo.DemoConfig.quick(), vae_factor=4, unet_width=16))
+    assert [(b.vae_factor, b.width) for b in seen] == [(4, 16)]

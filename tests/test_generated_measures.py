@@ -270,3 +270,44 @@ def test_report_answer_first_measures_and_rejected_beside_accepted(constructed, 
     assert 'alt="accepted"' in hole and "rejected: empty mask; reason &lt;hole&gt;" in hole  # side by side
     assert "<td>0.75</td>" in control and "2 line(s) of rejected.jsonl skipped" in control
     assert "<h3>scratch</h3>" in control  # all rejected: shown too
+
+
+def test_type_fidelity_reads_the_held_out_real_images_with_the_same_classifier(constructed, tmp_path):
+    """``real_test`` is the generated pairs' classifier reading the held-out real test images:
+    equal to a classifier fitted alike reading them; empty anomaly masks and types it never
+    learned are left out; the demo's line and the report show it beside the generated reading."""
+    from seas.judge.classifier import TypeClassifier
+    from seas.judge.measures import type_fidelity
+
+    real, normals, rows, _ = constructed
+    rng = np.random.default_rng(11)
+    test = {k: [_draw(k, _surface(rng), _centre(rng), rng) for _ in range(3)] for k in ("hole", "scratch")}
+    test["hole"].append((_surface(rng), np.zeros((S, S), bool)))  # an empty mask says nothing of its type
+    test["crack"] = [_draw("scratch", _surface(rng), _centre(rng), rng)]  # never learned: no class
+    test["good"] = [(_surface(rng), None) for _ in range(2)]
+    pairs = load_pairs(rows, S, reference_reader(read_rgb, S))
+    fid = measure_generated(pairs, real, normals, seed=0, steps=40, test=test)["type_fidelity"]
+
+    expected = type_fidelity(TypeClassifier(device="cpu").fit(real, normals, seed=0, steps=40),
+                             {"hole": test["hole"][:3], "scratch": test["scratch"], "good": test["good"]})
+    held_out = fid["real_test"]
+    assert held_out["rows"] == ["hole", "scratch", "good"]
+    assert np.array(held_out["confusion"]).sum(1).tolist() == [3, 3, 2]
+    assert held_out["confusion"] == expected["confusion"]
+    assert held_out["accuracy"] == pytest.approx(expected["accuracy"])
+    assert held_out["good_accuracy"] == pytest.approx(expected["good_accuracy"])
+    assert "real_test" not in measure_generated(pairs, real, normals, seed=0, steps=2)["type_fidelity"]
+
+    metrics = json.loads(json.dumps({"generated_measures": {"type_fidelity": fid}}, default=float)
+                         .replace("NaN", "null"))
+    line = measure_lines(metrics["generated_measures"])[0]
+    assert f"held-out real anomalies: {held_out['accuracy']:.2f})" in line
+    assert line.endswith(f"(held-out real normals: {held_out['good_accuracy']:.2f})")
+
+    downstream = {"real_only": _metrics(), "real+generated": _metrics(0.4)}
+    html = write_report(tmp_path / "report.html", dict(metrics, verdict=verdict(downstream), downstream=downstream),
+                        {}, {}, None, None).read_text()
+    measures = html.split('<section id="generated-measures"')[1].split("</section>")[0]
+    cells = re.findall(r"<td>([^<]*)</td>", measures.split("<td>all real test anomalies</td>")[1].split("</tr>")[0])
+    assert cells[:2] == ["6", f"{held_out['accuracy']:.4g}"]  # 3 holes + 3 scratches, read as above
+    assert "<td>hole (real test)</td>" in measures and "<td>good (real test)</td>" in measures

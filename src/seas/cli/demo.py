@@ -51,6 +51,7 @@ class DemoConfig:
     vae_steps: int = 120
     unet_steps: int = 250
     vae_factor: int = 8  # pixels per latent cell along a side (SD 1.x: 8)
+    unet_width: int = 32  # tiny U-Net channels (w, 2w, 4w, 4w) and text width 2w
     generic_defects: float = 0.5  # share of bootstrap images with a generic drawn, captioned defect
     empty_captions: float = 0.0  # share of bootstrap U-Net images captioned with the empty prompt
     # stage 1 (a tiny model trained for minutes needs larger steps than SD's 4e-6 / 4e-5)
@@ -213,7 +214,7 @@ def run_demo(out: str | Path, cfg: DemoConfig, data_cfg: DataConfig | None = Non
     with clock.stage("bootstrap base model"):
         boot = BootstrapConfig(resolution=cfg.resolution, vae_steps=cfg.vae_steps, unet_steps=cfg.unet_steps,
                                generic_defects=cfg.generic_defects, empty_captions=cfg.empty_captions,
-                               vae_factor=cfg.vae_factor, seed=cfg.seed)
+                               vae_factor=cfg.vae_factor, width=cfg.unet_width, seed=cfg.seed)
         base = bootstrap_backbone(data_cfg, boot, out / "base")
     run_dir = out / "run"
     with clock.stage("stage 1: SeaS fine-tuning"):
@@ -290,9 +291,12 @@ def measure_lines(measures: dict) -> list[str]:
     if "skipped" in fid:
         lines.append(f"type fidelity skipped: {fid['skipped']}")
     elif fid:
+        held_out = fid.get("real_test") or {}  # the same classifier on the held-out real test images
+        real_types = f"; held-out real anomalies: {_num(held_out.get('accuracy'))}" if held_out else ""
+        real_good = f" (held-out real normals: {_num(held_out.get('good_accuracy'))})" if held_out else ""
         lines.append(f"type fidelity of the generated pairs: {_num(fid.get('accuracy'))} "
-                     f"(chance {_num(fid.get('chance'))}); generated normals read as good: "
-                     f"{_num(fid.get('good_accuracy'))}")
+                     f"(chance {_num(fid.get('chance'))}{real_types}); generated normals read as good: "
+                     f"{_num(fid.get('good_accuracy'))}{real_good}")
     if "skipped" in agr:
         lines.append(f"mask agreement skipped: {agr['skipped']}")
     elif agr:
@@ -343,6 +347,9 @@ def add_parsers(sub) -> None:
     g.add_argument("--vae-factor", type=int, choices=VAE_FACTORS, default=None,
                    help=f"pixels per latent cell of the bootstrapped VAE (default {d.vae_factor}, SD 1.x's; 4 keeps "
                    "more detail and gives the U-Net four times the work, docs/TRAINING.md)")
+    g.add_argument("--unet-width", type=int, default=None,
+                   help=f"channels of the bootstrapped tiny U-Net (w, 2w, 4w, 4w; default {d.unet_width}); 16 costs "
+                   "about a quarter per latent cell, room for --vae-factor 4 (docs/TRAINING.md)")
     g.add_argument("--placement", choices=[p for p in PLACEMENTS if p != "masks"], default=None,
                    help=f"where generated defects go, as seas generate --placement (default {d.placement})")
     g.add_argument("--qc", choices=QC_MODES, default=None, help=f"quality control, as seas generate --qc (default {d.qc})")
@@ -365,13 +372,13 @@ def demo_config(args) -> DemoConfig:
     (photographs), then every option given."""
     cfg = DemoConfig.quick() if args.quick else DemoConfig.photographs() if args.data else DemoConfig()
     given = {name: getattr(args, name) for name in ("seed", "resolution", "train_steps", "generic_defects",
-                                                     "empty_captions", "vae_factor", "placement", "qc", "segmenter", "seg_size", "seg_steps",
+                                                     "empty_captions", "vae_factor", "unet_width", "placement", "qc", "segmenter", "seg_size", "seg_steps",
                                                      "seg_width")
              if getattr(args, name, None) is not None}
     cfg = dataclasses.replace(cfg, **given)
     if cfg.resolution % 64:
         raise ConfigError(f"--resolution {cfg.resolution}: must be a multiple of 64 (the tiny model's factor)")
-    for name in ("train_steps", "seg_size", "seg_steps"):
+    for name in ("train_steps", "unet_width", "seg_size", "seg_steps"):
         if getattr(cfg, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 1")
     for name in ("generic_defects", "empty_captions"):

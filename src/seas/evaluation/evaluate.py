@@ -560,8 +560,11 @@ def evaluate_run(run_dir: str | Path, generated_dir: str | Path | None = None, o
                                 judged=[p.image for p in judged], run_dir=run.path)
     for pair, prob in zip(judged, downstream["judged"]):
         pair.prob = prob  # the real_only segmenter's map: mask agreement reuses that model
+    test_by_type = {}  # {type or "good": [(image, mask)]}: the held-out real images the type classifier also reads
+    for sample, pair in zip(split.test, test_pairs):
+        test_by_type.setdefault(sample.type, []).append(pair)
     measures = measure_generated(generated, real, normals, seed=cfg.seed, steps=cfg.judge_steps,
-                                 device=str(resolve_device(cfg.device)))
+                                 device=str(resolve_device(cfg.device)), test=test_by_type)
 
     quality_scores = run_quality(rows, run, quality_reasons, cfg)
     kinds = kind_order({r["kind"] for r in all_rows}, split.types)

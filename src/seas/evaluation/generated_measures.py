@@ -112,12 +112,17 @@ def _strip(result: dict) -> dict:
 
 
 def fidelity(pairs: list[GeneratedPair], real: dict[str, list], normals: list[np.ndarray], *,
-             seed: int, steps: int, device: str = "cpu") -> dict:
+             seed: int, steps: int, device: str = "cpu", test: dict[str, list] | None = None) -> dict:
     """:func:`~seas.judge.measures.type_fidelity` of the generated pairs of every plain type and
     ``good``, by a classifier fitted on ``real`` (``{type: [(image, mask)]}``, the real training
     anomalies) and ``normals``; adds ``classifier`` (what it learned from) and ``not_classified``
     (``{kind: reason}``: mixtures, types without a real training mask). ``{"skipped": reason}``
-    when no type can be learned."""
+    when no type can be learned.
+
+    ``test`` (``{type or "good": [(image, mask or None)]}``, the held-out real test images) adds
+    ``real_test``: the same classifier's reading of them, the same keys as the generated pairs'.
+    It is what the judge gives real defects it never saw, the scale the generated pairs' reading
+    is read on (a generator whose pairs the judge reads better than real ones draws caricatures)."""
     learnable = {t: [(i, m) for i, m in pairs_ if m is not None and m.any()] for t, pairs_ in real.items()}
     learnable = {t: v for t, v in learnable.items() if v}
     if not learnable or not normals:
@@ -133,6 +138,10 @@ def fidelity(pairs: list[GeneratedPair], real: dict[str, list], normals: list[np
         else:
             not_classified[kind] = "a mixture has no class of its own"
     result = type_fidelity(classifier, {k: v for k, v in generated.items() if v})
+    held_out = {k: [(i, m) for i, m in (test or {}).get(k, []) if k == GOOD or (m is not None and m.any())]
+                for k in classifier.classes}
+    if any(held_out.values()):
+        result["real_test"] = type_fidelity(classifier, {k: v for k, v in held_out.items() if v})
     result["classifier"] = {"seed": seed, "steps": steps,
                             "trained_on": {**{t: len(v) for t, v in learnable.items()}, GOOD: len(normals)}}
     result["not_classified"] = not_classified
@@ -228,16 +237,17 @@ def _mean(values: list) -> float:
 
 
 def measure_generated(pairs: list[GeneratedPair], real: dict[str, list], normals: list[np.ndarray], *,
-                      seed: int, steps: int, device: str = "cpu") -> dict:
+                      seed: int, steps: int, device: str = "cpu", test: dict[str, list] | None = None) -> dict:
     """The four measures of ``pairs`` (``metrics.json["generated_measures"]``).
 
     ``real``: ``{type: [(image (S, S, 3) uint8, mask (S, S) bool)]}`` the real training anomalies
     in the run's type order; ``normals``: the normal training images ``(S, S, 3)``; ``seed`` and
-    ``steps``: the type classifier's.
+    ``steps``: the type classifier's; ``test``: the held-out real test images by type (``good``
+    included) that the classifier also reads (:func:`fidelity`).
     """
     types = list(real)
     return {
-        "type_fidelity": fidelity(pairs, real, normals, seed=seed, steps=steps, device=device),
+        "type_fidelity": fidelity(pairs, real, normals, seed=seed, steps=steps, device=device, test=test),
         "mask_agreement": agreement(pairs, types),
         "anomaly_evidence": evidence(pairs, types),
         "area_position": areas(pairs, real, normals),

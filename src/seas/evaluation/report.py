@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from seas.data.readers import GOOD
 from seas.evaluation.verdict import metric_name
 from seas.files.atomic import write_text
 
@@ -355,6 +356,11 @@ def _measures(metrics: dict) -> str:
     kinds = list(dict.fromkeys([*area_rows, *agr_rows, *fid_rows]))
     rows = [_measure_row(k, fid_rows.get(k, {}), agr_rows.get(k, {}), area_rows.get(k, {})) for k in kinds]
     rows.append(_measure_row("all anomalies", fid, agr.get("all", {}), area.get("all", {})))
+    held_out = fid.get("real_test") or {}  # the same classifier on the held-out real test images
+    rows += [_measure_row(f"{k} (real test)", v, {}, {}) for k, v in held_out.get("per_type", {}).items()]
+    if held_out.get("per_type"):
+        n = sum(v.get("n", 0) for k, v in held_out["per_type"].items() if k != GOOD)
+        rows.append(_measure_row("all real test anomalies", dict(held_out, n=n), {}, {}))
     body = _skips(parts) + _note(
         "type fidelity: share of pairs a classifier trained only on the real training anomalies (and normal "
         f"training images as good) names as the requested kind (chance 1/K = {_fmt(fid.get('chance'))}; for good: "
@@ -362,7 +368,9 @@ def _measures(metrics: dict) -> str:
         "segmenter's prediction against each generated mask; area in range: share of masks whose area lies in "
         "the real training masks' range of the type (an empty mask never does); mask area and real area: mean "
         "share of the image of the non-empty generated and real masks; on product: share of mask pixels "
-        "on the product's region in the normal images (real: the same for the real masks).")
+        "on the product's region in the normal images (real: the same for the real masks). Rows marked real "
+        "test: the same classifier on the held-out real test images, the reading real defects get, to read the "
+        "generated rows against.")
     body += _table(["kind", *MEASURE_COLUMNS], rows)
     body += "".join(_note(f"{k}: no type fidelity, {why}") for k, why in fid.get("not_classified", {}).items())
     if fid.get("confusion"):
