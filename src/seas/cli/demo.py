@@ -371,10 +371,9 @@ def demo_config(args) -> DemoConfig:
     """The demo's settings: ``--quick``, or the default for the synthetic product or for ``--data``
     (photographs), then every option given."""
     cfg = DemoConfig.quick() if args.quick else DemoConfig.photographs() if args.data else DemoConfig()
-    given = {name: getattr(args, name) for name in ("seed", "resolution", "train_steps", "generic_defects",
-                                                     "empty_captions", "vae_factor", "unet_width", "placement", "qc", "segmenter", "seg_size", "seg_steps",
-                                                     "seg_width")
-             if getattr(args, name, None) is not None}
+    names = ("seed", "resolution", "train_steps", "generic_defects", "empty_captions", "vae_factor", "unet_width",
+             "placement", "qc", "segmenter", "seg_size", "seg_steps", "seg_width")
+    given = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
     cfg = dataclasses.replace(cfg, **given)
     if cfg.resolution % 64:
         raise ConfigError(f"--resolution {cfg.resolution}: must be a multiple of 64 (the tiny model's factor)")
