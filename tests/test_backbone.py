@@ -152,3 +152,23 @@ def test_tiny_base_is_written_once_under_seas_home(tmp_path, monkeypatch):
     read_back = second.unet.state_dict()
     for key, value in first.unet.state_dict().items():
         assert torch.equal(value, read_back[key])
+
+
+def test_any_width_builds_with_groups_that_divide_it():
+    """GroupNorm's groups are SD's 32 where the width allows (32, 64) and the largest divisor of
+    32 otherwise, so a width of 48 (U-Net) or 24 (VAE) builds and runs instead of failing in
+    torch's GroupNorm."""
+    import torch
+
+    from seas.model.backbone import build_tiny_components
+
+    sd_like = build_tiny_components(width=32, vae_width=64)
+    assert sd_like["unet"].config.norm_num_groups == 32 and sd_like["vae"].config.norm_num_groups == 32
+    parts = build_tiny_components(width=48, vae_width=24)
+    assert parts["unet"].config.norm_num_groups == 16 and parts["vae"].config.norm_num_groups == 8
+    assert parts["unet"].config.block_out_channels == (48, 96, 192, 192)
+    with torch.no_grad():
+        latents = parts["vae"].encode(torch.zeros(1, 3, 64, 64)).latent_dist.mean  # (1, 4, 8, 8)
+        text = torch.zeros(1, 77, parts["unet"].config.cross_attention_dim)
+        out = parts["unet"](latents, 10, text).sample
+    assert out.shape == latents.shape == (1, 4, 8, 8)

@@ -19,6 +19,7 @@ up blocks 1 and 2 feeding the mask head, a VAE decoder with four up blocks (fact
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -152,7 +153,7 @@ def build_tiny_components(seed: int = 0, width: int = 32, vae_width: int | None 
         layers_per_block=2,
         attention_head_dim=tuple(max(1, c // 32) for c in channels),
         cross_attention_dim=text_dim,
-        norm_num_groups=min(32, width),
+        norm_num_groups=math.gcd(32, width),  # SD's 32 groups where the width allows; divides every width
     )
     v = vae_width or width
     blocks = vae_factor.bit_length()  # 8 -> 4 blocks (3 downsamplings, SD 1.x), 4 -> 3, 2 -> 2
@@ -164,7 +165,7 @@ def build_tiny_components(seed: int = 0, width: int = 32, vae_width: int | None 
         block_out_channels=(v,) + (2 * v,) * (blocks - 1),
         layers_per_block=1,
         latent_channels=latent_channels,
-        norm_num_groups=min(32, v),
+        norm_num_groups=math.gcd(32, v),
         sample_size=256,
     )
     scheduler = DDPMScheduler(**SD_SCHEDULER_CONFIG)
