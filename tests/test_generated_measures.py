@@ -292,7 +292,7 @@ def test_type_fidelity_reads_the_held_out_real_images_with_the_same_classifier(c
                              {"hole": test["hole"][:3], "scratch": test["scratch"], "good": test["good"]})
     held_out = fid["real_test"]
     assert held_out["rows"] == ["hole", "scratch", "good"]
-    assert np.array(held_out["confusion"]).sum(1).tolist() == [3, 3, 2]
+    assert np.array(held_out["confusion"]).sum(1).tolist() == [3, 3, 2] and held_out["n"] == 6
     assert held_out["confusion"] == expected["confusion"]
     assert held_out["accuracy"] == pytest.approx(expected["accuracy"])
     assert held_out["good_accuracy"] == pytest.approx(expected["good_accuracy"])

@@ -349,7 +349,7 @@ def add_parsers(sub) -> None:
                    "more detail and gives the U-Net four times the work, docs/TRAINING.md)")
     g.add_argument("--unet-width", type=int, default=None,
                    help=f"channels of the bootstrapped tiny U-Net (w, 2w, 4w, 4w; default {d.unet_width}); 16 with "
-                   "--vae-factor 4 keeps the demo near its default time, and measured worse (docs/TRAINING.md)")
+                   "--vae-factor 4 took 1.3 times the default's time and measured worse (docs/TRAINING.md)")
     g.add_argument("--placement", choices=[p for p in PLACEMENTS if p != "masks"], default=None,
                    help=f"where generated defects go, as seas generate --placement (default {d.placement})")
     g.add_argument("--qc", choices=QC_MODES, default=None, help=f"quality control, as seas generate --qc (default {d.qc})")

@@ -111,6 +111,12 @@ def _strip(result: dict) -> dict:
 # ----------------------------------------------------------------------------- type fidelity
 
 
+def _with_defect(pairs: list) -> list:
+    """The ``(image, mask)`` pairs whose mask marks a defect (an empty or missing mask says
+    nothing of a type)."""
+    return [(image, mask) for image, mask in pairs if mask is not None and mask.any()]
+
+
 def fidelity(pairs: list[GeneratedPair], real: dict[str, list], normals: list[np.ndarray], *,
              seed: int, steps: int, device: str = "cpu", test: dict[str, list] | None = None) -> dict:
     """:func:`~seas.judge.measures.type_fidelity` of the generated pairs of every plain type and
@@ -123,7 +129,7 @@ def fidelity(pairs: list[GeneratedPair], real: dict[str, list], normals: list[np
     ``real_test``: the same classifier's reading of them, the same keys as the generated pairs'.
     It is what the judge gives real defects it never saw, the scale the generated pairs' reading
     is read on (a generator whose pairs the judge reads better than real ones draws caricatures)."""
-    learnable = {t: [(i, m) for i, m in pairs_ if m is not None and m.any()] for t, pairs_ in real.items()}
+    learnable = {t: _with_defect(pairs_) for t, pairs_ in real.items()}
     learnable = {t: v for t, v in learnable.items() if v}
     if not learnable or not normals:
         return {"skipped": "no real training anomaly with a non-empty mask, or no normal training image, "
@@ -138,10 +144,10 @@ def fidelity(pairs: list[GeneratedPair], real: dict[str, list], normals: list[np
         else:
             not_classified[kind] = "a mixture has no class of its own"
     result = type_fidelity(classifier, {k: v for k, v in generated.items() if v})
-    held_out = {k: [(i, m) for i, m in (test or {}).get(k, []) if k == GOOD or (m is not None and m.any())]
-                for k in classifier.classes}
-    if any(held_out.values()):
-        result["real_test"] = type_fidelity(classifier, {k: v for k, v in held_out.items() if v})
+    held_out = {k: v if k == GOOD else _with_defect(v) for k, v in (test or {}).items() if k in classifier.classes}
+    held_out = {k: v for k, v in held_out.items() if v}
+    if held_out:
+        result["real_test"] = type_fidelity(classifier, held_out)
     result["classifier"] = {"seed": seed, "steps": steps,
                             "trained_on": {**{t: len(v) for t, v in learnable.items()}, GOOD: len(normals)}}
     result["not_classified"] = not_classified

@@ -97,8 +97,8 @@ def type_fidelity(classifier: TypeClassifier,
         ``type_accuracy`` (argmax over the anomaly types only: right type
         given that it is read as an anomaly), ``good_rate`` (read as normal),
         ``mean_confidence`` (mean probability of the true type);
-        ``accuracy`` / ``mean_confidence``: pooled over all anomaly pairs
-        (``"good"`` excluded); ``mean_type_accuracy``: mean of the per-type
+        ``n``, ``accuracy`` / ``mean_confidence``: count and pooled values over all
+        anomaly pairs (``"good"`` excluded); ``mean_type_accuracy``: mean of the per-type
         accuracies (insensitive to unequal counts); ``chance``: ``1 / K`` for
         ``K`` anomaly types, the accuracy of guessing a type at random;
         ``good_accuracy``: accuracy on the ``"good"`` row (NaN without one).
@@ -133,6 +133,7 @@ def type_fidelity(classifier: TypeClassifier,
         "columns": list(classifier.classes),
         "confusion": confusion.tolist(),
         "per_type": per_type,
+        "n": len(hits),
         "accuracy": _nan_mean(hits),
         "mean_type_accuracy": _nan_mean(anomaly_acc),
         "mean_confidence": _nan_mean(confidences),
