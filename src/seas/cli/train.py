@@ -1,4 +1,4 @@
-"""``seas train``, ``seas train-mask`` and ``seas bootstrap``."""
+"""``seas train``, ``seas train-mask``, ``seas bootstrap`` and ``seas pretrain``."""
 
 from __future__ import annotations
 
@@ -56,6 +56,17 @@ def add_parsers(sub) -> None:
     BootstrapConfig.add_arguments(p.add_argument_group("bootstrap"))
     p.set_defaults(func=cmd_bootstrap)
 
+    from seas.training.pretrain import PretrainConfig
+
+    p = sub.add_parser("pretrain", help="pretrain the tiny base on the procedural corpus (what --base seas-tiny ships)",
+                       description="Train the tiny SD-1.x-shaped model (VAE, then U-Net and text encoder) on the "
+                       "procedural corpus of captioned industrial photographs, with checkpoints: running the same "
+                       "command again resumes. Writes curves.jsonl, snapshots and model/ (fp16 safetensors with "
+                       "MODEL_CARD.md). The defaults reproduce the shipped seas-tiny (its card gives the command).")
+    p.add_argument("--out", required=True, help="folder to write to (new, or an unfinished pretraining to resume)")
+    PretrainConfig.add_arguments(p.add_argument_group("pretraining (defaults: the shipped seas-tiny)"))
+    p.set_defaults(func=cmd_pretrain)
+
 
 def _add_resume_args(p: argparse.ArgumentParser, stage: str) -> None:
     p.add_argument("--resume", default=None, metavar="latest|PATH", help=f"continue an unfinished {stage} from a checkpoint")
@@ -107,6 +118,22 @@ def cmd_bootstrap(args) -> int:
     data_cfg = data_config(args)
     check_bootstrap(data_cfg, cfg, args.out)
     print(f"base model written to {bootstrap_backbone(data_cfg, cfg, args.out)}")
+    return 0
+
+
+def cmd_pretrain(args) -> int:
+    import shlex
+
+    from seas.training.pretrain import PretrainConfig, pretrain
+
+    cfg = PretrainConfig.from_dict(PretrainConfig.given(args))
+    command = "seas pretrain " + shlex.join(sys.argv[2:]) if sys.argv[1:2] == ["pretrain"] else "seas pretrain"
+    try:
+        model = pretrain(cfg, args.out, command=command)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: the checkpoints in {args.out} are kept; run the same command to resume", file=sys.stderr)
+        return 130
+    print(f"pretrained base written to {model} (model card: {model / 'MODEL_CARD.md'})")
     return 0
 
 

@@ -100,6 +100,8 @@ class DataConfig(Config):
                            "training image is grey", choices=CHANNELS)
     train_fraction: float = option(1.0 / 3.0, help="few-shot share of each type's images used for training "
                                    "(strictly between 0 and 1)")
+    train_per_type: int | None = option(None, help="few-shot training images per type, the first of each type "
+                                        "sorted by name (default: the --train-fraction rule)", minimum=1)
     max_normal_train: int = option(60, help="normal training images (the first of the sorted train partition)",
                                    minimum=1)
     normal_test_fraction: float = option(1.0 / 3.0, help="folder layout without normal_test: the last share of "

@@ -1,7 +1,7 @@
 """The few-shot protocol (spec section 2) and the checks on the images it uses.
 
 Per anomaly type with n images sorted by file name, the first ``k = max(floor(n * f), 1)``
-(f = 1/3) are training images; the rest, plus every normal image of the test partition, form
+(f = 1/3), or ``train_per_type`` when set, are training images; the rest, plus every normal image of the test partition, form
 the downstream test set. The normal training images are the first ``max_normal_train`` (60) of
 the sorted train partition (the reference takes an unsorted, shorter list: defect 3).
 """
@@ -63,7 +63,7 @@ def few_shot_split(samples: list[Sample], cfg: DataConfig) -> Split:
     train, test = {}, []
     for kind in types:
         ordered = _by_name([s for s in samples if s.type == kind])
-        k = shots(len(ordered), cfg.train_fraction)
+        k = shots(len(ordered), cfg.train_fraction) if cfg.train_per_type is None else cfg.train_per_type
         train[kind], held_out = ordered[:k], ordered[k:]
         test += held_out
     pool = _by_name([s for s in samples if s.is_normal and s.partition == "train"])

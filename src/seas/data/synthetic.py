@@ -233,6 +233,18 @@ def _write_png(path: Path, array: np.ndarray) -> None:
         raise OSError(f"could not write {path}")
 
 
+def synthetic_image(seed: int, product: str, folder: str, index: int, size: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Image ``index`` of ``folder`` (``train/good``, ``test/good``, ``test/<type>``) of the
+    product that :func:`write_synthetic_product` writes with the same arguments, in memory:
+    the ``(S, S, 3)`` uint8 image and its ``(S, S)`` uint8 mask (``None`` for a normal image)."""
+    defect_type = folder.split("/")[1]
+    rng = _image_rng(seed, product, folder, index)
+    image = render_normal(rng, size)
+    if defect_type == "good":
+        return image, None
+    return add_defect(image, defect_type, rng)
+
+
 def _write_images(root: Path, seed: int, product: str, size: int, counts: dict[str, int]) -> None:
     """Write every image (and mask) of the dataset under `root`."""
     for folder, count in counts.items():
@@ -241,10 +253,8 @@ def _write_images(root: Path, seed: int, product: str, size: int, counts: dict[s
         if defect_type != "good":
             (root / "ground_truth" / defect_type).mkdir(parents=True)
         for index in range(count):
-            rng = _image_rng(seed, product, folder, index)
-            image = render_normal(rng, size)
-            if defect_type != "good":
-                image, mask = add_defect(image, defect_type, rng)
+            image, mask = synthetic_image(seed, product, folder, index, size)
+            if mask is not None:
                 _write_png(root / "ground_truth" / defect_type / f"{index:03d}_mask.png", mask)
             _write_png(root / folder / f"{index:03d}.png", image)
 

@@ -8,9 +8,12 @@ One entry point, :func:`load_backbone`, takes what a user writes after ``--base`
   diffusers' own single-file loader (``config`` names a diffusers folder or hub id whose
   configs describe the file; offline users pass a local folder);
 * a hub id such as ``stable-diffusion-v1-5/stable-diffusion-v1-5`` where the network allows;
-* ``tiny``: a small model with the SD 1.x block structure, built from code (no download),
-  written once to a cache folder (``$SEAS_HOME/backbones/tiny-v2``) and then read back through
-  the same folder path.
+* ``tiny``: a small model with the SD 1.x block structure and random weights, built from code
+  (no download), written once to a cache folder (``$SEAS_HOME/backbones/tiny-v2``) and then read
+  back through the same folder path: for tests;
+* ``seas-tiny``: the tiny base shipped with the package, pretrained on the procedural corpus
+  (``seas pretrain``; its model card lies beside the weights), checked against its SHA-256
+  table on every load.
 
 The tiny model keeps every layer SeaS touches: cross attention in down blocks 1 and 2, U-Net
 up blocks 1 and 2 feeding the mask head, a VAE decoder with four up blocks (factor 8).
@@ -28,6 +31,7 @@ import torch
 
 from seas.errors import SeasError
 from seas.files.atomic import write_dir
+from seas.weights import SHIPPED_BASES, seas_home, shipped_base
 
 # Components and the classes that read them, in the diffusers folder layout.
 COMPONENTS = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
@@ -110,25 +114,70 @@ def tiny_tokenizer_vocab() -> dict[str, int]:
 VAE_FACTORS = (2, 4, 8)  # pixels per latent cell along a side that the tiny VAE can be built with
 
 
+def learn_merges(words: list[str]) -> list[tuple[str, str]]:
+    """Byte-pair merges (CLIP's ``</w>`` convention) after which every word of ``words`` is one
+    token: the BPE training loop, each round merging the most frequent adjacent pair (ties: the
+    pair that sorts first), until no word has two symbols left. Words are lower-case ASCII."""
+    pieces = {w: [*w[:-1], w[-1] + "</w>"] for w in sorted(set(words))}
+    merges: list[tuple[str, str]] = []
+    while True:
+        counts: dict[tuple[str, str], int] = {}
+        for symbols in pieces.values():
+            for pair in zip(symbols, symbols[1:]):
+                counts[pair] = counts.get(pair, 0) + 1
+        if not counts:
+            return merges
+        best = min(counts, key=lambda pair: (-counts[pair], pair))
+        merges.append(best)
+        for word, symbols in pieces.items():
+            merged, i = [], 0
+            while i < len(symbols):
+                if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == best:
+                    merged.append(symbols[i] + symbols[i + 1])
+                    i += 2
+                else:
+                    merged.append(symbols[i])
+                    i += 1
+            pieces[word] = merged
+
+
+def tiny_tokenizer(words: list[str] | None = None):
+    """The byte-level CLIP tokenizer of :func:`tiny_tokenizer_vocab`; with ``words``, BPE merges
+    (:func:`learn_merges`) make each of them one token, as SD's vocabulary does for English words,
+    while any other text still splits into bytes."""
+    from transformers import CLIPTokenizer
+
+    vocab = tiny_tokenizer_vocab()
+    merges = learn_merges(words) if words else []
+    for a, b in merges:
+        vocab.setdefault(a + b, len(vocab))
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+
+
 def build_tiny_components(seed: int = 0, width: int = 32, vae_width: int | None = None,
-                          latent_channels: int = 4, vae_factor: int = 8) -> dict:
+                          latent_channels: int = 4, vae_factor: int = 8, top_attention: bool = True,
+                          words: list[str] | None = None) -> dict:
     """Random tiny SD-1.x-shaped parts, built offline. ``width`` scales every channel count
     (``vae_width``, default ``width``, those of the VAE); ``latent_channels`` is SD 1.x's 4
     and ``vae_factor`` (pixels per latent cell along a side, 2, 4 or 8) SD 1.x's 8 unless asked
     otherwise (the U-Net's input and output follow the channels; its latent grows with a
-    smaller factor)."""
+    smaller factor).
+
+    ``top_attention=False`` drops the transformers of the U-Net's outermost blocks (down block 0,
+    up block 3; SD 1.x has them): SeaS reads none of them (L_DA uses down blocks 1 and 2, the
+    mask head up blocks 1 and 2), and their self-attention over every latent cell is half of an
+    update's time at a 32 x 32 latent on a CPU. ``words``: see :func:`tiny_tokenizer`."""
     if vae_factor not in VAE_FACTORS:
         raise ValueError(f"vae_factor {vae_factor}: must be one of {VAE_FACTORS}")
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(seed)
-    vocab = tiny_tokenizer_vocab()
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
+    tokenizer = tiny_tokenizer(words)
     text_dim = 2 * width
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
-            vocab_size=len(vocab),
+            vocab_size=len(tokenizer),
             hidden_size=text_dim,
             intermediate_size=4 * text_dim,
             num_hidden_layers=2,
@@ -143,12 +192,13 @@ def build_tiny_components(seed: int = 0, width: int = 32, vae_width: int | None 
     # One attention head per 32 channels (diffusers' attention_head_dim is a head count here):
     # SD's 8 heads at these widths would be 4-dimensional, and twice as slow on a CPU.
     channels = (width, 2 * width, 4 * width, 4 * width)
+    outer_down, outer_up = ("CrossAttnDownBlock2D", "CrossAttnUpBlock2D") if top_attention else ("DownBlock2D", "UpBlock2D")
     unet = UNet2DConditionModel(
         sample_size=32,
         in_channels=latent_channels,
         out_channels=latent_channels,
-        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        down_block_types=(outer_down,) + ("CrossAttnDownBlock2D",) * 2 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 2 + (outer_up,),
         block_out_channels=channels,
         layers_per_block=2,
         attention_head_dim=tuple(max(1, c // 32) for c in channels),
@@ -170,6 +220,16 @@ def build_tiny_components(seed: int = 0, width: int = 32, vae_width: int | None 
     )
     scheduler = DDPMScheduler(**SD_SCHEDULER_CONFIG)
     return dict(tokenizer=tokenizer, text_encoder=text_encoder, unet=unet, vae=vae, scheduler=scheduler)
+
+
+def quiet_log_variance(vae) -> None:
+    """Start a random VAE's log-variance at -10 (std 0.007): a random encoder's variance of 1
+    would drown the latents in noise and leave the decoder nothing to learn from for hundreds
+    of updates; trained SD VAEs have small variances too."""
+    with torch.no_grad():
+        latent = vae.config.latent_channels
+        vae.quant_conv.weight[latent:] = 0.0
+        vae.quant_conv.bias[latent:] = -10.0
 
 
 def model_index() -> dict:
@@ -199,8 +259,7 @@ def save_components(components: dict, folder: Path) -> Path:
 
 def tiny_cache_dir() -> Path:
     """Where ``--base tiny`` is materialised: ``$SEAS_HOME/backbones/tiny-v2``."""
-    home = Path(os.environ.get("SEAS_HOME", Path.home() / ".cache" / "seas"))
-    return home / "backbones" / TINY_VERSION
+    return seas_home() / "backbones" / TINY_VERSION
 
 
 def write_tiny_backbone(folder: Path | None = None, seed: int = 0, width: int = 32) -> Path:
@@ -213,7 +272,10 @@ def write_tiny_backbone(folder: Path | None = None, seed: int = 0, width: int = 
 
 
 def resolve_base(base: str) -> str:
-    """Turn ``tiny`` into its cache folder (writing it on first use); other values unchanged."""
+    """Turn ``tiny`` into its cache folder (writing it on first use) and a shipped base's name
+    (``seas-tiny``) into its verified folder; other values unchanged."""
+    if base in SHIPPED_BASES:
+        return str(shipped_base(base))
     if base == TINY:
         folder = tiny_cache_dir()
         if not (folder / "model_index.json").exists():

@@ -20,8 +20,14 @@ and so on. This teaches the base what Stable Diffusion knows from pretraining an
 on: words of the prompt change local appearance, in one place. The product's anomaly images
 are never read (they are SeaS's few shots).
 
-The result is an ordinary diffusers folder that ``--base`` accepts. It is a small model
-trained for minutes, not Stable Diffusion: it knows one product and a few generic defects.
+With ``base`` set (e.g. ``seas-tiny``, the pretrained base shipped with the package), the same
+training starts from that model's weights instead of random ones: a short adaptation of a
+pretrained base to a product's normal images (its VAE and latent scale are kept unless
+``vae_steps`` > 0). What ``seas demo --data`` does before stage 1.
+
+The result is an ordinary diffusers folder that ``--base`` accepts. From random weights it is a
+small model trained for minutes, not Stable Diffusion: it knows one product and a few generic
+defects.
 """
 
 from __future__ import annotations
@@ -40,7 +46,14 @@ from seas.data.transforms import apply_augmentation, draw_augmentation, image_to
 from seas.errors import ConfigError
 from seas.fields import Config, option
 from seas.files.images import read_rgb
-from seas.model.backbone import VAE_FACTORS, build_tiny_components, save_components
+from seas.model.backbone import (
+    COMPONENTS,
+    VAE_FACTORS,
+    build_tiny_components,
+    load_backbone,
+    quiet_log_variance,
+    save_components,
+)
 from seas.model.prompts import tokenize
 from seas.seeds import step_generator
 from seas.training.loop import progress
@@ -52,6 +65,8 @@ class BootstrapConfig(Config):
 
     section = "bootstrap"
 
+    base: str | None = option(None, help="start from this model's weights (e.g. seas-tiny) instead of a random tiny "
+                              "model; the width, VAE and latent options are then the base's")
     resolution: int = option(128, help="image size (a multiple of 64, the tiny model's factor)", minimum=64)
     width: int = option(32, help="tiny U-Net and text-encoder width (U-Net channels w, 2w, 4w, 4w)", minimum=1)
     vae_width: int = option(16, help="tiny VAE width (channels v, 2v, 2v, 2v): 16 costs a quarter of 32 on a CPU",
@@ -60,7 +75,7 @@ class BootstrapConfig(Config):
                                   "16 measured no better within 480 VAE updates, docs/TRAINING.md)", minimum=1)
     vae_factor: int = option(8, help="pixels per latent cell along a side (SD 1.x: 8); 4 gives the VAE a latent "
                              "four times larger, for thin defects, and the U-Net four times the work", choices=VAE_FACTORS)
-    vae_steps: int = option(300, help="VAE updates", minimum=1)
+    vae_steps: int = option(300, help="VAE updates (0: keep the base's VAE; needs --base)", minimum=0)
     unet_steps: int = option(400, help="U-Net updates", minimum=1)
     batch_size: int = option(8, help="images per update", minimum=1)
     lr_vae: float = option(1e-3, help="VAE learning rate", minimum=0.0)
@@ -83,6 +98,8 @@ class BootstrapConfig(Config):
     def validate(self) -> None:
         if self.resolution % 64:
             raise ConfigError(f"--resolution {self.resolution}: must be a multiple of 64 (tiny model factor)")
+        if self.vae_steps == 0 and self.base is None:
+            raise ConfigError("--vae-steps 0 keeps a base's VAE: give --base too (a random VAE cannot be kept)")
 
 
 def caption(product: str) -> str:
@@ -119,18 +136,12 @@ def defect_pool(images: torch.Tensor, cfg: BootstrapConfig, product: str
 
 
 def train_vae(vae, images: torch.Tensor, cfg: BootstrapConfig, weights: np.ndarray | None = None,
-              after_update=None) -> None:
+              after_update=None, fresh: bool = True) -> None:
     """Reconstruction training of the VAE on (N, 3, R, R) images in [-1, 1], drawn with
-    probabilities ``weights`` (default uniform); ``after_update`` as in :func:`_fit`.
-
-    The log-variance half of ``quant_conv`` starts at -10 (std 0.007): a random encoder's
-    variance of 1 would drown the latents in noise and leave the decoder nothing to learn
-    from for hundreds of steps; trained SD VAEs have small variances too.
-    """
-    with torch.no_grad():
-        latent = vae.config.latent_channels
-        vae.quant_conv.weight[latent:] = 0.0
-        vae.quant_conv.bias[latent:] = -10.0
+    probabilities ``weights`` (default uniform); ``after_update`` as in :func:`_fit`. A
+    ``fresh`` (random) VAE first gets :func:`quiet_log_variance`."""
+    if fresh:
+        quiet_log_variance(vae)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=cfg.lr_vae, weight_decay=0.0)
 
     def step_loss(step: int) -> torch.Tensor:
@@ -217,19 +228,30 @@ def bootstrap_backbone(data_cfg: DataConfig, cfg: BootstrapConfig, out: str | Pa
     images = normal_training_images(data_cfg, cfg)  # (N, 3, R, R)
     n_normals = len(images)
     torch.manual_seed(cfg.seed)
-    parts = build_tiny_components(seed=cfg.seed, width=cfg.width, vae_width=cfg.vae_width,
-                                  latent_channels=cfg.latent_channels, vae_factor=cfg.vae_factor)
+    parts = starting_parts(cfg)
     vae, unet, scheduler = parts["vae"], parts["unet"], parts["scheduler"]
     parts["text_encoder"].requires_grad_(False)
     images, captions, weights = defect_pool(images, cfg, data_cfg.product_name)  # (N + M, 3, R, R)
-    train_vae(vae, images, cfg, weights)
+    if cfg.vae_steps:
+        train_vae(vae, images, cfg, weights, fresh=cfg.base is None)
+    vae.requires_grad_(False)
     with torch.no_grad():
         latents = torch.cat([vae.encode(chunk).latent_dist.mean for chunk in images.split(16)])
-        # the scale of SD's latents: unit variance over the normal images (the product)
-        vae.register_to_config(scaling_factor=float(1.0 / latents[:n_normals].std()))
+        if cfg.base is None:  # the scale of SD's latents: unit variance over the normal images (the product)
+            vae.register_to_config(scaling_factor=float(1.0 / latents[:n_normals].std()))
         latents = latents * vae.config.scaling_factor
         unique = sorted(set(captions))
         text_embeddings = parts["text_encoder"](tokenize(parts["tokenizer"], [*unique, ""]))[0]  # (C + 1, L, D)
         caption_of = np.array([unique.index(c) for c in captions])
     train_unet(unet, text_embeddings[:-1], latents, scheduler, cfg, caption_of, weights, empty=text_embeddings[-1])
     return save_components(parts, out)
+
+
+def starting_parts(cfg: BootstrapConfig) -> dict:
+    """The five parts training starts from: ``cfg.base``'s weights, or a random tiny model."""
+    if cfg.base is not None:
+        backbone = load_backbone(cfg.base)
+        backbone.check_resolution(cfg.resolution)
+        return {name: getattr(backbone, name) for name in COMPONENTS}
+    return build_tiny_components(seed=cfg.seed, width=cfg.width, vae_width=cfg.vae_width,
+                                 latent_channels=cfg.latent_channels, vae_factor=cfg.vae_factor)

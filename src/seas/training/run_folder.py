@@ -13,6 +13,7 @@ from seas.errors import ConfigError, RunError
 from seas.files.atomic import read_json, remove_path, remove_temporaries, write_json
 from seas.files.checks import path_size
 from seas.training.checkpoints import CHECKPOINTS, check_resume_path, checkpoint_dirs, config_changes
+from seas.weights import SHIPPED_BASES, SHIPPED_DIR, shipped_base
 
 
 def check_run_folder(run: Path, stage: str, marker: str, config: dict, resume: str | None, overwrite: bool,
@@ -74,7 +75,10 @@ def check_base(base: str | None) -> None:
     rest of what a base must be is checked when it is loaded, before anything is written)."""
     if base is None:
         raise ConfigError("--base is required: a diffusers SD 1.x folder, a .safetensors/.ckpt file, a hub id, "
-                          "or 'tiny' (a random tiny model for tests; use 'seas bootstrap' for a small trained one)")
+                          "'seas-tiny' (the small pretrained base shipped with seas) or 'tiny' (random, for tests)")
+    if base in SHIPPED_BASES:
+        shipped_base(base)  # verified now: a damaged installation is said before any work
+        return
     path = Path(base).expanduser()
     local = base.startswith((".", "/", "~")) or path.suffix in (".safetensors", ".ckpt")
     if base != TINY and local and not path.exists():
@@ -86,7 +90,7 @@ def base_bytes(base: str | None) -> int:
     """Rough size of a base model's weights: its files when local, else a guess (hub id)."""
     if base is None or base == TINY:
         return 0
-    path = Path(base).expanduser()
+    path = SHIPPED_DIR / base if base in SHIPPED_BASES else Path(base).expanduser()
     return path_size(path) if path.exists() else UNKNOWN_BASE_BYTES
 
 

@@ -1,0 +1,159 @@
+"""The model card of a pretrained tiny base: what it was trained on, how long, and what it keeps.
+
+``card.json`` holds every figure; ``MODEL_CARD.md`` says the same for people. Both are written
+into the exported model folder by ``seas pretrain`` and shipped with the weights.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from seas.data import corpus
+from seas.files.atomic import file_table, write_json, write_text
+from seas.weights import CARD_FILE
+
+CARD_JSON = CARD_FILE
+CARD_MD = "MODEL_CARD.md"
+WEIGHT_SUFFIXES = (".safetensors", ".json", ".txt")
+
+
+def parameter_counts(parts: dict) -> dict[str, int]:
+    return {name: sum(p.numel() for p in parts[name].parameters()) for name in ("unet", "text_encoder", "vae")}
+
+
+def weight_files(folder: Path) -> dict[str, list]:
+    """``[size, sha256]`` of every file of the diffusers folder (the card's own files excepted),
+    by relative path: the table :func:`seas.weights.shipped_base` checks before loading."""
+    return {name: entry for name, entry in file_table(folder).items() if name not in (CARD_JSON, CARD_MD)}
+
+
+def summarise_curve(rows: list[dict], phase: str, keys: tuple[str, ...], points: int = 8) -> list[dict]:
+    """About ``points`` evenly spaced rows of ``phase`` (the last one included), with ``keys``."""
+    mine = [r for r in rows if r["phase"] == phase]
+    if not mine:
+        return []
+    stride = max(len(mine) // points, 1)
+    picked = mine[stride - 1::stride]
+    if picked[-1] is not mine[-1]:
+        picked.append(mine[-1])
+    return [{"update": r["update"], "seconds": r["seconds"], **{k: r[k] for k in keys if k in r}} for r in picked]
+
+
+def build_card(*, name: str, cfg: dict, parts: dict, folder: Path, rows: list[dict], probe: dict,
+               machine: str, command: str, date: str) -> dict:
+    seconds = {phase: max((r["seconds"] for r in rows if r["phase"] == phase), default=0.0) for phase in ("vae", "unet")}
+    return {
+        "name": name,
+        "date": date,
+        "command": command,
+        "machine": machine,
+        "corpus": {"version": corpus.CORPUS_VERSION, "seed": cfg["corpus_seed"], "samples": cfg["corpus_size"],
+                   "defect_share": cfg["defect_share"], "families": list(corpus.FAMILIES),
+                   "defects": list(corpus.DEFECTS)},
+        "architecture": {"resolution": cfg["resolution"], "vae_factor": cfg["vae_factor"],
+                         "latent_channels": cfg["latent_channels"], "vae_width": cfg["vae_width"],
+                         "unet_width": cfg["width"], "top_attention": cfg["top_attention"],
+                         "parameters": parameter_counts(parts), "tokens": len(parts["tokenizer"]),
+                         "scaling_factor": parts["vae"].config.scaling_factor},
+        "training": {"vae_updates": cfg["vae_steps"], "vae_batch": cfg["vae_batch"], "unet_updates": cfg["unet_steps"],
+                     "unet_batch": cfg["unet_batch"], "precision": cfg["precision"], "seconds": seconds,
+                     "config": cfg},
+        "curves": {"vae": summarise_curve(rows, "vae", ("l1", "defect_l1", "kl")),
+                   "unet": summarise_curve(rows, "unet", ("mse",))},
+        "vae_round_trip": probe,
+        "files": weight_files(folder),
+    }
+
+
+def _row(cells) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def _num(value, digits: int = 3) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def card_markdown(card: dict) -> str:
+    arch, train, data = card["architecture"], card["training"], card["corpus"]
+    params = arch["parameters"]
+    lines = [
+        f"# {card['name']}: the tiny base shipped with seas",
+        "",
+        "A Stable-Diffusion-1.x-shaped model (VAE, CLIP text encoder, U-Net) small enough to train and run on "
+        "a laptop CPU, pretrained on a procedural corpus of captioned industrial photographs so that SeaS "
+        "fine-tuning starts, as with SD, from a model that already draws surfaces and defects. It is a "
+        "stand-in for SD 1.x where no weights can be had (tests, the CPU demo), not a replacement.",
+        "",
+        "## Training data",
+        "",
+        f"Corpus `{data['version']}` (`seas.data.corpus`), seed {data['seed']}, {data['samples']} samples, "
+        f"{100 * data['defect_share']:.0f} % with one defect and its caption: {len(data['families'])} families "
+        f"({', '.join(data['families'])}) and {len(data['defects'])} defect kinds ({', '.join(data['defects'])}). "
+        "Captions read `a photo of a {family} with a {defect}`; the demo's product and its defect drawings "
+        "(`seas.data.synthetic`) are never in it.",
+        "",
+        "## Model",
+        "",
+        f"{arch['resolution']} px images; VAE factor {arch['vae_factor']} with {arch['latent_channels']} latent "
+        f"channels (width {arch['vae_width']}, {params['vae'] / 1e6:.2f} M parameters, scaling factor "
+        f"{arch['scaling_factor']:.4f}); U-Net width {arch['unet_width']} ({params['unet'] / 1e6:.2f} M; "
+        f"transformers in the outermost blocks: {'yes' if arch['top_attention'] else 'no'}); text encoder "
+        f"{params['text_encoder'] / 1e6:.2f} M with {arch['tokens']} tokens (bytes plus one BPE token per "
+        "corpus word). Weights in fp16 safetensors.",
+        "",
+        "## Training",
+        "",
+        f"VAE: {train['vae_updates']} updates of {train['vae_batch']} images ({train['seconds']['vae'] / 60:.0f} min); "
+        f"U-Net and text encoder: {train['unet_updates']} updates of {train['unet_batch']} "
+        f"({train['seconds']['unet'] / 60:.0f} min), {train['precision']} autocast, exported as the moving "
+        f"average. Machine: {card['machine']}. Date: {card['date']}.",
+        "",
+        "Reproduce with:",
+        "",
+        f"    {card['command']}",
+        "",
+        "## Loss curves",
+        "",
+        _row(["phase", "update", "minutes", "loss"]),
+        _row(["---"] * 4),
+    ]
+    for phase, key in (("vae", "l1"), ("unet", "mse")):
+        for r in card["curves"][phase]:
+            lines.append(_row([phase, r["update"], f"{r['seconds'] / 60:.1f}", f"{key} {_num(r.get(key, float('nan')), 4)}"]))
+    lines += probe_section(card["vae_round_trip"])
+    lines += ["", "Why this shape and these losses: docs/PRETRAINING.md.", "",
+              "## Files (SHA-256)", ""]
+    lines += [f"    {digest}  {path}" for path, (_, digest) in card["files"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def probe_section(probe: dict) -> list[str]:
+    """The card's lines on what the VAE keeps (``probe``: ``originals`` and ``vae`` readings of
+    :class:`seas.judge.vae_probe.VaeProbe`, or empty when not measured)."""
+    lines = ["", "## What the VAE keeps of the demo product's defects", ""]
+    if not probe:
+        return lines + ["Not measured (`--no-probe`)."]
+    lines += [
+        "The held-out real test anomalies of `seas demo`'s synthetic product (seed 0), round-tripped through "
+        "the VAE (encode, mean latent, decode) and read by the type classifier the evaluation uses "
+        "(`seas.judge.vae_probe`):",
+        "",
+        _row(["images", "L1", "PSNR (dB)", "type fidelity", "read as normal", "per type"]),
+        _row(["---"] * 6),
+    ]
+    for label, key in (("originals", "originals"), ("VAE round trip", "vae")):
+        r = probe[key]
+        per = ", ".join(f"{k} {v:.2f}" for k, v in r["per_type"].items())
+        lines.append(_row([label, _num(r["l1"]), _num(r["psnr"], 1), _num(r["type_fidelity"], 2),
+                           _num(r["good_rate"], 2), per]))
+    return lines
+
+
+def write_card(folder: Path, card: dict) -> None:
+    write_json(folder / CARD_JSON, card)
+    write_text(folder / CARD_MD, card_markdown(card))
+
+
+def read_card(folder: Path) -> dict:
+    return json.loads((Path(folder) / CARD_JSON).read_text())
