@@ -1,12 +1,12 @@
 """Ablation: placement (free vs real-masks) and quality control (off vs filter), against real-only,
 cut-paste and Perlin, over several seeds, on the demo's product or a dataset (docs/ABLATION.md).
 
-For each seed, the default ``seas demo`` runs (data, bootstrap, both stages, generation with
-``free`` placement and no QC, the full evaluation with the baselines); then the same run
-generates the three other variants into their own folders, each evaluated without the
-baselines (real-only is the demo's model, read back from ``<run>/judges``). Every number comes
-from the variant's ``metrics.json``; the table gives mean and spread (sample standard deviation)
-over the seeds.
+For each seed, the default ``seas demo`` runs (data, both stages from the shipped base,
+generation with ``free`` placement and no QC, the full evaluation with the baselines); then the
+same run generates the three other variants into their own folders, each evaluated without the
+baselines (real-only is the demo's model, read back from ``<run>/segmenters``). Every number
+comes from the variant's ``metrics.json``; the table gives the mean, the sample standard
+deviation and the 95 % confidence interval of the mean (Student's t) over the seeds.
 
     OMP_NUM_THREADS=1 python -m benchmarks.ablation_placement --out /tmp/ablation --seeds 0 1 2
     OMP_NUM_THREADS=1 python -m benchmarks.ablation_placement --out /tmp/ablation-mt --seeds 0 1 2 \
@@ -28,7 +28,9 @@ from pathlib import Path
 
 from benchmarks.common import with_settings
 from seas.cli.demo import DemoConfig, demo_kinds, run_demo
-from seas.evaluation.evaluate import EvalConfig, evaluate_run
+from seas.config import GenerationConfig
+from seas.evaluation.config import EvalConfig
+from seas.evaluation.evaluate import evaluate_run
 from seas.errors import RunError
 from seas.files.atomic import read_json, write_json
 from seas.generation.folder import generate_to_folder
@@ -82,8 +84,8 @@ def variant_metrics(folder: Path, name: str, cfg: DemoConfig, seed: int, compute
     if not manifest.is_file():
         placement, qc = VARIANTS[name]
         try:
-            generate_to_folder(run_dir, generated, kinds, num=cfg.num_per_kind, seed=seed, steps=cfg.sample_steps,
-                               device="cpu", placement=placement, qc=qc)
+            gen_cfg = GenerationConfig(num=cfg.num_per_kind, seed=seed, steps=cfg.sample_steps, placement=placement, qc=qc)
+            generate_to_folder(run, generated, kinds, gen_cfg, device="cpu")
         except RunError as err:  # QC's cap reached: the accepted pairs stay; say so and go on
             print(f"seed {seed} {name}: {err}", file=sys.stderr)
     written = len(manifest.read_text().splitlines()) if manifest.is_file() else 0
@@ -128,10 +130,18 @@ def mean_spread(values: list[float]) -> tuple[float, float, int]:
     return mean, spread, len(values)
 
 
+T_975 = {2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571, 7: 2.447, 8: 2.365, 9: 2.306, 10: 2.262}  # by count
+
+
 def cell(mean: float, spread: float, count: int, seeds: int) -> str:
+    """``mean ± sd [low, high]``: the 95 % confidence interval of the mean (Student's t, n - 1
+    degrees of freedom) when 2 to 10 seeds are defined."""
     if count == 0:
         return "–"
-    text = f"{mean:.3f}" if count == 1 else f"{mean:.3f} ± {spread:.3f}"
+    text = f"{mean:.3f}"
+    if count > 1:
+        half = T_975.get(count, 1.96) * spread / math.sqrt(count)
+        text += f" ± {spread:.3f} [{mean - half:.3f}, {mean + half:.3f}]"
     return text if count == seeds else f"{text} ({count} of {seeds} seeds)"
 
 
@@ -176,7 +186,8 @@ def main() -> None:
     write_json(args.out / "ablation.json", {"seeds": args.seeds, "data": args.data, "config": dataclasses.asdict(cfg),
                                             "rows": rows, "evidence_rows": evidence_rows, "evidence": evidence, "table": {
         name: {c: list(v) for c, v in cols.items()} for name, cols in table.items()}})
-    lines = [f"| training set ({len(args.seeds)} seed{'s' if len(args.seeds) > 1 else ''}: mean ± sd) | " + " | ".join(columns) + " |",
+    lines = [f"| training set ({len(args.seeds)} seed{'s' if len(args.seeds) > 1 else ''}: mean ± sd [95 % CI]) | "
+             + " | ".join(columns) + " |",
              "| --- " * (len(columns) + 1) + "|"]
     for name, cols in table.items():
         label = name if name in ("real_only", "cut_paste", "perlin") else f"real + generated ({name})"
@@ -184,7 +195,7 @@ def main() -> None:
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "real_only's type_fidelity and normals_good: the same classifier on the held-out real test "
               "anomalies and normal images (what real images score)"]
-    lines += ["", "| evidence on held-out real images (free, from demo.json) | mean ± sd |", "| --- | --- |"]
+    lines += ["", "| evidence on held-out real images (free, from demo.json) | mean ± sd [95 % CI] |", "| --- | --- |"]
     lines += [f"| {key} | {cell(*values, len(args.seeds))} |" for key, values in evidence.items()]
     (args.out / "ablation.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

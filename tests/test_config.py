@@ -78,13 +78,29 @@ def test_precedence_profile_reference_file_options(tmp_path):
     assert resolve_config(GenerationConfig, parse("generate", "--run", "r", "--config", run_yaml)).steps == 30
 
 
+def test_a_yaml_data_description_wins_over_reference_and_the_config_file(tmp_path):
+    """docs/ARCHITECTURE.md's order for the dataset: --reference < --config's data: < the YAML
+    description < the options given (earlier versions let --reference and data: override it)."""
+    description = tmp_path / "product.yaml"
+    description.write_text("layout: mvtec\nroot: .\nfit: pad\n")
+    run_yaml = tmp_path / "run.yaml"
+    run_yaml.write_text("data:\n  fit: stretch\n  channels: grey\n")
+    data = "--data", str(description)
+    assert data_config(train_args(*data, "--reference")).fit == "pad"  # not --reference's crop
+    both = data_config(train_args(*data, "--reference", "--config", run_yaml))
+    assert both.fit == "pad" and both.channels == "grey"  # the file fills what the description leaves
+    assert data_config(train_args(*data, "--reference", "--fit", "crop")).fit == "crop"  # an option wins
+    folder = data_config(train_args("--data", str(tmp_path), "--reference", "--config", run_yaml))
+    assert folder.fit == "stretch"  # no description: the file over --reference
+
+
 @pytest.mark.parametrize("text, message", [
     ("train:\n  attention_softmax: pixels\n", "train.attention_softmax 'pixels': choose one of spatial, token"),
     ("train:\n  attention_normalize: global\n", "train.attention_normalize 'global': choose one of joint, sample"),
     ("train:\n  attention_eps: -1\n", "train.attention_eps -1.0: must be at least 0.0"),
     ("train:\n  steps: many\n", "train.steps 'many': not a int"),
     ("train:\n  tokens_per_typ: 4\n", "unknown key train.tokens_per_typ; known keys:"),
-    ("trian:\n  steps: 1\n", "unknown section trian; sections: train, mask, generate, data"),
+    ("trian:\n  steps: 1\n", "unknown section trian; sections: train, mask, generate, memory, data"),
     ("train: [1, 2]\n", "section train must be a mapping"),
     ("train:\n  steps: [\n", "cannot be read"),
 ])
@@ -96,3 +112,16 @@ def test_config_file_errors_are_one_line_naming_the_key(tmp_path, capsys, text, 
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err and str(run_yaml) in err
     assert not out.exists()
+
+
+def test_the_command_line_is_built_without_torch():
+    """``seas --help`` and every subcommand's ``--help`` load no deep-learning library: the
+    parsers read plain configs only (docs/PERFORMANCE.md gives the time)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, seas.cli; seas.cli.build_parser(); "
+            "print(sorted(m for m in ('torch', 'diffusers', 'transformers', 'accelerate') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from seas.cli import main
+from seas.config import GenerationConfig
 from seas.data.config import DataConfig
 from seas.errors import ConfigError
 from seas.model.backbone import load_backbone
@@ -36,7 +37,7 @@ def test_quick_demo_writes_every_artifact_with_finite_numbers(tmp_path, capsys, 
     monkeypatch.delenv("SEAS_WEIGHTS", raising=False)
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out)]) == 0
-    for path in ["data/tile/train/good", "base/unet", "run/seas_run.json", "run/mask_head.json",
+    for path in ["data/tile/train/good", "run/seas_run.json", "run/mask_head.json",
                  "run/generated/manifest.jsonl", "evaluation/metrics.json", "evaluation/report.html", "demo.json"]:
         assert (out / path).exists(), path
     rows = [json.loads(line) for line in (out / "run/generated/manifest.jsonl").read_text().splitlines()]
@@ -51,7 +52,9 @@ def test_quick_demo_writes_every_artifact_with_finite_numbers(tmp_path, capsys, 
     assert "run `seas weights fetch lpips`" in hint and "\n" not in hint
     assert "IC-LPIPS skipped: " + hint in html.unescape((out / "evaluation/report.html").read_text())
     demo = json.loads((out / "demo.json").read_text())
-    assert set(demo["stage_seconds"]) >= {"bootstrap base model", "stage 1: SeaS fine-tuning", "generation"}
+    assert set(demo["stage_seconds"]) >= {"stage 1: SeaS fine-tuning", "generation"}
+    assert not (out / "base").exists()  # the synthetic product starts from the shipped base, unadapted
+    assert json.loads((out / "run/seas_run.json").read_text())["train"]["base"] == "seas-tiny"
     printed = capsys.readouterr().out
     assert "attention-map pixel AUROC" in printed and str(out / "evaluation" / "report.html") in printed
     # a second demo into the same folder replaces the first; a foreign folder is refused
@@ -139,7 +142,7 @@ def test_a_factor_4_vae_base_runs_both_stages_and_generation(tmp_path):
     run = train_generator(data, TrainConfig(base=str(base), resolution=64, batch_size=1, grad_accum=1, steps=1),
                           tmp_path / "run")
     train_mask_head(run, MaskConfig(steps=1, batch_size=1))
-    out = generate_to_folder(run, tmp_path / "gen", ["hole"], num=1, steps=2, progress=False)
+    out = generate_to_folder(run, tmp_path / "gen", ["hole"], GenerationConfig(num=1, steps=2), progress=False)
     image = np.asarray(Image.open(out / "hole" / "image" / "000.png"))
     mask = np.asarray(Image.open(out / "hole" / "mask" / "000.png"))
     assert image.shape == (64, 64, 3) and mask.shape == (64, 64)
@@ -230,42 +233,54 @@ def test_demo_options_reach_its_settings(capsys):
     parser = build_parser()
     args = parser.parse_args(["demo", "--resolution", "192", "--seg-steps", "400", "--seg-size", "128",
                               "--segmenter", "bisenetv2", "--placement", "real-masks", "--qc", "filter",
-                              "--generic-defects", "0", "--empty-captions", "0.25", "--vae-factor", "4",
-                              "--unet-width", "16", "--seed", "3"])
+                              "--base", "some/folder", "--adapt-steps", "7", "--train-steps", "9", "--seed", "3"])
     cfg = demo_config(args)
-    assert (cfg.resolution, cfg.seg_steps, cfg.seg_size, cfg.segmenter, cfg.placement, cfg.qc,
-            cfg.generic_defects, cfg.empty_captions, cfg.vae_factor, cfg.unet_width, cfg.seed) == (
-        192, 400, 128, "bisenetv2", "real-masks", "filter", 0.0, 0.25, 4, 16, 3)
+    assert (cfg.resolution, cfg.seg_steps, cfg.seg_size, cfg.segmenter, cfg.placement, cfg.qc, cfg.base,
+            cfg.adapt_steps, cfg.train_steps, cfg.seed) == (
+        192, 400, 128, "bisenetv2", "real-masks", "filter", "some/folder", 7, 9, 3)
     assert demo_config(parser.parse_args(["demo"])) == DemoConfig()
-    photo = demo_config(parser.parse_args(["demo", "--data", "some.yaml"]))  # photographs: a stronger judge
-    assert photo == dataclasses.replace(DemoConfig(), seg_size=192)
+    assert DemoConfig().base == "seas-tiny" and DemoConfig().adapt_steps == 0
+    photo = demo_config(parser.parse_args(["demo", "--data", "some.yaml"]))  # photographs: adapted, a stronger judge
+    assert photo == dataclasses.replace(DemoConfig(), seg_size=192, adapt_steps=DemoConfig.photographs().adapt_steps)
+    assert photo.adapt_steps > 0
     assert demo_config(parser.parse_args(["demo", "--data", "some.yaml", "--seg-size", "64"])).seg_size == 64
     quick = demo_config(parser.parse_args(["demo", "--quick", "--seg-steps", "9"]))
-    assert quick == DemoConfig(**{**DemoConfig.quick().__dict__, "seg_steps": 9})
-    with pytest.raises(ConfigError, match="--resolution 100: must be a multiple of 64"):
-        demo_config(parser.parse_args(["demo", "--resolution", "100"]))
-    with pytest.raises(ConfigError, match="--generic-defects 2.0"):
-        demo_config(parser.parse_args(["demo", "--generic-defects", "2"]))
-    with pytest.raises(ConfigError, match="--empty-captions -0.1: a share between 0 and 1"):
-        demo_config(parser.parse_args(["demo", "--empty-captions", "-0.1"]))
-    with pytest.raises(ConfigError, match="--unet-width 0: must be at least 1"):
-        demo_config(parser.parse_args(["demo", "--unet-width", "0"]))
+    assert quick == DemoConfig(**{**DemoConfig.quick().to_dict(), "seg_steps": 9})
+    with pytest.raises(ConfigError, match="--train-steps 0: must be at least 1"):
+        demo_config(parser.parse_args(["demo", "--train-steps", "0"]))
+    with pytest.raises(ConfigError, match="--adapt-steps -1: must be at least 0"):
+        demo_config(parser.parse_args(["demo", "--adapt-steps", "-1"]))
     with pytest.raises(SystemExit):
         parser.parse_args(["demo", "--placement", "masks"])  # the demo has no --masks folder
-    with pytest.raises(SystemExit):
-        parser.parse_args(["demo", "--vae-factor", "16"])
 
 
-def test_demo_bootstraps_with_its_vae_factor_and_unet_width(tmp_path, monkeypatch):
+@pytest.mark.parametrize("photographs", [False, True])
+def test_the_demo_adapts_the_base_to_photographs_only(tmp_path, monkeypatch, product64, photographs):
+    """The synthetic product meets the shipped base as it is (SD meets a factory's product so);
+    a user's --data gets a short adaptation to its normal images first."""
     import seas.cli.demo as demo
+    import seas.training.bootstrap as bootstrap
+    import seas.training.stage1 as stage1
 
     seen = []
 
-    def record(data_cfg, boot, out):
-        seen.append(boot)
+    def adapt(data_cfg, cfg, out):
+        seen.append(cfg)
         raise KeyboardInterrupt  # stop before any training
 
-    monkeypatch.setattr(demo, "bootstrap_backbone", record)
+    def stage_one(*args, **kwargs):
+        seen.append("stage 1")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bootstrap, "bootstrap_backbone", adapt)
+    monkeypatch.setattr(stage1, "train_generator", stage_one)
+    data = DataConfig(root=str(product64), layout="mvtec") if photographs else None
+    cfg = demo.DemoConfig.photographs() if photographs else demo.DemoConfig.quick()
     with pytest.raises(KeyboardInterrupt):
-        demo.run_demo(tmp_path / "out", dataclasses.replace(demo.DemoConfig.quick(), vae_factor=4, unet_width=16))
-    assert [(b.vae_factor, b.width) for b in seen] == [(4, 16)]
+        demo.run_demo(tmp_path / "out", dataclasses.replace(cfg, resolution=64), data)
+    if photographs:
+        (adapt,) = seen
+        assert (adapt.base, adapt.unet_steps, adapt.vae_steps, adapt.generic_defects) == ("seas-tiny", cfg.adapt_steps,
+                                                                                         0, 0.0)
+    else:
+        assert seen == ["stage 1"]

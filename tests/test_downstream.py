@@ -16,7 +16,8 @@ from seas.evaluation.downstream import (
     segmentation_loss,
     train_segmenter,
 )
-from seas.evaluation.evaluate import EvalConfig, build_train_sets
+from seas.evaluation.config import EvalConfig
+from seas.evaluation.inputs import build_train_sets
 from seas.evaluation.segmenters import BiSeNetV2, SmallUNet, build_segmenter
 from seas.files.images import as_mask
 

@@ -29,7 +29,7 @@ from seas.data.config import DataConfig
 from seas.data.readers import Sample
 from seas.data.split import Split
 from seas.errors import RunError
-from seas.gallery import add_arguments, serve
+from seas.gallery import DEFAULT_HOST, DEFAULT_PORT, serve
 from seas.generation.curation import CURATION, accepted_keys, read_curation
 from seas.model.prompts import PromptSpec
 from seas.run import Run
@@ -267,9 +267,11 @@ def test_unreadable_split_shows_no_real_pairs(folder):
 def test_add_arguments_defaults():
     import argparse
 
-    args = add_arguments(argparse.ArgumentParser()).parse_args([])
-    assert (args.host, args.port) == ("127.0.0.1", 8765)
-    assert add_arguments(argparse.ArgumentParser()).parse_args(["--port", "0"]).port == 0
+    from seas.cli.review import add_gallery_arguments
+
+    args = add_gallery_arguments(argparse.ArgumentParser()).parse_args([])
+    assert (args.host, args.port) == ("127.0.0.1", 8765) == (DEFAULT_HOST, DEFAULT_PORT)  # the server's too
+    assert add_gallery_arguments(argparse.ArgumentParser()).parse_args(["--port", "0"]).port == 0
 
 
 def test_run_gallery_prints_its_address_and_stops_on_ctrl_c(folder):

@@ -22,12 +22,13 @@ from seas.data.transforms import image_to_tensor
 from seas.errors import ConfigError, RunError
 from seas.files.images import read_mask, read_rgb
 from seas.generation.export import export_mvtec
-from seas.generation.folder import generate_to_folder, merge_manifests
+from seas.generation.folder import generate_to_folder
+from seas.generation.generated import GeneratedFolder
 from seas.generation.pipeline import SeaSPipeline, resolve_kind
 from seas.model.features import FeatureRecorder
 from seas.run import Run
 
-FAST = {"steps": 2, "progress": False}
+FAST = {"steps": 2}
 
 
 def pngs(out: Path) -> dict[str, bytes]:
@@ -124,7 +125,8 @@ def test_guidance_at_most_one_runs_unguided(pipe):
 
 
 def test_writes_images_masks_and_manifest(gen_run, tmp_path):
-    out = generate_to_folder(gen_run, tmp_path / "g", ["hole"], num=3, batch_size=2, **FAST)
+    out = generate_to_folder(gen_run, tmp_path / "g", ["hole"], GenerationConfig(num=3, batch_size=2, **FAST),
+                             progress=False)
     names = ["000.png", "001.png", "002.png"]
     assert sorted(p.name for p in (out / "hole" / "image").iterdir()) == names
     assert sorted(p.name for p in (out / "hole" / "mask").iterdir()) == names
@@ -147,35 +149,40 @@ def test_writes_images_masks_and_manifest(gen_run, tmp_path):
 
 
 def test_file_names_follow_the_count():
-    from seas.generation.folder import name_width
+    from seas.generation.generated import name_width
 
     assert [name_width(n) for n in (1, 10, 1000, 1001, 10001)] == [3, 3, 3, 4, 5]
 
 
 def test_same_seed_same_bytes_and_batch_size_only_rounds(gen_run, tmp_path):
-    first = generate_to_folder(gen_run, tmp_path / "a", ["stain"], num=3, batch_size=2, **FAST)
-    again = generate_to_folder(gen_run, tmp_path / "b", ["stain"], num=3, batch_size=2, **FAST)
+    first = generate_to_folder(gen_run, tmp_path / "a", ["stain"], GenerationConfig(num=3, batch_size=2, **FAST),
+                               progress=False)
+    again = generate_to_folder(gen_run, tmp_path / "b", ["stain"], GenerationConfig(num=3, batch_size=2, **FAST),
+                               progress=False)
     assert pngs(first) == pngs(again)
     assert (first / "manifest.jsonl").read_bytes() == (again / "manifest.jsonl").read_bytes()
-    other = generate_to_folder(gen_run, tmp_path / "c", ["stain"], num=3, batch_size=3, **FAST)
+    other = generate_to_folder(gen_run, tmp_path / "c", ["stain"], GenerationConfig(num=3, batch_size=3, **FAST),
+                               progress=False)
     a, c = pngs(first), pngs(other)
     assert a.keys() == c.keys()
     for name in a:  # batch shapes may round differently in the last float bits, nothing more
         diff = np.abs(pixels(a[name], tmp_path) - pixels(c[name], tmp_path))
         assert diff.max() <= (1 if "/image/" in name else 255) and (diff == 0).mean() > 0.99
-    other_seed = generate_to_folder(gen_run, tmp_path / "d", ["stain"], num=3, seed=1, batch_size=2, **FAST)
+    other_seed = generate_to_folder(gen_run, tmp_path / "d", ["stain"],
+                                    GenerationConfig(num=3, seed=1, batch_size=2, **FAST), progress=False)
     assert pngs(other_seed)["stain/image/000.png"] != a["stain/image/000.png"]
     assert [r["seed"] for r in rows(other_seed)] == [1, 2, 3]  # image i uses seed + i
 
 
 def test_resume_regenerates_exactly_the_damaged_outputs(gen_run, tmp_path):
-    out = generate_to_folder(gen_run, tmp_path / "g", ["hole", "good"], num=4, batch_size=1, **FAST)
+    out = generate_to_folder(gen_run, tmp_path / "g", ["hole", "good"], GenerationConfig(num=4, batch_size=1, **FAST),
+                             progress=False)
     before, stamps_before = pngs(out), stamps(out)
     (out / "hole" / "image" / "001.png").unlink()
     (out / "hole" / "mask" / "002.png").unlink()
     truncated = out / "good" / "image" / "003.png"
     truncated.write_bytes(before["good/image/003.png"][:200])
-    generate_to_folder(gen_run, out, ["hole", "good"], num=4, batch_size=1, **FAST)
+    generate_to_folder(gen_run, out, ["hole", "good"], GenerationConfig(num=4, batch_size=1, **FAST), progress=False)
     assert pngs(out) == before
     rewritten = {name for name, stamp in stamps(out).items() if stamp != stamps_before[name]}
     assert rewritten == {"hole/image/001.png", "hole/mask/001.png", "hole/prob/001.png", "hole/image/002.png",
@@ -184,24 +191,26 @@ def test_resume_regenerates_exactly_the_damaged_outputs(gen_run, tmp_path):
 
 
 def test_resume_drops_rows_without_files(gen_run, tmp_path):
-    out = generate_to_folder(gen_run, tmp_path / "g", ["good"], num=2, batch_size=1, **FAST)
+    out = generate_to_folder(gen_run, tmp_path / "g", ["good"], GenerationConfig(num=2, batch_size=1, **FAST),
+                             progress=False)
     with (out / "manifest.jsonl").open("a") as fh:  # a row whose file never arrived, and a torn line
         fh.write(json.dumps({**rows(out)[0], "index": 7, "image": "good/image/007.png"}) + "\n{\"kind\": ")
-    generate_to_folder(gen_run, out, ["good"], num=2, batch_size=1, **FAST)
+    generate_to_folder(gen_run, out, ["good"], GenerationConfig(num=2, batch_size=1, **FAST), progress=False)
     assert [r["index"] for r in rows(out)] == [0, 1]
 
 
 def test_other_parameters_are_refused(gen_run, tmp_path):
-    out = generate_to_folder(gen_run, tmp_path / "g", ["good"], num=1, batch_size=1, **FAST)
+    out = generate_to_folder(gen_run, tmp_path / "g", ["good"], GenerationConfig(num=1, batch_size=1, **FAST),
+                             progress=False)
     with pytest.raises(RunError, match=r"different --steps .*new --out"):
-        generate_to_folder(gen_run, out, ["good"], num=1, batch_size=1, steps=3, progress=False)
+        generate_to_folder(gen_run, out, ["good"], GenerationConfig(num=1, batch_size=1, steps=3), progress=False)
     with pytest.raises(RunError, match="different --type/--normal/--mix"):
-        generate_to_folder(gen_run, out, ["hole"], num=1, batch_size=1, **FAST)
+        generate_to_folder(gen_run, out, ["hole"], GenerationConfig(num=1, batch_size=1, **FAST), progress=False)
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
     with pytest.raises(RunError, match="not a 'seas generate' folder"):
-        generate_to_folder(gen_run, foreign, ["good"], num=1, **FAST)
+        generate_to_folder(gen_run, foreign, ["good"], GenerationConfig(num=1, **FAST), progress=False)
 
 
 def test_unknown_type_is_refused_before_anything_is_written(gen_run, tmp_path):
@@ -209,28 +218,30 @@ def test_unknown_type_is_refused_before_anything_is_written(gen_run, tmp_path):
     message = r"^unknown anomaly type 'dent'; this model knows: hole, scratch, stain$"
     for kinds in (["dent"], ["hole", "hole+dent"]):
         with pytest.raises(ConfigError, match=message):
-            generate_to_folder(gen_run, out, kinds, num=2, **FAST)
+            generate_to_folder(gen_run, out, kinds, GenerationConfig(num=2, **FAST), progress=False)
     assert not out.exists()
 
 
 @pytest.mark.parametrize("option, values", [("--num", {"num": 0}), ("--steps", {"steps": 0}),
                                             ("--batch-size", {"batch_size": -1})])
 def test_counts_must_be_positive(gen_run, tmp_path, option, values):
-    kwargs = {"num": 2, "steps": 2, "batch_size": 2, "progress": False} | values
+    kwargs = {"num": 2, "steps": 2, "batch_size": 2} | values
     with pytest.raises(ConfigError, match=f"^{option} "):
-        generate_to_folder(gen_run, tmp_path / "g", ["good"], **kwargs)
+        generate_to_folder(gen_run, tmp_path / "g", ["good"], GenerationConfig(**kwargs), progress=False)
     assert not (tmp_path / "g").exists()
 
 
 def test_two_processes_match_one(gen_run, tmp_path):
     kinds = ["scratch", "good"]
-    one = generate_to_folder(gen_run, tmp_path / "one", kinds, num=3, batch_size=1, **FAST)
+    one = generate_to_folder(gen_run, tmp_path / "one", kinds, GenerationConfig(num=3, batch_size=1, **FAST),
+                             progress=False)
     two = tmp_path / "two"
     for rank in (1, 0):
-        generate_to_folder(gen_run, two, kinds, num=3, batch_size=1, rank=rank, world=2, **FAST)
+        generate_to_folder(gen_run, two, kinds, GenerationConfig(num=3, batch_size=1, **FAST),
+                           rank=rank, world=2, progress=False)
     assert sorted(p.name for p in two.glob("manifest*")) == ["manifest.rank0.jsonl", "manifest.rank1.jsonl"]
     assert {r["index"] for r in rows_of(two / "manifest.rank1.jsonl")} == {1}
-    merge_manifests(two)
+    GeneratedFolder(two).merge_journals()
     assert sorted(p.name for p in two.glob("manifest*")) == ["manifest.jsonl"]
     assert pngs(one) == pngs(two)
     assert (one / "manifest.jsonl").read_bytes() == (two / "manifest.jsonl").read_bytes()
@@ -244,10 +255,10 @@ def rows_of(path: Path) -> list[dict]:
 def test_normals_need_no_mask_head(gen_run, tmp_path):
     bare = tmp_path / "bare"
     shutil.copytree(gen_run, bare, ignore=shutil.ignore_patterns("mask_head*", "generated"))
-    out = generate_to_folder(bare, tmp_path / "g", ["good"], num=1, **FAST)
+    out = generate_to_folder(bare, tmp_path / "g", ["good"], GenerationConfig(num=1, **FAST), progress=False)
     assert list(pngs(out)) == ["good/image/000.png"]
     with pytest.raises(RunError, match="train-mask"):
-        generate_to_folder(bare, tmp_path / "h", ["hole"], num=1, **FAST)
+        generate_to_folder(bare, tmp_path / "h", ["hole"], GenerationConfig(num=1, **FAST), progress=False)
     assert not (tmp_path / "h").exists()
 
 
@@ -294,7 +305,8 @@ def test_cli_defaults_and_errors(gen_run):
 
 
 def test_export_mvtec_round_trip(gen_run, tmp_path):
-    out = generate_to_folder(gen_run, tmp_path / "g", ["hole", "scratch+stain", "good"], num=2, batch_size=2, **FAST)
+    out = generate_to_folder(gen_run, tmp_path / "g", ["hole", "scratch+stain", "good"],
+                             GenerationConfig(num=2, batch_size=2, **FAST), progress=False)
     target = export_mvtec(out, tmp_path / "mvtec")
     assert target == tmp_path / "mvtec" / "tile"
     assert (target / "test" / "good").is_dir() and not any((target / "test" / "good").iterdir())

@@ -25,6 +25,7 @@ from seas.evaluation.generated_measures import (
     reference_reader,
 )
 from seas.evaluation.rejected import qc_counts, qc_examples, read_rejected
+from seas.generation.generated import GeneratedFolder
 from seas.evaluation.report import write_report
 from seas.evaluation.verdict import MAX_DROP, TOLERANCE, compare, verdict
 from seas.files.images import read_rgb
@@ -237,10 +238,10 @@ def _sections(html: str) -> list[str]:
 
 def test_report_answer_first_measures_and_rejected_beside_accepted(constructed, tmp_path):
     accepted, folder = _qc_folder(tmp_path / "gen")
-    rejected, skipped = read_rejected(folder)
+    rejected, skipped = read_rejected(GeneratedFolder(folder))
     assert [r["kind"] for r in rejected] == ["hole", "scratch"] and skipped == 2
     assert rejected[0]["reasons"] == ["empty mask", "reason <hole>"] and Path(rejected[0]["mask"]).is_file()
-    assert read_rejected(tmp_path / "nothing") == ([], 0)
+    assert read_rejected(GeneratedFolder(tmp_path / "nothing")) == ([], 0)
     qc = qc_counts(accepted, rejected, ["hole"], skipped)
     assert qc["per_kind"]["hole"] == {"accepted": 3, "rejected": 1, "acceptance_rate": 0.75}
     assert qc["per_kind"]["scratch"]["acceptance_rate"] == 0.0 and qc["skipped_lines"] == 2

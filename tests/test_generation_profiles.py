@@ -12,7 +12,7 @@ import torch
 from seas.cli import main
 from seas.errors import ConfigError
 from seas.generation.pipeline import SeaSPipeline
-from seas.profiles import GenerationSwitches
+from seas.config import GenerationSwitches
 
 STEPS = 2  # with 3 mask steps: the x_t of both steps feed the masks (mask decodes), then the final decode
 
@@ -42,7 +42,7 @@ def batch_sizes(module: torch.nn.Module, calls: list[int]):
 
 def test_from_run_takes_the_dtype_of_the_switches(gen_run):
     pipe = SeaSPipeline.from_run(gen_run, dtype=torch.bfloat16, with_masks=False)
-    assert pipe.switches == GenerationSwitches(dtype=torch.bfloat16) and pipe.unet.dtype == torch.bfloat16
+    assert pipe.switches == GenerationSwitches(dtype="bfloat16") and pipe.unet.dtype == torch.bfloat16
     with pytest.raises(ConfigError, match="differs"):
         SeaSPipeline.from_run(gen_run, dtype=torch.float16, switches=GenerationSwitches())
 
@@ -108,7 +108,7 @@ def test_attention_slicing_keeps_the_outputs(gen_run, plain):
 
 
 def test_bfloat16_on_the_cpu_runs_end_to_end_close_to_fp32(gen_run, plain):
-    half = SeaSPipeline.from_run(gen_run, switches=GenerationSwitches(dtype=torch.bfloat16))
+    half = SeaSPipeline.from_run(gen_run, switches=GenerationSwitches(dtype="bfloat16"))
     assert {half.unet.dtype, half.vae.dtype, half.text_encoder.dtype, half.mask_head.dtype} == {torch.bfloat16}
     want = plain.generate("hole", [0, 1], steps=STEPS, batch_size=2)
     got = half.generate("hole", [0, 1], steps=STEPS, batch_size=2)

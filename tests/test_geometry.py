@@ -13,7 +13,7 @@ from conftest import write_mask_head
 from PIL import Image
 
 from seas.cli import main
-from seas.config import TrainConfig
+from seas.config import GenerationConfig, TrainConfig
 from seas.data.config import FITS, DataConfig
 from seas.data.readers import read_dataset
 from seas.data.split import few_shot_split
@@ -152,7 +152,7 @@ def test_pad_letterboxes_with_a_neutral_fill():
 def test_an_older_description_keeps_crop_and_rgb(tmp_path):
     values = DataConfig(root=str(tmp_path)).to_dict()
     assert (values["fit"], values["channels"]) == ("defect-crop", "auto")
-    del values["fit"], values["channels"]  # a run record written before the fields existed
+    del values["fit"], values["channels"], values["train_per_type"]  # a record from before these fields
     old = DataConfig.from_dict(values)
     assert (old.fit, old.channels) == ("crop", "rgb")
     partial = DataConfig.from_dict({"root": str(tmp_path), "layout": "mvtec"})  # a new description
@@ -173,7 +173,7 @@ def _run_record(root: Path, tmp_path: Path, fit: str) -> tuple[Run, DataConfig]:
 
 @pytest.mark.parametrize("fit", ["defect-crop", "pad"])
 def test_training_generation_localisation_and_evaluation_read_the_same_frame(fit, tmp_path, tiny16):
-    from seas.evaluation.evaluate import _load_pairs
+    from seas.evaluation.inputs import load_real
     from seas.evaluation.localisation import _inputs
     from seas.generation.pipeline import SeaSPipeline
     from seas.model.backbone import load_backbone
@@ -197,7 +197,7 @@ def test_training_generation_localisation_and_evaluation_read_the_same_frame(fit
     torch.testing.assert_close(pipe.reference_latent(1), expected)
 
     # the downstream evaluation: the same region, resized with its own kernels
-    pairs = _load_pairs(anomalies, 64, run)
+    pairs = load_real(anomalies, 64, run)
     for (image, mask), tensor, soft in zip(pairs, training.anomaly_images, training.anomaly_masks):
         pixels = ((tensor.permute(1, 2, 0).numpy() + 1) * 127.5).round()
         assert image.shape == (64, 64, 3) and np.abs(image - pixels).mean() < 4
@@ -245,7 +245,8 @@ def test_grey_product_generates_grey_images(tmp_path, tiny16):
     run = train_generator(data, TrainConfig(base=str(tiny16), resolution=64, batch_size=1, grad_accum=1, steps=1),
                           tmp_path / "run")
     write_mask_head(run)
-    out = generate_to_folder(run, tmp_path / "gen", ["good", "chip"], num=1, steps=2, progress=False, device="cpu")
+    out = generate_to_folder(run, tmp_path / "gen", ["good", "chip"], GenerationConfig(num=1, steps=2),
+                             progress=False, device="cpu")
     for path in (out / "good" / "image" / "000.png", out / "chip" / "image" / "000.png"):
         with Image.open(path) as img:
             assert img.mode == "L" and img.size == (64, 64)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from seas.cli import main
+from seas.config import GenerationConfig
 from seas.model.backbone import build_tiny_components
 from seas.model.features import unet_feature_channels, vae_feature_channels
 from seas.model.prompts import PromptSpec, add_placeholder_tokens
@@ -100,7 +101,8 @@ def test_imported_head_predicts_as_the_original(imported, official):
 def test_imported_run_generates(imported, tmp_path):
     from seas.generation.folder import generate_to_folder
 
-    out = generate_to_folder(imported, tmp_path / "g", ["hole"], num=1, steps=2, device="cpu", progress=False)
+    out = generate_to_folder(imported, tmp_path / "g", ["hole"], GenerationConfig(num=1, steps=2),
+                             device="cpu", progress=False)
     assert (out / "hole" / "image" / "000.png").is_file()
     assert (out / "hole" / "mask" / "000.png").is_file()
 

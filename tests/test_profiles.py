@@ -13,7 +13,7 @@ import seas.training.loop
 from seas import profiles
 from seas.cli import build_parser, main
 from seas.cli.train import mask_config, train_config
-from seas.config import TrainConfig
+from seas.config import GenerationSwitches, TrainConfig
 from seas.data.config import DataConfig
 from seas.data.readers import read_dataset
 from seas.data.split import few_shot_split
@@ -49,13 +49,12 @@ def test_train_switches_of_each_profile(monkeypatch, bnb):
 
 
 def test_generation_switches_of_each_profile():
-    half = profiles.GenerationSwitches(dtype=torch.float16)
-    assert profiles.generation_switches("default", "cuda") == profiles.GenerationSwitches()
-    assert profiles.generation_switches("fast", "cuda") == half
-    assert profiles.generation_switches("fast", "cpu") == profiles.GenerationSwitches()
-    assert profiles.generation_switches("low-memory", "cpu") == profiles.GenerationSwitches(
-        dtype=torch.bfloat16, vae_slicing=True, vae_tiling=True)
-    assert profiles.generation_switches("low-memory", "cuda").dtype == torch.float16
+    assert profiles.generation_switches("default", "cuda") == GenerationSwitches()
+    assert profiles.generation_switches("fast", "cuda") == GenerationSwitches(profile="fast", dtype="float16")
+    assert profiles.generation_switches("fast", "cpu") == GenerationSwitches(profile="fast")
+    assert profiles.generation_switches("low-memory", "cpu") == GenerationSwitches(
+        profile="low-memory", dtype="bfloat16", vae_slicing=True, vae_tiling=True)
+    assert profiles.generation_switches("low-memory", "cuda").torch_dtype == torch.float16
 
 
 def test_gpu_without_bf16_falls_back_to_fp16(monkeypatch):

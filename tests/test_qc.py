@@ -18,7 +18,8 @@ import seas.generation.folder as folder
 from seas.config import GenerationConfig
 from seas.data.transforms import sample_uint8
 from seas.errors import RunError
-from seas.generation.folder import REJECTED, generate_to_folder
+from seas.generation.folder import generate_to_folder
+from seas.generation.generated import REJECTED
 from seas.judge.qc import Judge, build_judge
 from seas.run import Run
 

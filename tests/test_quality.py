@@ -18,8 +18,6 @@ from seas.evaluation import quality
 from seas.evaluation.inception import InceptionV3
 from seas.evaluation.lpips import LPIPS
 from seas.evaluation.quality import (
-    MissingWeightsError,
-    find_weights,
     ic_lpips,
     inception_score,
     kid,
@@ -29,6 +27,7 @@ from seas.evaluation.quality import (
     prepare_for_is,
     quality_scores,
 )
+from seas.weights import MissingWeightsError, find_weights
 
 INCEPTION_FILE = "inception_v3_google-0cc3c7bd.pth"
 

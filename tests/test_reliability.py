@@ -36,7 +36,8 @@ import seas.training.loop as training_loop
 from seas.cli import main
 from seas.errors import RunError
 from seas.run import Run
-from seas.training.checkpoints import checkpoint_dirs, verify_checkpoint
+from seas.run import RunFolder
+from seas.training.checkpoints import verify_checkpoint
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
        "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -196,14 +197,14 @@ def test_train_killed_then_resumed_equals_uninterrupted(work, tiny16, product64,
     assert_whole(cut)
     # 2. the newest checkpoint damaged (truncated weights): skipped, with a message; the resumed
     #    run is SIGKILLed inside its first checkpoint, complete but not yet renamed
-    newest = checkpoint_dirs(cut, "generator")[-1]
+    newest = RunFolder(cut).checkpoint_dirs("generator")[-1]
     weights = newest / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     out = kill_at(f"before:{newest.name}", *args, "--resume", "latest", cwd=work)
     assert f"checkpoint {newest} is damaged (model.safetensors has 1000 bytes, " in out
     assert "trying the previous one" in out and "resumed from" in out
     assert (cut / "checkpoints" / f".tmp-{newest.name}").is_dir()
-    assert checkpoint_dirs(cut, "generator")[-1] == newest
+    assert RunFolder(cut).checkpoint_dirs("generator")[-1] == newest
     # 3. resumed, then SIGKILLed inside the export: text_encoder/ in place, the marker not written
     kill_at("after:text_encoder", *args, "--resume", "latest", cwd=work)
     assert (cut / "generator-state.json").is_file() and (cut / "text_encoder").is_dir()
@@ -485,7 +486,7 @@ def test_two_process_training_exports_once(work, tiny16, product64):
     out = work / "two-processes"
     args = train_args(tiny16, product64, "--steps", 4, "--checkpoint-every", 2, "--keep-checkpoints", 2)
     two_processes("accelerate", *args, "--out", out, cwd=work)
-    (checkpoint,) = checkpoint_dirs(out, "generator")  # step 2 (step 4 is the export)
+    (checkpoint,) = RunFolder(out).checkpoint_dirs("generator")  # step 2 (step 4 is the export)
     verify_checkpoint(checkpoint)
     assert sorted(p.name for p in checkpoint.glob("random_states_*")) == ["random_states_0.pkl", "random_states_1.pkl"]
     assert Run.load(out).types == ["hole", "scratch", "stain"]

@@ -21,7 +21,7 @@ from conftest import write_image, write_mask
 
 import seas.cli.demo as demo
 import seas.files.checks as checks
-import seas.training.run_folder as run_folder
+import seas.training.estimates as estimates
 import seas.training.stage1 as stage1
 from seas.cli import main
 from seas.files.checks import MAX_SHOWN, format_problems
@@ -212,17 +212,17 @@ def test_interrupted_demo_runs_again_into_its_folder(capsys, monkeypatch, tmp_pa
         patch.setattr(stage1, "train_generator", stage_one)
         with pytest.raises(Stop):
             main(["demo", "--quick", "--out", str(out)])
-    assert sorted(p.name for p in out.iterdir()) == ["base", "data", "demo.json", "notes.txt"]
-    assert not (out / "base" / "unet" / "partial.bin").exists()  # the new base, whole
+    # the old demo's base is gone (the synthetic product starts from the shipped base, unadapted)
+    assert sorted(p.name for p in out.iterdir()) == ["data", "demo.json", "notes.txt"]
     marker = json.loads((out / "demo.json").read_text())
-    assert marker["status"] == "running" and marker["created"] == ["data", "base", "run", "evaluation"]
+    assert marker["status"] == "running" and marker["created"] == ["data", "run", "evaluation", "base"]
     capsys.readouterr()
 
     assert main(["demo", "--quick", "--out", str(out)]) == 0  # and once more, to its end
-    assert sorted(p.name for p in out.iterdir()) == ["base", "data", "demo.json", "evaluation", "notes.txt", "run"]
+    assert sorted(p.name for p in out.iterdir()) == ["data", "demo.json", "evaluation", "notes.txt", "run"]
     assert (out / "notes.txt").read_text() == "mine"
     marker = json.loads((out / "demo.json").read_text())
-    assert marker["status"] == "finished" and marker["created"] == ["data", "base", "run", "evaluation"]
+    assert marker["status"] == "finished" and marker["created"] == ["data", "run", "evaluation"]
     printed = capsys.readouterr().out
     for kind in ("hole", "scratch", "stain"):
         assert re.search(rf"^{kind}: 2 generated, (\d) with a mask, (\d) empty$", printed, re.M), printed
@@ -270,7 +270,7 @@ def test_unwritable_output_folder_found_before_work(capsys, monkeypatch, tmp_pat
     # simulated: the suite may run as root, which ignores folder modes
     monkeypatch.setattr(checks.os, "access", lambda path, mode: Path(path) != locked and real_access(path, mode))
     no_model_load(monkeypatch)
-    monkeypatch.setattr(demo, "bootstrap_backbone", lambda *a: pytest.fail("bootstrap started"))
+    monkeypatch.setattr(demo, "prepare_out", lambda *a: pytest.fail("the demo started"))
     out = locked / "out"
     argv = {
         "train": ["train", "--data", data, "--base", tiny16, *TINY, "--out", out],
@@ -330,7 +330,7 @@ def test_evaluate_check_finds_a_broken_test_image_and_an_unwritable_out(monkeypa
 
 
 def test_long_cpu_training_says_how_long_first(capsys, monkeypatch, tmp_path, tiny16, data):
-    monkeypatch.setattr(run_folder, "base_bytes", lambda base: 4 * 2**30)  # as if SD 1.5
+    monkeypatch.setattr(estimates, "base_bytes", lambda base: 4 * 2**30)  # as if SD 1.5
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
 
     class Stop(Exception):

@@ -31,6 +31,7 @@ BATCHNORM_MODES = ("eval", "batch")
 PLACEMENTS = ("free", "real-masks", "masks")
 QC_MODES = ("off", "score", "filter")
 BACKGROUNDS = ("reference", "round-trip")
+DTYPES = ("float32", "float16", "bfloat16")
 
 
 def check_profile(profile: str) -> None:
@@ -45,7 +46,7 @@ class TrainConfig(Config):
     section = "train"
 
     base: str | None = option(None, help="base SD 1.x model: diffusers folder, .safetensors/.ckpt file, hub id, "
-                              "or 'tiny' (a random tiny model, for tests)")
+                              "'seas-tiny' (the small pretrained base shipped with seas) or 'tiny' (random, for tests)")
     base_config: str | None = option(None, help="for a single-file --base: a diffusers folder (or hub id) "
                                      "holding its configs")
     resolution: int = option(512, help="training image size", minimum=8)
@@ -173,6 +174,30 @@ class GenerationConfig(Config):
     qc_attempts: int = option(4, help="--qc filter: at most this many candidates per wanted output", minimum=1)
 
 
+@dataclass
+class GenerationSwitches(Config):
+    """How generation spends memory (docs/GENERATION.md): ``--profile`` chooses them, an option
+    given explicitly wins. They change float rounding, hence the bytes of the outputs, so a
+    generated folder resumes only with the same switches."""
+
+    section = "memory"
+
+    profile: str = option("default", help="the profile these switches were chosen by (a record)", choices=PROFILES,
+                          cli=False)
+    dtype: str = option("float32", help="precision of the weights and activations (the profile's: fp32; half "
+                        "precision with --profile low-memory, and fast on a GPU)", choices=DTYPES)
+    vae_slicing: bool = option(False, help="decode, and run the mask head, one image at a time")
+    vae_tiling: bool = option(False, help="decode the output images in tiles when larger than the VAE's tile size; "
+                              "decodes the mask head reads are never tiled")
+    attention_slicing: bool = option(False, help="U-Net attention computed in slices of heads (off in every profile)")
+
+    @property
+    def torch_dtype(self):
+        import torch
+
+        return getattr(torch, self.dtype)
+
+
 # Every behaviour of the authors' release that differs from our defaults (spec sections 4-8).
 # Fields the reference shares with our defaults (spatial softmax, joint normalisation, down
 # blocks only, soft masks, all timesteps, reference targets, the start-latent recipe) are
@@ -184,16 +209,19 @@ REFERENCE = {
     "mask": dict(optimizer="adamw8bit", mixed_precision="no", timesteps="all", targets="reference",
                  coarse_target="bilinear", normal_path="coarse"),
     "generate": dict(mask_batchnorm="batch", signal=0.0979, noise=0.99984, reference_images=10),
+    # generation's memory switches: the reference ran fp16 on its GPU, a speed choice that
+    # --dtype float16 reproduces; nothing of its behaviour depends on them
+    "memory": {},
     # the dataset: shorter side resized and centre-cropped, RGB (spec section 2)
     "data": dict(fit="crop", channels="rgb"),
 }
 
 
 def read_config_file(path: str | Path, section: str) -> dict:
-    """The ``section`` mapping (``train``, ``mask``, ``generate`` or ``data``) of a run-configuration
+    """The ``section`` mapping (``train``, ``mask``, ``generate``, ``memory`` or ``data``) of a run-configuration
     YAML file; unknown sections are refused so that a typo is not silently ignored."""
     path = Path(path)
-    values = read_yaml_mapping(path, f"--config {path}", "sections train:, mask:, generate:, data:")
+    values = read_yaml_mapping(path, f"--config {path}", "sections train:, mask:, generate:, memory:, data:")
     unknown = sorted(set(values) - set(REFERENCE))
     if unknown:
         raise ConfigError(f"--config {path}: unknown section {unknown[0]}; sections: {', '.join(REFERENCE)}")

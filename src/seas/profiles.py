@@ -18,7 +18,8 @@ optimizer (stage 1)    AdamW      AdamW            8-bit AdamW where bitsandbyte
                                                    installed, else AdamW
 =====================  =========  ===============  =======================================
 
-Generation (``seas generate``, :class:`seas.pipeline.SeaSPipeline`):
+Generation (``seas generate``, :class:`seas.generation.pipeline.SeaSPipeline`; the switches are
+:class:`seas.config.GenerationSwitches`):
 
 =====================  =========  ===============  =======================================
 switch                 default    fast             low-memory
@@ -42,11 +43,10 @@ released with ``zero_grad(set_to_none=True)`` (every profile).
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
 
 import torch
 
-from seas.config import check_profile
+from seas.config import GenerationSwitches, check_profile
 
 
 def _device(device: torch.device | str | None) -> torch.device:
@@ -91,24 +91,11 @@ def train_switches(profile: str, stage: str = "generator", device: torch.device 
     return switches
 
 
-@dataclass(frozen=True)
-class GenerationSwitches:
-    """How a :class:`~seas.pipeline.SeaSPipeline` spends memory."""
-
-    dtype: torch.dtype = torch.float32
-    vae_slicing: bool = False  # decode (and run the mask head on) one image at a time
-    vae_tiling: bool = False  # tile decodes whose features nobody reads (images without masks)
-    attention_slicing: bool = False  # diffusers' sliced attention in the U-Net instead of fused SDPA
-
-    def to_dict(self) -> dict:
-        return {"dtype": str(self.dtype).removeprefix("torch."), "vae_slicing": self.vae_slicing,
-                "vae_tiling": self.vae_tiling, "attention_slicing": self.attention_slicing}
-
-
 def generation_switches(profile: str, device: torch.device | str) -> GenerationSwitches:
     """The generation switches of ``profile`` on ``device``."""
     check_profile(profile)
     device = torch.device(device)
     low = profile == "low-memory"
     dtype = half_dtype(device) if _uses_half(profile, device) else torch.float32
-    return GenerationSwitches(dtype=dtype, vae_slicing=low, vae_tiling=low)
+    return GenerationSwitches(profile=profile, dtype=str(dtype).removeprefix("torch."), vae_slicing=low,
+                              vae_tiling=low)

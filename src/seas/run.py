@@ -1,5 +1,8 @@
 """The run folder: what a trained SeaS model is on disk, and the only module that knows its files.
 
+:class:`RunFolder` owns the folder by its path (every name in it, and the life of a training
+stage there); :class:`Run` is the record of a finished stage 1 that it holds.
+
 A finished run is a self-contained diffusers folder (it loads with the base model gone)::
 
     model_index.json                       diffusers' index (StableDiffusionPipeline layout)
@@ -12,6 +15,8 @@ A finished run is a self-contained diffusers folder (it loads with the base mode
     mask_head/  mask_head.json             the RMP head and its record, once stage 2 finished
     generator-state.json  mask-state.json  a stage's resolved config while it runs (resume)
     checkpoints/  logs/                    training checkpoints and TensorBoard logs
+    generated/  evaluation/  segmenters/   seas generate's and seas evaluate's default outputs, and
+                                           the evaluation's segmenters kept for reuse
 
 ``seas_run.json`` holds every other fact a reader needs, each once: where the base came from,
 the data config (its guidance scale and mask rule included), the stage-1 config, the prompt
@@ -32,11 +37,20 @@ from seas.config import MaskConfig, TrainConfig
 from seas.data.config import DataConfig
 from seas.data.split import Split
 from seas.errors import ConfigError, RunError
-from seas.files.atomic import check_file_table, file_table, read_json, remove_path, write_dir, write_json
+from seas.files.atomic import (
+    check_file_table,
+    file_table,
+    read_json,
+    remove_path,
+    remove_temporaries,
+    write_dir,
+    write_json,
+)
 from seas.model.backbone import Backbone, load_backbone, load_vae, model_index
 from seas.model.prompts import PromptSpec
 
 FORMAT = "seas-run-2"
+# Every name inside a run folder, spelled here only.
 RUN_FILE = "seas_run.json"
 SPLIT_FILE = "split.json"
 INDEX_FILE = "model_index.json"
@@ -46,12 +60,134 @@ MASK_FILE = "mask_head.json"
 MASK_FORMAT = "seas-mask-2"
 CHECKPOINTS = "checkpoints"
 LOGS = "logs"
+GENERATED = "generated"  # seas generate's default --out
+EVALUATION = "evaluation"  # seas evaluate's default --out
+SEGMENTERS = "segmenters"  # the evaluation's trained downstream segmenters, kept for reuse
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
+MARKERS = {"generator": RUN_FILE, "mask": MASK_FILE}  # written last by a stage: it finished
 
 
 def state_file(stage: str) -> str:
     """The file a training stage writes when it starts: ``<stage>-state.json``."""
     return f"{stage}-state.json"
+
+
+def stage_names(stage: str) -> set[str]:
+    """What a stage writes into a run folder. Stage 1 starts a folder, so a folder holding
+    anything else is not one of its runs; stage 2 adds to a finished run."""
+    shared = {CHECKPOINTS, LOGS, state_file(stage), MARKERS[stage]}
+    if stage == "generator":
+        return shared | {SPLIT_FILE, *GENERATOR_PARTS, INDEX_FILE}
+    return shared | {MASK_DIR}
+
+
+OPTIONS = {"root": "--data"}  # config keys whose command-line option has another name
+
+
+def config_changes(previous: dict, current: dict) -> list[str]:
+    """'--option was A, now B' for every leaf value that differs between two configs."""
+    def leaves(config: dict) -> dict:
+        flat = {}
+        for key, value in config.items():
+            flat.update(leaves(value) if isinstance(value, dict) else {key: value})
+        return flat
+
+    old, new = leaves(previous), leaves(current)
+    return [f"{OPTIONS.get(key, '--' + key.replace('_', '-'))} was {old.get(key)}, now {new.get(key)}"
+            for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+
+
+class RunFolder:
+    """A run folder by its path: the names in it, and the life of a training stage there.
+
+    A stage writes ``<stage>-state.json`` (its resolved config) when it starts, checkpoints
+    ``checkpoints/<stage>-NNNNNN`` while it runs, and its marker (``seas_run.json``, then
+    ``mask_head.json``) when it finishes. Every process checks the folder
+    (:meth:`check_stage`) before anything is written; then only the main process clears and
+    starts it (:meth:`start_stage`).
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    @property
+    def logs(self) -> Path:
+        return self.path / LOGS
+
+    @property
+    def generated(self) -> Path:
+        return self.path / GENERATED
+
+    @property
+    def evaluation(self) -> Path:
+        return self.path / EVALUATION
+
+    @property
+    def segmenters(self) -> Path:
+        return self.path / SEGMENTERS
+
+    def state(self, stage: str) -> Path:
+        return self.path / state_file(stage)
+
+    def stage_config(self, stage: str) -> dict:
+        """The config the unfinished or finished ``stage`` was started with."""
+        return read_json(self.state(stage))["config"]
+
+    def checkpoint(self, stage: str, step: int) -> Path:
+        return self.checkpoints / f"{stage}-{step:06d}"
+
+    def checkpoint_dirs(self, stage: str) -> list[Path]:
+        """Complete checkpoints of ``stage``, oldest first."""
+        if not self.checkpoints.is_dir():
+            return []
+        return sorted(p for p in self.checkpoints.iterdir() if p.is_dir() and p.name.startswith(f"{stage}-"))
+
+    def check_stage(self, stage: str, config: dict, resume: str | None, overwrite: bool,
+                    option: str = "--out") -> None:
+        """Refuse this folder for ``stage``; every process calls it before anything is written.
+
+        * not a folder, or (stage 1) holding names stage 1 does not write: not ours;
+        * finished stage (its marker exists): refused unless ``overwrite``;
+        * unfinished stage: refused unless ``resume`` (then the config must match) or ``overwrite``;
+        * ``--resume PATH``: a checkpoint folder taken with the same config (checked by the caller).
+        """
+        run = self.path
+        if run.exists() and not run.is_dir():
+            raise RunError(f"{option} {run}: exists and is not a folder; choose a new folder")
+        if (run / MARKERS[stage]).exists() and not overwrite:
+            raise RunError(f"{option} {run}: holds a finished {stage} run; choose another {option} or pass --overwrite")
+        if stage == "generator" and run.is_dir():
+            foreign = sorted(p.name for p in run.iterdir()
+                             if p.name not in stage_names(stage) and not p.name.startswith("."))
+            if foreign:
+                raise RunError(f"{option} {run}: not empty and not a SeaS {stage} run (holds {', '.join(foreign[:3])}); "
+                               f"choose a new folder")
+        if not overwrite and self.state(stage).exists():
+            if resume is None:
+                raise RunError(f"{option} {run}: holds an unfinished {stage} run; pass --resume latest to continue "
+                               f"it or --overwrite")
+            changes = config_changes(self.stage_config(stage), config)
+            if changes:
+                raise RunError(f"--resume {resume}: {run} was started with other options ({'; '.join(changes)}); "
+                               f"repeat the original options or choose another {option}")
+
+    def start_stage(self, accelerator, stage: str, config: dict, overwrite: bool) -> None:
+        """Once every process has checked the folder: the main process removes leftover
+        temporaries (and, with ``overwrite``, the stage's checkpoints, state and marker) and
+        writes the state file."""
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            self.path.mkdir(parents=True, exist_ok=True)
+            remove_temporaries(self.path, self.checkpoints)
+            if overwrite:
+                for path in [*self.checkpoint_dirs(stage), self.path / MARKERS[stage], self.state(stage)]:
+                    remove_path(path)
+            write_json(self.state(stage), {"stage": stage, "config": config})
+        accelerator.wait_for_everyone()
 
 
 def library_versions() -> dict[str, str]:
@@ -78,6 +214,10 @@ class Run:
     weights: dict = field(default_factory=dict)  # part -> {file: [size, sha256]} of its weight files
 
     # ------------------------------------------------------------------ what it holds
+
+    @property
+    def folder(self) -> RunFolder:
+        return RunFolder(self.path)
 
     @property
     def types(self) -> list[str]:

@@ -24,14 +24,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from seas.config import PLACEMENTS, QC_MODES, MaskConfig, TrainConfig
+from seas.config import PLACEMENTS, QC_MODES, GenerationConfig, MaskConfig, TrainConfig
 from seas.data.config import DataConfig
 from seas.data.readers import GOOD
-from seas.errors import ConfigError, RunError
+from seas.errors import RunError
+from seas.evaluation.config import SEGMENTERS
+from seas.fields import Config, option
 from seas.files.atomic import read_json, remove_path, remove_temporaries, write_json
 from seas.files.checks import ProblemList, Problems, nested_problems, output_folder_problems
-from seas.model.backbone import VAE_FACTORS
-from seas.training.bootstrap import BootstrapConfig, bootstrap_backbone
+from seas.training.estimates import base_size_multiple, check_base
 
 DEMO_MARKER = "demo.json"  # written first (what the demo will create), rewritten last
 DEMO_FORMAT = "seas-demo-2"
@@ -40,50 +41,60 @@ DEMO_BYTES = 400 * 2**20  # rough: tiny base ~35 MB, the run's export and checkp
 
 
 @dataclass
-class DemoConfig:
-    resolution: int = 128
-    seed: int = 0
-    # synthetic product (when no --data is given)
-    n_train_good: int = 60
-    n_test_good: int = 20
-    n_per_type: int = 12
-    # bootstrap of the tiny base model
-    vae_steps: int = 120
-    unet_steps: int = 250
-    vae_factor: int = 8  # pixels per latent cell along a side (SD 1.x: 8)
-    unet_width: int = 32  # tiny U-Net channels (w, 2w, 4w, 4w) and text width 2w
-    generic_defects: float = 0.5  # share of bootstrap images with a generic drawn, captioned defect
-    empty_captions: float = 0.0  # share of bootstrap U-Net images captioned with the empty prompt
+class DemoConfig(Config):
+    """``seas demo``: every stage on a CPU in minutes. The defaults fit the synthetic product on a
+    2-core CPU; :meth:`photographs` and :meth:`quick` are the other presets."""
+
+    section = "demo"
+
+    seed: int = option(0, help="seed of every stage")
+    resolution: int = option(128, help="image size of every stage (a multiple of the base's size multiple)",
+                             minimum=32)
+    base: str = option("seas-tiny", help="base model: seas-tiny (pretrained, shipped with seas), a folder written "
+                       "by seas pretrain or seas bootstrap, or an SD 1.x model as in seas train --base")
+    # the synthetic product (when no --data is given): 4 training anomalies per type, as a third of a
+    # small MVTec AD type gives, and 50 held-out ones per type so that the judge's numbers hold still
+    n_train_good: int = option(60, help="synthetic product: normal training images", minimum=1, cli=False)
+    n_test_good: int = option(50, help="synthetic product: normal test images", minimum=1, cli=False)
+    n_per_type: int = option(54, help="synthetic product: images per anomaly type", minimum=2, cli=False)
+    train_per_type: int = option(4, help="synthetic product: few-shot training images per type", minimum=1,
+                                 cli=False)
+    # adapting the base to the product's normal images before stage 1 (seas bootstrap --base)
+    adapt_steps: int = option(0, help="U-Net updates adapting the base to the product's normal images before "
+                              "stage 1 (0: none)", minimum=0)
     # stage 1 (a tiny model trained for minutes needs larger steps than SD's 4e-6 / 4e-5)
-    train_steps: int = 400
-    lr_unet: float = 2e-4
-    lr_text: float = 2e-3
+    train_steps: int = option(400, help="stage-1 updates", minimum=1)
+    lr_unet: float = option(2e-4, help="stage-1 U-Net learning rate", minimum=0.0)
+    lr_text: float = option(2e-3, help="stage-1 token-embedding learning rate", minimum=0.0)
     # stage 2
-    mask_head_updates: int = 80
+    mask_head_updates: int = option(80, help="stage-2 updates", minimum=1)
     # generation
-    num_per_kind: int = 12
-    sample_steps: int = 20
-    placement: str = "free"  # SeaS as published; real-masks / masks are seas generate --placement
-    qc: str = "off"  # seas generate --qc
-    # downstream evaluation (a small U-Net segmenter at 96 px; at 150 updates its real-only pixel
-    # AP ranged 0.05 to 0.59 over three seeds, at 400 it is a judge worth reading: docs/ABLATION.md)
-    segmenter: str = "unet"
-    seg_steps: int = 400
-    seg_size: int = 96
-    seg_width: float = 0.25
+    num_per_kind: int = option(12, help="images generated per type, for normal images and for the mixture",
+                               minimum=1)
+    sample_steps: int = option(20, help="sampler steps per image", minimum=1)
+    placement: str = option("free", help="where generated defects go, as seas generate --placement",
+                            choices=tuple(p for p in PLACEMENTS if p != "masks"))
+    qc: str = option("off", help="quality control, as seas generate --qc", choices=QC_MODES)
+    # downstream evaluation: a small U-Net segmenter (docs/ABLATION.md: its spread over seeds)
+    segmenter: str = option("unet", help="downstream segmenter's architecture", choices=SEGMENTERS)
+    seg_steps: int = option(400, help="downstream segmenter's updates", minimum=1)
+    seg_size: int = option(96, help="downstream segmenter's image size", minimum=16)
+    seg_width: float = option(0.25, help="downstream segmenter's width multiplier", minimum=0.01)
 
     @classmethod
     def photographs(cls) -> "DemoConfig":
-        """The default for ``--data``: a downstream judge that can learn real photographs' small
-        defects (on magnetic-tile, real-only pixel AUROC 0.82 / AP 0.51 at 192 px and 400
-        updates; docs/ABLATION.md)."""
-        return cls(seg_size=192)
+        """The default for ``--data``: the base adapted to the product's normal images first, and a
+        segmenter that can learn real photographs' small defects (192 px)."""
+        return cls(adapt_steps=PHOTO_ADAPT_STEPS, seg_size=192)
 
     @classmethod
     def quick(cls) -> "DemoConfig":
         """A shortened demo for the test suite: every stage, far fewer steps, 64 px."""
-        return cls(resolution=64, n_train_good=8, n_test_good=4, n_per_type=4, vae_steps=4, unet_steps=4,
-                   train_steps=3, mask_head_updates=2, num_per_kind=2, sample_steps=3, seg_steps=4, seg_size=64)
+        return cls(resolution=64, n_train_good=8, n_test_good=4, n_per_type=6, train_per_type=2, train_steps=3,
+                   mask_head_updates=2, num_per_kind=2, sample_steps=3, seg_steps=4, seg_size=64)
+
+
+PHOTO_ADAPT_STEPS = 150  # U-Net updates adapting seas-tiny to a user's photographs (docs/RESULTS.md: time)
 
 
 class StageClock:
@@ -108,7 +119,7 @@ def write_demo_product(folder: Path, cfg: DemoConfig) -> DataConfig:
 
     root = write_synthetic_product(folder, product="tile", seed=cfg.seed, size=cfg.resolution,
                                    n_train_good=cfg.n_train_good, n_test_good=cfg.n_test_good, n_per_type=cfg.n_per_type)
-    return DataConfig(root=str(root), layout="mvtec")
+    return DataConfig(root=str(root), layout="mvtec", train_per_type=cfg.train_per_type)
 
 
 def demo_kinds(types: list[str]) -> list[str]:
@@ -116,9 +127,10 @@ def demo_kinds(types: list[str]) -> list[str]:
     return [*types, GOOD] + (["+".join(types[:2])] if len(types) > 1 else [])
 
 
-def demo_entries(synthetic: bool) -> list[str]:
-    """The names a demo writes into its ``--out`` (besides its marker ``demo.json``)."""
-    return (["data"] if synthetic else []) + ["base", "run", "evaluation"]
+def demo_entries(synthetic: bool, adapted: bool) -> list[str]:
+    """The names a demo writes into its ``--out`` (besides its marker ``demo.json``): the synthetic
+    product's ``data``, the adapted base, the run and the evaluation."""
+    return (["data"] if synthetic else []) + (["base"] if adapted else []) + ["run", "evaluation"]
 
 
 def previous_entries(out: Path) -> list[str] | None:
@@ -169,7 +181,7 @@ def prepare_out(out: Path, entries: list[str]) -> None:
     remove_temporaries(out)
 
 
-def demo_problems(out: Path, data_cfg: DataConfig | None, sources: tuple = ()) -> list[str]:
+def demo_problems(out: Path, cfg: DemoConfig, data_cfg: DataConfig | None, sources: tuple = ()) -> list[str]:
     """Every problem of a demo before its first stage: the user's dataset (all its images and
     masks decoded, the test split's included), ``--out`` against the dataset (and any further
     ``sources``, e.g. the YAML description), the folder itself, its permissions and free space."""
@@ -184,7 +196,13 @@ def demo_problems(out: Path, data_cfg: DataConfig | None, sources: tuple = ()) -
             nested = nested or nested_problems(out, source)  # one line says it
         problems.extend(nested)
     if not nested:  # else the folder's contents are the dataset's: no more to say
-        problems.extend(out_problems(out, demo_entries(data_cfg is None)))
+        problems.extend(out_problems(out, demo_entries(data_cfg is None, cfg.adapt_steps > 0)))
+    with problems.collect():
+        check_base(cfg.base)
+        multiple = base_size_multiple(cfg.base)
+        if multiple and cfg.resolution % multiple:
+            problems.add(f"--resolution {cfg.resolution}: must be a multiple of {multiple} for --base {cfg.base} "
+                         f"(e.g. {max(multiple, round(cfg.resolution / multiple) * multiple)})")
     problems.extend(output_folder_problems(out, DEMO_BYTES))
     return problems.items
 
@@ -194,31 +212,35 @@ def run_demo(out: str | Path, cfg: DemoConfig, data_cfg: DataConfig | None = Non
 
     Everything is checked first (:func:`demo_problems`, every problem in one list); nothing
     is written or deleted before. ``sources``: further paths ``out`` must not hold."""
-    from seas.evaluation.evaluate import EvalConfig, evaluate_run
+    from seas.evaluation.config import EvalConfig
+    from seas.evaluation.evaluate import evaluate_run
     from seas.evaluation.localisation import attention_localisation, mask_head_localisation
     from seas.generation.folder import generate_to_folder
     from seas.run import Run
+    from seas.training.bootstrap import bootstrap_backbone
+    from seas.training.configs import BootstrapConfig
     from seas.training.stage1 import train_generator
     from seas.training.stage2 import train_mask_head
 
     out = Path(out).resolve()
-    problems = demo_problems(out, data_cfg, sources)
+    problems = demo_problems(out, cfg, data_cfg, sources)
     if problems:
         raise Problems(problems)
-    entries = demo_entries(data_cfg is None)
+    entries = demo_entries(data_cfg is None, cfg.adapt_steps > 0)
     prepare_out(out, entries)
     clock = StageClock()
     with clock.stage("data"):
         if data_cfg is None:
             data_cfg = write_demo_product(out / "data", cfg)
-    with clock.stage("bootstrap base model"):
-        boot = BootstrapConfig(resolution=cfg.resolution, vae_steps=cfg.vae_steps, unet_steps=cfg.unet_steps,
-                               generic_defects=cfg.generic_defects, empty_captions=cfg.empty_captions,
-                               vae_factor=cfg.vae_factor, width=cfg.unet_width, seed=cfg.seed)
-        base = bootstrap_backbone(data_cfg, boot, out / "base")
+    base = cfg.base
+    if cfg.adapt_steps:
+        with clock.stage("adapting the base to the product"):
+            adapt = BootstrapConfig(base=cfg.base, resolution=cfg.resolution, vae_steps=0, unet_steps=cfg.adapt_steps,
+                                    generic_defects=0.0, seed=cfg.seed)
+            base = str(bootstrap_backbone(data_cfg, adapt, out / "base"))
     run_dir = out / "run"
     with clock.stage("stage 1: SeaS fine-tuning"):
-        train_cfg = TrainConfig(base=str(base), resolution=cfg.resolution, steps=cfg.train_steps, grad_accum=1,
+        train_cfg = TrainConfig(base=base, resolution=cfg.resolution, steps=cfg.train_steps, grad_accum=1,
                                 lr_unet=cfg.lr_unet, lr_text=cfg.lr_text, seed=cfg.seed,
                                 checkpoint_every=max(cfg.train_steps // 2, 1))
         train_generator(data_cfg, train_cfg, run_dir)
@@ -228,8 +250,9 @@ def run_demo(out: str | Path, cfg: DemoConfig, data_cfg: DataConfig | None = Non
     run = Run.load(run_dir)
     kinds = demo_kinds(run.types)
     with clock.stage("generation"):
-        generate_to_folder(run_dir, run_dir / "generated", kinds, num=cfg.num_per_kind, seed=cfg.seed,
-                           steps=cfg.sample_steps, device="cpu", placement=cfg.placement, qc=cfg.qc)
+        gen_cfg = GenerationConfig(num=cfg.num_per_kind, seed=cfg.seed, steps=cfg.sample_steps, placement=cfg.placement,
+                                   qc=cfg.qc)
+        generated = generate_to_folder(run, None, kinds, gen_cfg, device="cpu")
     with clock.stage("evidence on held-out real images"):
         backbone = run.load_backbone()
         evidence = (attention_localisation(run, backbone, run.split.test)
@@ -241,7 +264,7 @@ def run_demo(out: str | Path, cfg: DemoConfig, data_cfg: DataConfig | None = Non
             "Evidence of learning (held-out real test split)": evidence,
             "Demo settings": dataclasses.asdict(cfg),
         }
-        metrics = evaluate_run(run_dir, run_dir / "generated", out / "evaluation", eval_cfg, extra=extra)
+        metrics = evaluate_run(run_dir, generated, out / "evaluation", eval_cfg, extra=extra)
     metrics["stage_seconds"] = clock.seconds
     write_json(out / DEMO_MARKER, {"format": DEMO_FORMAT, "status": "finished", "created": entries,
                                    "config": dataclasses.asdict(cfg), "stage_seconds": clock.seconds,
@@ -323,67 +346,28 @@ def generated_line(kind: str, counts: dict) -> str:
 
 def add_parsers(sub) -> None:
     from seas.cli.options import add_data_args
-    from seas.evaluation.segmenters import SEGMENTERS
 
     p = sub.add_parser("demo", help="the whole pipeline on a CPU in minutes (synthetic product or --data)",
-                       description="Write a synthetic product (or read --data), bootstrap a tiny base model, run "
-                       "stage 1 and stage 2, generate every type, normal images and a mixture, measure what was "
-                       "learned on the held-out real split, run the downstream evaluation and write report.html.")
+                       description="Write a synthetic product (or read --data), start from the pretrained base "
+                       "shipped with seas (adapted to --data's normal images first), run stage 1 and stage 2, "
+                       "generate every type, normal images and a mixture, measure what was learned on the held-out "
+                       "real split, run the downstream evaluation and write report.html.")
     add_data_args(p, required=False)
     p.add_argument("--out", default="demo-out", help="output folder (default demo-out; what a previous or interrupted "
                    "demo there wrote is replaced, nothing else; must lie outside --data)")
     p.add_argument("--quick", action="store_true", help="a shortened run (64 px, a few steps per stage) to check the setup")
-    p.add_argument("--seed", type=int, default=0, help="seed of every stage (default 0)")
     d, photo = DemoConfig(), DemoConfig.photographs()
-    g = p.add_argument_group("settings for larger machines and experiments (defaults: the 2-core CPU demo)")
-    g.add_argument("--resolution", type=int, default=None, help=f"image size of every stage (default {d.resolution})")
-    g.add_argument("--train-steps", type=int, default=None, help=f"stage-1 updates (default {d.train_steps})")
-    g.add_argument("--generic-defects", type=float, default=None,
-                   help=f"share of bootstrap images carrying a generic drawn defect (default {d.generic_defects}; "
-                   "0: normal images only)")
-    g.add_argument("--empty-captions", type=float, default=None,
-                   help=f"share of bootstrap U-Net images captioned with the empty prompt, as SD's caption dropout "
-                   f"(default {d.empty_captions}; 0: never)")
-    g.add_argument("--vae-factor", type=int, choices=VAE_FACTORS, default=None,
-                   help=f"pixels per latent cell of the bootstrapped VAE (default {d.vae_factor}, SD 1.x's; 4 keeps "
-                   "more detail and gives the U-Net four times the work, docs/TRAINING.md)")
-    g.add_argument("--unet-width", type=int, default=None,
-                   help=f"channels of the bootstrapped tiny U-Net (w, 2w, 4w, 4w; default {d.unet_width}); 16 with "
-                   "--vae-factor 4 took 1.3 times the default's time and measured worse (docs/TRAINING.md)")
-    g.add_argument("--placement", choices=[p for p in PLACEMENTS if p != "masks"], default=None,
-                   help=f"where generated defects go, as seas generate --placement (default {d.placement})")
-    g.add_argument("--qc", choices=QC_MODES, default=None, help=f"quality control, as seas generate --qc (default {d.qc})")
-    g.add_argument("--segmenter", choices=SEGMENTERS, default=None,
-                   help=f"downstream judge's architecture (default {d.segmenter})")
-    g.add_argument("--seg-size", type=int, default=None, help=f"downstream judge's image size (default {_default(d, photo, 'seg_size')})")
-    g.add_argument("--seg-steps", type=int, default=None, help=f"downstream judge's updates (default {_default(d, photo, 'seg_steps')})")
-    g.add_argument("--seg-width", type=float, default=None, help=f"downstream judge's width multiplier (default {d.seg_width})")
+    g = p.add_argument_group("settings for larger machines and experiments (defaults: the 2-core CPU demo; "
+                             f"with --data: --adapt-steps {photo.adapt_steps} --seg-size {photo.seg_size})")
+    DemoConfig.add_arguments(g)
     p.set_defaults(func=cmd_demo)
-
-
-def _default(synthetic: DemoConfig, photographs: DemoConfig, name: str) -> str:
-    """A setting's default in ``--help``: ``96; 192 with --data`` where the two defaults differ."""
-    a, b = getattr(synthetic, name), getattr(photographs, name)
-    return f"{a}" if a == b else f"{a}; {b} with --data"
 
 
 def demo_config(args) -> DemoConfig:
     """The demo's settings: ``--quick``, or the default for the synthetic product or for ``--data``
     (photographs), then every option given."""
     cfg = DemoConfig.quick() if args.quick else DemoConfig.photographs() if args.data else DemoConfig()
-    names = ("seed", "resolution", "train_steps", "generic_defects", "empty_captions", "vae_factor", "unet_width",
-             "placement", "qc", "segmenter", "seg_size", "seg_steps", "seg_width")
-    given = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
-    cfg = dataclasses.replace(cfg, **given)
-    if cfg.resolution % 64:
-        raise ConfigError(f"--resolution {cfg.resolution}: must be a multiple of 64 (the tiny model's factor)")
-    for name in ("train_steps", "unet_width", "seg_size", "seg_steps"):
-        if getattr(cfg, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be at least 1")
-    for name in ("generic_defects", "empty_captions"):
-        if not 0 <= getattr(cfg, name) <= 1:
-            raise ConfigError(f"--{name.replace('_', '-')} {getattr(cfg, name)}: a share between 0 and 1")
-    return cfg
+    return DemoConfig.from_dict({**cfg.to_dict(), **DemoConfig.given(args)})
 
 
 def cmd_demo(args) -> int:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 
 def add_parsers(subparsers) -> None:
-    from seas.evaluation.evaluate import EvalConfig
+    from seas.cli.options import add_deprecated
+    from seas.evaluation.config import EvalConfig
 
     p = subparsers.add_parser(
         "evaluate", help="downstream segmentation and quality scores of generated data, with an HTML report",
@@ -22,6 +23,7 @@ def add_parsers(subparsers) -> None:
                    help="folder for metrics.json and report.html (default: <run>/evaluation); "
                         "a previous evaluation there is replaced, any other content refused")
     EvalConfig.add_arguments(p.add_argument_group("evaluation settings (docs/EVALUATION.md)"))
+    add_deprecated(p, "--no-reuse-judge", "--no-reuse-segmenter", "reuse_segmenter", value=False)
     # No config file to layer under the options: the parsed values are the settings.
     defaults = {name: value for name, value in EvalConfig().to_dict().items() if name != "progress"}
     p.set_defaults(func=cmd_evaluate, **defaults)
@@ -30,11 +32,13 @@ def add_parsers(subparsers) -> None:
 def cmd_evaluate(args) -> int:
     from seas.cli.demo import measure_lines
     from seas.cli.options import check_evaluate_inputs
-    from seas.evaluation.evaluate import EvalConfig, evaluate_run
+    from seas.evaluation.config import EvalConfig
+    from seas.evaluation.evaluate import evaluate_run
     from seas.evaluation.quality import QUALITY_FAMILIES
+    from seas.run import RunFolder
 
     cfg = EvalConfig.from_dict(EvalConfig.given(args))
-    out = Path(args.out) if args.out else Path(args.run) / "evaluation"
+    out = Path(args.out) if args.out else RunFolder(args.run).evaluation
     check_evaluate_inputs(args.run, out)  # the run, its whole split decoded, --out writable: before training
     metrics = evaluate_run(args.run, args.generated, out, cfg)
     keys = ("image_auroc", "pixel_auroc", "pixel_ap", "pixel_f1_max", "iou")

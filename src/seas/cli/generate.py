@@ -6,14 +6,10 @@ the main process merges the manifest parts and runs the export.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-
 from seas.cli.options import add_run_config_args, resolve_config
-from seas.config import GenerationConfig
+from seas.config import GenerationConfig, GenerationSwitches
 from seas.data.readers import GOOD
 from seas.errors import ConfigError
-from seas.model.prompts import MIX
 
 PROFILE_HELP = ("memory/speed profile. default: fp32; fast: fp16 weights on a GPU (fp32 on a CPU, where bf16 is "
                 "slower); low-memory: half-precision weights (fp16 on a GPU, bf16 on a CPU) plus VAE slicing and "
@@ -38,7 +34,8 @@ def add_parsers(sub) -> None:
     GenerationConfig.add_arguments(p.add_argument_group("sampling (defaults: the authors' release)"))
     p.add_argument("--device", default=None,
                    help="torch device (default: cuda if available, else cpu; with several processes each takes its own GPU)")
-    _add_memory_args(p)
+    GenerationSwitches.add_arguments(p.add_argument_group(
+        "memory and precision (docs/GENERATION.md; defaults: the --profile's; a folder resumes only with the same)"))
     p.add_argument("--export-mvtec", default=None, metavar="DIR",
                    help="afterwards, also write the outputs as an MVTec AD product folder DIR/<product>")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -54,41 +51,29 @@ def add_parsers(sub) -> None:
     p.set_defaults(func=cmd_export)
 
 
-def _add_memory_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("memory and precision (docs/GENERATION.md; a folder resumes only with the same)")
-    g.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
-                   help="precision of the weights and activations (default: the profile's)")
-    g.add_argument("--vae-slicing", action=argparse.BooleanOptionalAction, default=None,
-                   help="decode, and run the mask head, one image at a time (default: the profile's)")
-    g.add_argument("--vae-tiling", action=argparse.BooleanOptionalAction, default=None,
-                   help="decode the output images in tiles when larger than the VAE's tile size; decodes the "
-                   "mask head reads are never tiled (default: the profile's)")
-    g.add_argument("--attention-slicing", action=argparse.BooleanOptionalAction, default=None,
-                   help="U-Net attention computed in slices of heads (default: off in every profile)")
-
-
-def switches_from_args(args, device: str):
-    """The switches of ``args.profile`` on ``device``, with the options given explicitly."""
-    import torch
-
+def switches_from_args(args, device: str) -> GenerationSwitches:
+    """The memory switches: ``--profile``'s on ``device``, then a ``--config`` file's ``memory:``
+    section, then the options given explicitly. The one place the profile is resolved."""
     from seas.profiles import generation_switches
 
-    names = ("vae_slicing", "vae_tiling", "attention_slicing")
-    given = {name: getattr(args, name) for name in names if getattr(args, name) is not None}
-    if args.dtype is not None:
-        given["dtype"] = getattr(torch, args.dtype)
-    return dataclasses.replace(generation_switches(args.profile, device), **given)
+    profile = generation_switches(args.profile, device).to_dict()
+    return resolve_config(GenerationSwitches, args, profile)
 
 
-def kinds_from_args(args, types: list[str]) -> list[str]:
-    """The kinds an invocation asks for: types (``all`` expanded), mixtures, then ``good``."""
-    kinds = []
+def kinds_from_args(args, run) -> list:
+    """The :class:`~seas.generation.pipeline.Kind` s an invocation asks for: types (``all``
+    expanded), mixtures, then ``good``; a name the run does not have is a one-line error."""
+    from seas.generation.pipeline import resolve_kind
+    from seas.model.prompts import MIX
+
+    types = run.types
+    names = []
     for name in args.type or []:
-        kinds += types if name == "all" else [name]
-    kinds += args.mix or []
+        names += types if name == "all" else [name]
+    names += args.mix or []
     if args.normal:
-        kinds.append(GOOD)
-    if not kinds:
+        names.append(GOOD)
+    if not names:
         raise ConfigError("nothing to generate: give --type NAME (or --type all), --mix A+B and/or --normal")
     bad_mix = [m for m in args.mix or [] if MIX not in m]
     if bad_mix:
@@ -99,7 +84,7 @@ def kinds_from_args(args, types: list[str]) -> list[str]:
         if name not in types:
             raise ConfigError(f"{option} {name}: the run {args.run} has no such type; "
                               f"choose from {', '.join(types)} (or --type all)")
-    return kinds
+    return [resolve_kind(name, run.prompt) for name in names]
 
 
 def cmd_generate(args) -> int:
@@ -107,25 +92,25 @@ def cmd_generate(args) -> int:
     from accelerate import PartialState
 
     from seas.generation.export import export_mvtec
-    from seas.generation.folder import generate_to_folder, merge_manifests, read_rows
+    from seas.generation.folder import generate_to_folder
+    from seas.generation.generated import GeneratedFolder
 
     cfg = resolve_config(GenerationConfig, args)
-    kinds = check_generate(args, cfg)
+    run, kinds = check_generate(args, cfg)
     # On a machine without a GPU, cpu=True lets torchrun's processes find each other (gloo).
     state = PartialState(cpu=args.device == "cpu" or (args.device is None and not torch.cuda.is_available()))
     # One GPU per process under torchrun / accelerate. A distributed CPU state says "cpu:0",
     # which takes other kernels than "cpu": plain "cpu" keeps the outputs of one process.
     device = args.device or ("cpu" if state.device.type == "cpu" else str(state.device))
-    out = generate_to_folder(
-        args.run, args.out, kinds, cfg, device=device, rank=state.process_index, world=state.num_processes,
-        progress=state.is_main_process and not args.quiet, profile=args.profile,
-        switches=switches_from_args(args, device),
-    )
+    out = generate_to_folder(run, args.out, kinds, cfg, switches_from_args(args, device), device=device,
+                             rank=state.process_index, world=state.num_processes,
+                             progress=state.is_main_process and not args.quiet)
     state.wait_for_everyone()
     if not state.is_main_process:
         return 0
-    manifest = merge_manifests(out)
-    print(f"{len(read_rows(manifest))} outputs in {out} (manifest {manifest})")
+    folder = GeneratedFolder(out)
+    manifest = folder.merge_journals()
+    print(f"{len(folder.rows())} outputs in {out} (manifest {manifest})")
     if args.export_mvtec:
         print(f"MVTec AD layout written to {export_mvtec(out, args.export_mvtec)}")
     return 0
@@ -137,32 +122,29 @@ def output_bytes(num: int, n_kinds: int, resolution: int) -> int:
     return num * n_kinds * 3 * resolution * resolution * 3
 
 
-def check_generate(args, cfg: GenerationConfig) -> list:
-    """Every problem of ``seas generate`` at once, before the models are loaded: the run, the
-    kinds asked for, ``--out`` and ``--export-mvtec`` (writable, with space). Returns the kinds."""
-    from pathlib import Path
-
+def check_generate(args, cfg: GenerationConfig) -> tuple:
+    """Every problem of ``seas generate`` at once, before the models are loaded: the run (its
+    weights verified), the kinds asked for, ``--out`` and ``--export-mvtec`` (writable, with
+    space). Returns the run and the kinds; the user's masks are read by generation itself,
+    also before any model is loaded."""
     from seas.files.checks import ProblemList, output_folder_problems, path_size
-    from seas.generation.placement import read_user_masks
+    from seas.generation.generated import GeneratedFolder
     from seas.run import Run
 
     problems = ProblemList()
     run, kinds = None, []
     with problems.collect():
-        run = Run.load(args.run, verify=False)
+        run = Run.load(args.run)
     if run is not None:
         with problems.collect():
-            kinds = kinds_from_args(args, run.types)
-        if cfg.placement == "masks":
-            with problems.collect():
-                read_user_masks(cfg.masks, run.resolution)
-        out = Path(args.out) if args.out else run.path / "generated"
+            kinds = kinds_from_args(args, run)
+        out = GeneratedFolder(args.out).path if args.out else GeneratedFolder.of_run(run.path).path
         needed = output_bytes(cfg.num, max(len(kinds), 1), run.resolution)
         problems.extend(output_folder_problems(out, max(needed - path_size(out), 0)))
         if args.export_mvtec:
             problems.extend(output_folder_problems(args.export_mvtec, needed, option="--export-mvtec"))
     problems.raise_any()
-    return kinds
+    return run, kinds
 
 
 def cmd_export(args) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from seas.data.config import DataConfig
@@ -33,7 +34,7 @@ def data_config(args) -> DataConfig:
     base = dict(REFERENCE["data"]) if getattr(args, "reference", False) else {}
     if getattr(args, "config", None):
         base.update(read_config_file(args.config, "data"))
-    given = base | DataConfig.given(args)
+    given = DataConfig.given(args)
     if args.anomaly:
         anomalies: dict[str, list[str]] = {}
         for item in args.anomaly:
@@ -46,8 +47,27 @@ def data_config(args) -> DataConfig:
         if getattr(args, name):
             given[name] = getattr(args, name)
     if Path(args.data).suffix in (".yaml", ".yml"):
-        return DataConfig.from_yaml(args.data, **given)
-    return DataConfig.from_dict({"root": args.data, **given})
+        return DataConfig.from_yaml(args.data, defaults=base, **given)
+    return DataConfig.from_dict({"root": args.data, **base, **given})
+
+
+class _Deprecated(argparse.Action):
+    """An old option name: says so on stderr, then sets the new option's value."""
+
+    def __init__(self, option_strings, dest, new: str, value=None, **kwargs):
+        self.new, self.value = new, value
+        super().__init__(option_strings, dest, nargs=0 if value is not None else None, help=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"warning: {option_string} is deprecated and will be removed; use {self.new}", file=sys.stderr)
+        setattr(namespace, self.dest, self.value if self.value is not None else values)
+
+
+def add_deprecated(p: argparse.ArgumentParser, old: str, new: str, dest: str, value=None, type=None) -> None:
+    """Accept ``old`` (hidden from --help) as ``new`` with a deprecation line; ``value``: the
+    constant a flag without argument sets (``--no-x`` -> False)."""
+    kwargs = {"type": type} if type is not None else {}
+    p.add_argument(old, action=_Deprecated, dest=dest, new=new, value=value, default=None, **kwargs)
 
 
 def add_run_config_args(p: argparse.ArgumentParser, profile_help: str) -> None:

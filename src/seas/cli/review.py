@@ -3,19 +3,21 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 
-def add_parsers(sub) -> None:
-    from seas.gallery import add_arguments
+GALLERY_HOST, GALLERY_PORT = "127.0.0.1", 8765  # the server's defaults (seas.gallery.server checks them)
 
+
+def add_parsers(sub) -> None:
     p = sub.add_parser("gallery", help="review and curate a generated folder in the browser",
                        description="Serve a local page (127.0.0.1 by default) showing every generated pair with its "
                        "mask beside the real training pairs of its type; accept (a) or reject (r) pairs with the "
                        "keyboard or mouse. Decisions go to curation.json next to the manifest; 'seas export "
                        "--curated' uses only the accepted pairs.")
     p.add_argument("generated", type=Path, metavar="GENERATED_DIR", help="the --out folder of 'seas generate'")
-    add_arguments(p)
+    add_gallery_arguments(p)
     p.set_defaults(func=cmd_gallery)
 
     p = sub.add_parser("weights", help="fetch published weights the evaluation uses (LPIPS-VGG)",
@@ -27,6 +29,16 @@ def add_parsers(sub) -> None:
                    "verified file is already there)")
     p.add_argument("name", choices=["lpips"], help="which weights")
     p.set_defaults(func=cmd_weights)
+
+
+def add_gallery_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--port`` and ``--host`` of ``seas gallery`` (the server itself is imported only to run)."""
+    parser.add_argument("--port", type=int, default=GALLERY_PORT, metavar="N",
+                        help=f"port of the local web server (default {GALLERY_PORT}; 0 takes any free port)")
+    parser.add_argument("--host", default=GALLERY_HOST, metavar="ADDRESS",
+                        help=f"address to listen on (default {GALLERY_HOST}: this machine only; 0.0.0.0 lets other "
+                             "machines reach the page, with no password)")
+    return parser
 
 
 def cmd_gallery(args) -> int:

@@ -45,7 +45,7 @@ def add_parsers(sub) -> None:
     _add_resume_args(p, "stage 2")
     p.set_defaults(func=cmd_train_mask)
 
-    from seas.training.bootstrap import BootstrapConfig
+    from seas.training.configs import BootstrapConfig, PretrainConfig
 
     p = sub.add_parser("bootstrap", help="train a tiny base model on a product's normal images (no SD weights needed)",
                        description="Build the tiny SD-1.x-shaped model and train its VAE and U-Net briefly on the "
@@ -55,8 +55,6 @@ def add_parsers(sub) -> None:
     p.add_argument("--out", required=True, help="folder to write the model to (diffusers layout)")
     BootstrapConfig.add_arguments(p.add_argument_group("bootstrap"))
     p.set_defaults(func=cmd_bootstrap)
-
-    from seas.training.pretrain import PretrainConfig
 
     p = sub.add_parser("pretrain", help="pretrain the tiny base on the procedural corpus (what --base seas-tiny ships)",
                        description="Train the tiny SD-1.x-shaped model (VAE, then U-Net and text encoder) on the "
@@ -112,7 +110,8 @@ def cmd_train_mask(args) -> int:
 
 
 def cmd_bootstrap(args) -> int:
-    from seas.training.bootstrap import BootstrapConfig, bootstrap_backbone
+    from seas.training.bootstrap import bootstrap_backbone
+    from seas.training.configs import BootstrapConfig
 
     cfg = BootstrapConfig.from_dict(BootstrapConfig.given(args))
     data_cfg = data_config(args)
@@ -124,7 +123,8 @@ def cmd_bootstrap(args) -> int:
 def cmd_pretrain(args) -> int:
     import shlex
 
-    from seas.training.pretrain import PretrainConfig, pretrain
+    from seas.training.configs import PretrainConfig
+    from seas.training.pretrain import pretrain
 
     cfg = PretrainConfig.from_dict(PretrainConfig.given(args))
     command = "seas pretrain " + shlex.join(sys.argv[2:]) if sys.argv[1:2] == ["pretrain"] else "seas pretrain"

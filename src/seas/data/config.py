@@ -141,10 +141,13 @@ class DataConfig(Config):
         return self.product or Path(self.root).resolve().name
 
     @classmethod
-    def from_yaml(cls, path: str | Path, **overrides) -> "DataConfig":
-        """Read a YAML description; ``root`` is relative to the file; overrides win when not None."""
+    def from_yaml(cls, path: str | Path, defaults: dict | None = None, **overrides) -> "DataConfig":
+        """Read a YAML description; ``root`` is relative to the file. Last wins: ``defaults``
+        (e.g. ``--reference``, a ``--config`` file's ``data:`` section) < the description <
+        ``overrides`` that are not None (the options given)."""
         path = Path(path)
-        values = read_yaml_mapping(path, str(path), "a dataset description: layout:, root:, ...")
+        described = read_yaml_mapping(path, str(path), "a dataset description: layout:, root:, ...")
+        values = {**(defaults or {}), **described}
         values.setdefault("root", ".")
         values["root"] = str((path.parent / values["root"]).resolve())
         values.update({k: v for k, v in overrides.items() if v is not None})

@@ -26,7 +26,6 @@ auxiliary heads add the same loss weighted by ``cfg.aux_weight``.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Iterator, Sequence, Union
 
 import numpy as np
@@ -35,6 +34,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from seas.evaluation.baselines import cut_paste, perlin_blend
+from seas.evaluation.config import DownstreamConfig
 from seas.evaluation.segmenters import Segmenter, build_segmenter
 from seas.files.images import as_mask, as_rgb, resize_image, resize_mask
 
@@ -43,41 +43,6 @@ Pair = tuple[ImageLike, Union[ImageLike, None]]
 
 _MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 _STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-
-
-@dataclass
-class DownstreamConfig:
-    """Settings of one downstream training run.
-
-    Attributes:
-        segmenter: ``"bisenetv2"`` or ``"unet"``.
-        size: square training/evaluation resolution (paper: 256).
-        steps: optimiser steps.
-        batch_size: images per step (sampled epoch-wise without replacement).
-        lr: AdamW peak learning rate, decayed polynomially (power 0.9) to 0.
-        weight_decay: AdamW weight decay.
-        loss: ``"ce_dice"`` or ``"focal_dice"``.
-        aux_weight: weight of BiSeNet V2's auxiliary heads (0 disables them).
-        width: channel multiplier of the segmenter.
-        seed: seeds weights, batch order and augmentation.
-        device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ...
-        eval_batch_size: images per forward pass at prediction.
-        progress: show a tqdm bar with the loss.
-    """
-
-    segmenter: str = "bisenetv2"
-    size: int = 256
-    steps: int = 2000
-    batch_size: int = 8
-    lr: float = 1e-3
-    weight_decay: float = 1e-2
-    loss: str = "ce_dice"
-    aux_weight: float = 0.4
-    width: float = 1.0
-    seed: int = 0
-    device: str = "auto"
-    eval_batch_size: int = 16
-    progress: bool = True
 
 
 # ----------------------------------------------------------------------------

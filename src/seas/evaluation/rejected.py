@@ -9,49 +9,43 @@ string ``kind`` and an existing ``image`` is skipped and counted, never an error
 
 from __future__ import annotations
 
-import json
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 
 from seas.errors import SeasError
 from seas.files.images import read_mask, read_rgb
-from seas.generation.folder import REJECTED
+from seas.generation.generated import GeneratedFolder, read_rows
 
 EXAMPLES = 4  # accepted and rejected examples per kind in the report
 
 
-def _row(line: str, gen_dir: Path) -> dict | None:
+def _row(row: dict, folder: GeneratedFolder) -> dict | None:
     """One rejected row with absolute paths and its reasons, or ``None`` when unusable."""
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError:
+    if not isinstance(row.get("kind"), str) or not isinstance(row.get("image"), str):
         return None
-    if not isinstance(row, dict) or not isinstance(row.get("kind"), str) or not isinstance(row.get("image"), str):
-        return None
-    image = gen_dir / row["image"]
+    image = folder.file(row["image"])
     if not image.is_file():
         return None
-    mask = gen_dir / row["mask"] if isinstance(row.get("mask"), str) else None
+    mask = folder.file(row["mask"]) if isinstance(row.get("mask"), str) else None
     qc = row.get("qc") if isinstance(row.get("qc"), dict) else {}
     reasons = qc.get("reasons") if isinstance(qc.get("reasons"), list) else []
     return {"kind": row["kind"], "image": str(image), "mask": str(mask) if mask and mask.is_file() else None,
             "reasons": [str(r) for r in reasons]}
 
 
-def read_rejected(gen_dir: str | Path) -> tuple[list[dict], int]:
+def read_rejected(folder: GeneratedFolder) -> tuple[list[dict], int]:
     """``(rows, skipped)``: the usable rows of ``rejected.jsonl`` in file order (``kind``,
     absolute ``image`` and ``mask`` or ``None``, ``reasons``) and the number of lines skipped.
     No file, or one that cannot be read, gives ``([], 0)``."""
-    path = Path(gen_dir) / REJECTED
+    path = folder.rejected_file
     try:
         lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError):
         return [], 0
-    rows = [_row(line, Path(gen_dir)) for line in lines]
+    rows = [_row(row, folder) for row in read_rows(path)]
     kept = [r for r in rows if r is not None]
-    return kept, len(rows) - len(kept)
+    return kept, len(lines) - len(kept)
 
 
 def qc_counts(accepted: list[dict], rejected: list[dict], kinds: list[str], skipped: int) -> dict:

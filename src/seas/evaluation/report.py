@@ -206,7 +206,7 @@ def _summary(metrics: dict) -> str:
     columns = sorted({c for v in sets.values() for c in v if c != "seconds"}) + ["seconds"]
     body += "<h3>Training sets</h3>" + _table(["training set", *columns], [[n, *(v.get(c) for c in columns)] for n, v in sets.items()])
     if any(v.get("reused") for v in sets.values()):
-        body += _note("reused: the model was read back from the run's judges/ folder, trained by an earlier "
+        body += _note("reused: the model was read back from the run's segmenters/ folder, trained by an earlier "
                       "evaluation of this run with the same settings and real data (seconds: reading and scoring).")
     return _section("summary", "Run and configuration", body)
 

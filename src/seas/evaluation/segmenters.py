@@ -23,8 +23,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from seas.evaluation.config import SEGMENTERS
+
 NUM_CLASSES = 2
-SEGMENTERS = ("bisenetv2", "unet")  # names build_segmenter knows
 
 
 def _channels(base: int, width: float) -> int:

@@ -77,6 +77,10 @@ def write_file(path: Path, write: Callable[[Path], None], tag: str = "") -> Path
     return path
 
 
+def write_bytes(path: Path, data: bytes, tag: str = "") -> Path:
+    return write_file(path, lambda tmp: tmp.write_bytes(data), tag)
+
+
 def write_text(path: Path, text: str, tag: str = "") -> Path:
     return write_file(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), tag)
 
@@ -138,6 +142,11 @@ def file_digest(path: Path) -> str:
         while chunk := fh.read(1 << 24):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def bytes_digest(data: bytes) -> str:
+    """SHA-256 of bytes in memory: what :func:`file_digest` gives for a file holding them."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def file_table(folder: Path) -> dict[str, list]:

@@ -9,6 +9,6 @@ reject each pair; the decisions are saved in ``curation.json`` next to ``manifes
 
 from __future__ import annotations
 
-from seas.gallery.server import GalleryServer, add_arguments, run_gallery, serve
+from seas.gallery.server import DEFAULT_HOST, DEFAULT_PORT, GalleryServer, run_gallery, serve
 
-__all__ = ["GalleryServer", "add_arguments", "run_gallery", "serve"]
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "GalleryServer", "run_gallery", "serve"]

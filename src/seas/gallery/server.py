@@ -31,7 +31,6 @@ other's decisions and a reader never sees half a file.
 
 from __future__ import annotations
 
-import argparse
 import errno
 import json
 import math
@@ -52,6 +51,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 from seas.data.readers import GOOD
 from seas.errors import ConfigError, RunError
+from seas.files.atomic import write_text
 from seas.generation.curation import (
     CURATION,
     CURATION_FORMAT,
@@ -59,7 +59,7 @@ from seas.generation.curation import (
     key_text,
     read_decisions,
 )
-from seas.generation.folder import MANIFEST, SETTINGS
+from seas.generation.generated import MANIFEST, SETTINGS, GeneratedFolder
 from seas.model.prompts import MIX
 from seas.run import RUN_FILE, Run
 
@@ -102,7 +102,11 @@ class CurationStore:
                 decisions.pop(key, None)
             else:
                 decisions[key] = decision
-            self._write({"format": CURATION_FORMAT, "decisions": dict(sorted(decisions.items()))})
+            payload = {"format": CURATION_FORMAT, "decisions": dict(sorted(decisions.items()))}
+            # Written to a temporary file, then renamed: a reader never sees half a file. The tag
+            # keeps writers apart where no file lock serialises them (two servers on Windows).
+            tag = f".{os.getpid()}.{threading.get_ident()}"
+            write_text(self.path, json.dumps(payload, indent=1) + "\n", tag)
             return decisions
 
     @contextmanager
@@ -117,53 +121,13 @@ class CurationStore:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def _write(self, data: dict) -> None:
-        """Write to a temporary file beside the target, then rename it over the target."""
-        tmp = self.path.with_name(f".{CURATION}.{os.getpid()}.{threading.get_ident()}.tmp")
-        try:
-            with open(tmp, "w") as handle:
-                handle.write(json.dumps(data, indent=1) + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.path)
-        except OSError as err:
-            tmp.unlink(missing_ok=True)
-            raise OSError(err.errno, err.strerror, str(self.path)) from err
-
 
 # ----------------------------------------------------------------------------- catalog
 
 
 def check_generated_dir(generated_dir: str | Path) -> Path:
     """The resolved folder; RunError (one line) when it is not a ``seas generate`` folder."""
-    folder = Path(generated_dir).expanduser()
-    if not folder.is_dir():
-        raise RunError(f"{folder}: no such folder; pass the --out folder of a 'seas generate' run to 'seas gallery'")
-    if not (folder / MANIFEST).is_file():
-        if (folder / "generated" / MANIFEST).is_file():  # a run folder: its default generate --out
-            raise RunError(f"{folder}: no {MANIFEST} here, but {folder / 'generated'} has one; pass that folder")
-        raise RunError(
-            f"{folder}: no {MANIFEST}, so not a finished 'seas generate' folder; "
-            f"pass the folder that holds {MANIFEST} (or let 'seas generate' finish first)"
-        )
-    return folder.resolve()
-
-
-def _read_json(path: Path) -> object:
-    return json.loads(path.read_text())
-
-
-def _read_manifest(folder: Path) -> list[dict]:
-    """The rows of ``manifest.jsonl`` (lines that are not JSON objects are skipped)."""
-    rows = []
-    for line in (folder / MANIFEST).read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
+    return GeneratedFolder.existing(generated_dir, option="seas gallery").path
 
 
 def _finite(value: object) -> bool:
@@ -296,17 +260,19 @@ def _add_real(page: dict, build: _CatalogBuilder, settings: dict, kinds: list[st
 def build_catalog(folder: Path) -> tuple[Catalog, Path | None]:
     """The catalog of a checked folder, and the run record it read (to watch for changes)."""
     build = _CatalogBuilder(folder)
+    generated = GeneratedFolder(folder)
     page = {"folder": str(folder), "curation_file": str(folder / CURATION), "notes": []}
     try:
-        settings = _read_json(folder / SETTINGS)
-        settings = settings if isinstance(settings, dict) else {}
-    except (OSError, json.JSONDecodeError):
+        settings = generated.settings()
+    except RunError:
         settings = {}
-        page["notes"].append(f"{folder / SETTINGS} cannot be read; the run's settings and real pairs are not shown")
+        page["notes"].append(f"{generated.settings_file} cannot be read; the run's settings and real pairs are not "
+                             "shown")
     run = Path(settings["run"]) if isinstance(settings.get("run"), str) else folder.parent
     bases = [Path.cwd(), run.parent, run, folder]
-    by_key, skipped = {}, 0
-    for row in _read_manifest(folder):
+    rows, skipped = generated.lenient_rows()
+    by_key = {}
+    for row in rows:
         item = _item(row, build, bases)
         if item is None:
             skipped += 1
@@ -340,7 +306,8 @@ class CatalogCache:
 
     def _watched(self) -> tuple:
         stats = []
-        for path in (self.folder / MANIFEST, self.folder / SETTINGS, self._split):
+        generated = GeneratedFolder(self.folder)
+        for path in (generated.manifest, generated.settings_file, self._split):
             try:
                 st = path.stat() if path is not None else None
                 stats.append((st.st_mtime_ns, st.st_size) if st else None)
@@ -636,13 +603,3 @@ def run_gallery(
         pass
     finally:
         server.shutdown()
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add ``--port`` and ``--host`` of ``seas gallery`` to ``parser``."""
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, metavar="N",
-                        help=f"port of the local web server (default {DEFAULT_PORT}; 0 takes any free port)")
-    parser.add_argument("--host", default=DEFAULT_HOST, metavar="ADDRESS",
-                        help=f"address to listen on (default {DEFAULT_HOST}: this machine only; 0.0.0.0 lets other "
-                             "machines reach the page, with no password)")
-    return parser

@@ -29,7 +29,7 @@ from seas.data.readers import GOOD
 from seas.errors import RunError
 from seas.files.atomic import write_dir
 from seas.generation.curation import CURATION, accepted_keys
-from seas.generation.folder import MANIFEST, SETTINGS, read_rows
+from seas.generation.generated import GeneratedFolder
 
 
 def export_mvtec(generated_dir: str | Path, out_dir: str | Path, product: str | None = None,
@@ -40,47 +40,38 @@ def export_mvtec(generated_dir: str | Path, out_dir: str | Path, product: str | 
     the pairs accepted in ``seas gallery`` (refused when nothing was curated). Returns the
     product folder.
     """
-    generated_dir = Path(generated_dir)
-    rows = read_rows(generated_dir / MANIFEST)
-    if not rows:
-        raise RunError(f"{generated_dir}: no {MANIFEST} rows; give the --out folder of a finished 'seas generate'")
+    folder = GeneratedFolder.existing(generated_dir, option="seas export")
+    generated_dir = folder.path
+    rows = folder.rows()
     if curated:
         accepted = accepted_keys(generated_dir)
         if not accepted:
             raise RunError(f"--curated: {generated_dir} has no accepted pairs (no {CURATION}, or nothing accepted); "
                            f"curate it with 'seas gallery {generated_dir}' first")
         rows = [row for row in rows if (row["kind"], int(row["index"])) in accepted]
-    product = product or _generated_product(generated_dir)
+    product = product or folder.product
     target = Path(out_dir) / product
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise RunError(f"--export-mvtec {out_dir}: {target} already exists and is not empty; choose another folder")
 
     def write(tmp: Path) -> None:
         (tmp / "test" / GOOD).mkdir(parents=True)
-        exported = [_copy_row(generated_dir, tmp, row) for row in rows]
+        exported = [_copy_row(folder, tmp, row) for row in rows]
         (tmp / "export.jsonl").write_text("".join(json.dumps(row) + "\n" for row in exported))
 
     return write_dir(target, write)
 
 
-def _generated_product(generated_dir: Path) -> str:
-    path = generated_dir / SETTINGS
-    try:
-        return json.loads(path.read_text())["product"]
-    except (OSError, json.JSONDecodeError, KeyError) as err:
-        raise RunError(f"{path}: cannot read the product name ({err}); pass the product explicitly") from None
-
-
-def _copy_row(source: Path, product_dir: Path, row: dict) -> dict:
+def _copy_row(source: GeneratedFolder, product_dir: Path, row: dict) -> dict:
     """Copy one output into the MVTec layout; return its export row (paths relative to the product)."""
     name = Path(row["image"]).name
     if row["kind"] == GOOD:
         image, mask = f"train/{GOOD}/{name}", None
     else:
         image, mask = f"test/{row['kind']}/{name}", f"ground_truth/{row['kind']}/{Path(name).stem}_mask.png"
-    _copy(source / row["image"], product_dir / image)
+    _copy(source.file(row["image"]), product_dir / image)
     if mask is not None:
-        _copy(source / row["mask"], product_dir / mask)
+        _copy(source.file(row["mask"]), product_dir / mask)
     return {"image": image, "mask": mask, "source": row}
 
 

@@ -46,7 +46,7 @@ round differently for other batch shapes or thread counts (about 1e-6 on the CPU
 move a pixel value by one grey level; with the same batch size, device and thread count,
 outputs are bit-identical.
 
-Memory switches (:class:`~seas.profiles.GenerationSwitches`, docs/GENERATION.md): weights in
+Memory switches (:class:`~seas.config.GenerationSwitches`, docs/GENERATION.md): weights in
 half precision; VAE slicing decodes, and runs the mask head on, one image at a time (the
 outputs equal the batched ones up to float rounding); VAE tiling tiles only the decodes whose
 features nobody reads (the image decodes), since the recorder's hooks would keep only the
@@ -65,7 +65,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from seas.config import GenerationConfig
+from seas.config import GenerationConfig, GenerationSwitches
 from seas.data.readers import GOOD
 from seas.data.training_set import split_channels
 from seas.data.transforms import sample_tensors
@@ -74,7 +74,6 @@ from seas.generation.placement import Placer
 from seas.model.features import VAE_BLOCKS, FeatureRecorder, conditional_half
 from seas.model.prompts import MIX, PromptSpec, tokenize
 from seas.model.rmp import set_batchnorm_mode
-from seas.profiles import GenerationSwitches
 from seas.run import Run
 
 
@@ -133,6 +132,12 @@ def _stop(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
     raise _DecoderStop
 
 
+def is_grey(run: Run) -> bool:
+    """Whether a run's product is generated in grey (its ``channels``, ``auto`` resolved on its
+    training images)."""
+    return split_channels(run.data.channels, run.split) == "grey"
+
+
 class SeaSPipeline:
     """A finished run's generator (and mask head) on one device, ready to sample.
 
@@ -142,15 +147,17 @@ class SeaSPipeline:
         mask_head: its mask head (:meth:`Run.load_mask_head`), or ``None`` for images only.
         device: where the models run.
         switches: memory switches; the models are cast to ``switches.dtype``. ``None``: the
-            run's precision and no slicing or tiling.
+            backbone's precision and no slicing or tiling.
+        placer: a :class:`~seas.generation.placement.Placer` already built for this run (its
+            masks read before the models were loaded), used for its placement and masks.
     """
 
     def __init__(self, run: Run, backbone, mask_head=None, device: str | torch.device = "cpu",
-                 switches: GenerationSwitches | None = None):
+                 switches: GenerationSwitches | None = None, placer: Placer | None = None):
         self.run = run
         self.device = torch.device(device)
-        self.switches = switches or GenerationSwitches(dtype=backbone.unet.dtype)
-        self.dtype = self.switches.dtype
+        self.switches = switches or GenerationSwitches(dtype=str(backbone.unet.dtype).removeprefix("torch."))
+        self.dtype = self.switches.torch_dtype
         self.tokenizer = backbone.tokenizer
         self.scheduler_config = backbone.scheduler.config
         self.text_encoder, self.unet, self.vae = (
@@ -162,7 +169,7 @@ class SeaSPipeline:
         self.resolution = run.resolution
         self._reference_latents: dict[int, torch.Tensor] = {}
         self._grey: bool | None = None
-        self._placers: dict[tuple, Placer] = {}
+        self._placers: dict[tuple, Placer] = {} if placer is None else {(placer.placement, placer.masks): placer}
         self._reference_pixels: dict[tuple[int, str], torch.Tensor] = {}
 
     @classmethod
@@ -171,12 +178,12 @@ class SeaSPipeline:
         """Load a finished run in ``switches.dtype`` (or ``dtype``; default fp32); ``with_masks``
         also loads its mask head (stage 2 must have run)."""
         if switches is None:
-            switches = GenerationSwitches(dtype=dtype or torch.float32)
-        elif dtype is not None and dtype != switches.dtype:
+            switches = GenerationSwitches(dtype=str(dtype or torch.float32).removeprefix("torch."))
+        elif dtype is not None and dtype != switches.torch_dtype:
             raise ConfigError(f"dtype {dtype} differs from the switches' {switches.dtype}; give one of them")
         run = Run.load(run_dir)
-        head = run.load_mask_head(switches.dtype) if with_masks else None
-        return cls(run, run.load_backbone(switches.dtype), head, device, switches)
+        head = run.load_mask_head(switches.torch_dtype) if with_masks else None
+        return cls(run, run.load_backbone(switches.torch_dtype), head, device, switches)
 
     @property
     def prompts(self) -> PromptSpec:
@@ -191,7 +198,7 @@ class SeaSPipeline:
         """Whether the run's product is grey (its ``channels``; ``auto`` resolved on its training
         images): start latents from grey images, outputs converted to one-channel grey."""
         if self._grey is None:
-            self._grey = split_channels(self.run.data.channels, self.run.split) == "grey"
+            self._grey = is_grey(self.run)
         return self._grey
 
     # ------------------------------------------------------------------------- public

@@ -118,7 +118,7 @@ class Placer:
     def __init__(self, run: Run, placement: str, masks: str | Path | None = None, grey: bool = False):
         if placement not in PLACEMENTS or placement == "free":
             raise ConfigError(f"--placement {placement}: a region needs real-masks or masks")
-        self.placement = placement
+        self.placement, self.masks = placement, masks
         self.resolution = run.resolution
         self.user = read_user_masks(masks, self.resolution) if placement == "masks" else []
         self.real: dict[str, list[np.ndarray]] = {}

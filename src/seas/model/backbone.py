@@ -31,6 +31,7 @@ import torch
 
 from seas.errors import SeasError
 from seas.files.atomic import write_dir
+from seas.model.shapes import VAE_FACTORS
 from seas.weights import SHIPPED_BASES, seas_home, shipped_base
 
 # Components and the classes that read them, in the diffusers folder layout.
@@ -109,9 +110,6 @@ def tiny_tokenizer_vocab() -> dict[str, int]:
     for byte in range(256):
         vocab[symbols[byte] + "</w>"] = 258 + byte
     return vocab
-
-
-VAE_FACTORS = (2, 4, 8)  # pixels per latent cell along a side that the tiny VAE can be built with
 
 
 def learn_merges(words: list[str]) -> list[tuple[str, str]]:
@@ -372,7 +370,8 @@ def _load_single_file(path: Path, config: str | None, torch_dtype: torch.dtype, 
             requires_safety_checker=False,
         )
     except (OSError, ValueError) as err:
-        raise BackboneError(f"--base {path}: could not convert the single file ({err}); {hint}") from None
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise BackboneError(f"--base {path}: could not convert the single file ({reason}); {hint}") from None
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     return dict(
         tokenizer=pipe.tokenizer,

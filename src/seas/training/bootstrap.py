@@ -32,7 +32,6 @@ defects.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,11 +43,9 @@ from seas.data.generic_defects import defect_caption, draw_generic_defect, norma
 from seas.data.readers import read_dataset
 from seas.data.transforms import apply_augmentation, draw_augmentation, image_to_tensor
 from seas.errors import ConfigError
-from seas.fields import Config, option
 from seas.files.images import read_rgb
 from seas.model.backbone import (
     COMPONENTS,
-    VAE_FACTORS,
     build_tiny_components,
     load_backbone,
     quiet_log_variance,
@@ -56,50 +53,8 @@ from seas.model.backbone import (
 )
 from seas.model.prompts import tokenize
 from seas.seeds import step_generator
+from seas.training.configs import BootstrapConfig
 from seas.training.loop import progress
-
-
-@dataclass
-class BootstrapConfig(Config):
-    """``seas bootstrap``: the tiny base model trained on a product's normal images."""
-
-    section = "bootstrap"
-
-    base: str | None = option(None, help="start from this model's weights (e.g. seas-tiny) instead of a random tiny "
-                              "model; the width, VAE and latent options are then the base's")
-    resolution: int = option(128, help="image size (a multiple of 64, the tiny model's factor)", minimum=64)
-    width: int = option(32, help="tiny U-Net and text-encoder width (U-Net channels w, 2w, 4w, 4w)", minimum=1)
-    vae_width: int = option(16, help="tiny VAE width (channels v, 2v, 2v, 2v): 16 costs a quarter of 32 on a CPU",
-                            minimum=1)
-    latent_channels: int = option(4, help="channels of the VAE's latent, the U-Net's input and output (SD 1.x: 4; "
-                                  "16 measured no better within 480 VAE updates, docs/TRAINING.md)", minimum=1)
-    vae_factor: int = option(8, help="pixels per latent cell along a side (SD 1.x: 8); 4 gives the VAE a latent "
-                             "four times larger, for thin defects, and the U-Net four times the work", choices=VAE_FACTORS)
-    vae_steps: int = option(300, help="VAE updates (0: keep the base's VAE; needs --base)", minimum=0)
-    unet_steps: int = option(400, help="U-Net updates", minimum=1)
-    batch_size: int = option(8, help="images per update", minimum=1)
-    lr_vae: float = option(1e-3, help="VAE learning rate", minimum=0.0)
-    lr_unet: float = option(5e-4, help="U-Net learning rate", minimum=0.0)
-    kl_weight: float = option(1e-6, help="weight of the VAE's KL term", minimum=0.0)
-    vae_gradient_weight: float = option(0.0, help="weight of an L1 term on the reconstruction's image gradients, "
-                                        "which penalises the blur L1 + MSE allow (0: off; measured in docs/TRAINING.md)",
-                                        minimum=0.0)
-    max_images: int = option(200, help="normal training images used", minimum=1)
-    generic_defects: float = option(0.5, help="share of the training images that carry a generic drawn defect "
-                                    "with a caption naming it (0: normal images and one caption only)",
-                                    minimum=0.0, maximum=1.0)
-    defect_pool: int = option(3, help="generic-defect images drawn per normal image", minimum=1)
-    empty_captions: float = option(0.0, help="share of the U-Net's training images captioned with the empty prompt, "
-                                   "as SD's pretraining drops 10% of captions to give classifier-free guidance its "
-                                   "unconditional branch (0: never; 0.1 measured no better on the demo, "
-                                   "docs/TRAINING.md)", minimum=0.0, maximum=1.0)
-    seed: int = option(0, help="seed of the weights and every draw")
-
-    def validate(self) -> None:
-        if self.resolution % 64:
-            raise ConfigError(f"--resolution {self.resolution}: must be a multiple of 64 (tiny model factor)")
-        if self.vae_steps == 0 and self.base is None:
-            raise ConfigError("--vae-steps 0 keeps a base's VAE: give --base too (a random VAE cannot be kept)")
 
 
 def caption(product: str) -> str:

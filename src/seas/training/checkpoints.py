@@ -16,19 +16,10 @@ import json
 from pathlib import Path
 
 from seas.errors import RunError
-from seas.files.atomic import check_file_table, file_table, read_json, remove_path, replace_dir, write_errors
+from seas.files.atomic import check_file_table, file_table, remove_path, replace_dir, write_errors
+from seas.run import RunFolder, config_changes
 
-CHECKPOINTS = "checkpoints"
 CHECKPOINT_META = "seas_step.json"
-OPTIONS = {"root": "--data"}  # config keys whose command-line option has another name
-
-
-def checkpoint_dirs(run: Path, stage: str) -> list[Path]:
-    """Complete checkpoints of ``stage``, oldest first."""
-    folder = run / CHECKPOINTS
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith(f"{stage}-"))
 
 
 def save_checkpoint(accelerator, run: Path, stage: str, step: int, keep: int) -> Path:
@@ -38,8 +29,9 @@ def save_checkpoint(accelerator, run: Path, stage: str, step: int, keep: int) ->
     main process adds ``seas_step.json`` (step, the stage's config, size and SHA-256 of each
     file) and renames the folder.
     """
-    folder = run / CHECKPOINTS
-    final = folder / f"{stage}-{step:06d}"
+    run = RunFolder(run)
+    folder = run.checkpoints
+    final = run.checkpoint(stage, step)
     tmp = folder / f".tmp-{final.name}"
     main = accelerator.is_main_process
     if main:
@@ -50,12 +42,12 @@ def save_checkpoint(accelerator, run: Path, stage: str, step: int, keep: int) ->
         accelerator.save_state(str(tmp))
     accelerator.wait_for_everyone()
     if main:
-        config = read_json(run / f"{stage}-state.json")["config"]
+        config = run.stage_config(stage)
         with write_errors(final, tmp):
             meta = {"step": step, "config": config, "files": file_table(tmp)}
             (tmp / CHECKPOINT_META).write_text(json.dumps(meta, indent=1))
         replace_dir(tmp, final)
-        for old in checkpoint_dirs(run, stage)[:-keep]:
+        for old in run.checkpoint_dirs(stage)[:-keep]:
             remove_path(old)
     accelerator.wait_for_everyone()
     return final
@@ -76,19 +68,6 @@ def verify_checkpoint(path: Path) -> dict:
     return {"step": step, "config": config}
 
 
-def config_changes(previous: dict, current: dict) -> list[str]:
-    """'--option was A, now B' for every leaf value that differs between two configs."""
-    def leaves(config: dict) -> dict:
-        flat = {}
-        for key, value in config.items():
-            flat.update(leaves(value) if isinstance(value, dict) else {key: value})
-        return flat
-
-    old, new = leaves(previous), leaves(current)
-    return [f"{OPTIONS.get(key, '--' + key.replace('_', '-'))} was {old.get(key)}, now {new.get(key)}"
-            for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
-
-
 def resume_checkpoint(accelerator, run: Path, stage: str, resume: str) -> int:
     """Load ``resume`` ("latest" or a checkpoint path); return the step it was taken at.
 
@@ -96,14 +75,15 @@ def resume_checkpoint(accelerator, run: Path, stage: str, resume: str) -> int:
     previous one, with a message. One taken with another configuration (another ``--base``,
     say) is refused with the options that differ.
     """
+    run = RunFolder(run)
     if resume == "latest":
-        candidates = checkpoint_dirs(run, stage)[::-1]
+        candidates = run.checkpoint_dirs(stage)[::-1]
         if not candidates:
-            accelerator.print(f"no {stage} checkpoint in {run / CHECKPOINTS}; starting from step 0")
+            accelerator.print(f"no {stage} checkpoint in {run.checkpoints}; starting from step 0")
             return 0
     else:
         candidates = [Path(resume)]
-    config = read_json(run / f"{stage}-state.json")["config"]
+    config = run.stage_config(stage)
     for path in candidates:
         try:
             meta = verify_checkpoint(path)
@@ -118,7 +98,7 @@ def resume_checkpoint(accelerator, run: Path, stage: str, resume: str) -> int:
             continue
         accelerator.print(f"resumed from {path} (step {meta['step']})")
         return meta["step"]
-    raise RunError(f"{run / CHECKPOINTS}: no loadable {stage} checkpoint; delete the damaged ones and "
+    raise RunError(f"{run.checkpoints}: no loadable {stage} checkpoint; delete the damaged ones and "
                    f"resume again (it restarts from step 0)")
 
 
@@ -133,9 +113,19 @@ def check_resume_path(resume: str, run: Path, config: dict) -> None:
     """Before anything is written: ``--resume PATH`` must be a checkpoint of this configuration."""
     path = Path(resume)
     if not path.is_dir():
-        raise RunError(f"--resume {resume}: no such checkpoint folder; use 'latest' or a folder in {run / CHECKPOINTS}")
+        raise RunError(f"--resume {resume}: no such checkpoint folder; use 'latest' or a folder in "
+                       f"{RunFolder(run).checkpoints}")
     try:
         taken_with = dict(json.loads((path / CHECKPOINT_META).read_text())["config"])
     except (OSError, ValueError, KeyError, TypeError):
         return  # damaged: resume_checkpoint reports it
     _check_checkpoint_config(path, taken_with, config, resume)
+
+
+def check_stage_folder(run: Path, stage: str, config: dict, resume: str | None, overwrite: bool,
+                       option: str = "--out") -> None:
+    """Every process's check before a stage writes into ``run``: the folder
+    (:meth:`seas.run.RunFolder.check_stage`) and, for ``--resume PATH``, the checkpoint named."""
+    RunFolder(run).check_stage(stage, config, resume, overwrite, option)
+    if resume not in (None, "latest"):
+        check_resume_path(resume, run, config)

@@ -32,9 +32,9 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import platform
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,12 +43,12 @@ import torch.nn.functional as F
 
 from seas.data import corpus
 from seas.errors import ConfigError, RunError
-from seas.fields import Config, option
 from seas.files.atomic import read_json, remove_path, write_file, write_json
 from seas.judge.vae_probe import VaeProbe
-from seas.model.backbone import VAE_FACTORS, build_tiny_components, quiet_log_variance, save_components
+from seas.model.backbone import build_tiny_components, quiet_log_variance, save_components
 from seas.model.prompts import tokenize
 from seas.seeds import step_generator
+from seas.training.configs import PretrainConfig
 from seas.training.loop import progress
 from seas.training.model_card import build_card, write_card
 
@@ -60,58 +60,6 @@ CHECKPOINTS = "checkpoints"
 SNAPSHOTS = "snapshots"
 MODEL = "model"
 KEEP_CHECKPOINTS = 2
-
-
-@dataclass
-class PretrainConfig(Config):
-    """``seas pretrain``: the tiny base trained on the procedural corpus (defaults: the shipped one)."""
-
-    section = "pretrain"
-
-    corpus_seed: int = option(0, help="seed of the procedural corpus")
-    corpus_size: int = option(40000, help="corpus samples drawn from (each rendered once, then kept in memory)",
-                              minimum=16)
-    defect_share: float = option(0.6, help="share of corpus images that carry a defect", minimum=0.0, maximum=1.0)
-    resolution: int = option(128, help="image size (a multiple of 8 x the VAE factor)", minimum=32)
-    vae_factor: int = option(4, help="pixels per latent cell along a side (SD 1.x: 8; 4 keeps thin defects at "
-                             "128 px, the model card says what was measured)", choices=VAE_FACTORS)
-    vae_width: int = option(16, help="VAE channels (v, 2v, 2v)", minimum=1)
-    latent_channels: int = option(8, help="channels of the latent (SD 1.x: 4)", minimum=1)
-    width: int = option(32, help="U-Net channels (w, 2w, 4w, 4w) and text width 2w", minimum=1)
-    top_attention: bool = option(False, help="keep the transformers of the U-Net's outermost blocks (SD 1.x has "
-                                 "them; SeaS reads none of them and they cost half an update at 128 px)")
-    vae_steps: int = option(4000, help="VAE updates", minimum=1)
-    vae_batch: int = option(8, help="images per VAE update", minimum=1)
-    lr_vae: float = option(1e-3, help="VAE learning rate", minimum=0.0)
-    kl_weight: float = option(1e-6, help="weight of the VAE's KL term", minimum=0.0)
-    defect_weight: float = option(4.0, help="extra weight of the VAE's L1 inside defect masks (0: none)", minimum=0.0)
-    unet_steps: int = option(8000, help="U-Net and text-encoder updates", minimum=1)
-    unet_batch: int = option(16, help="images per U-Net update", minimum=1)
-    lr_unet: float = option(4e-4, help="U-Net learning rate", minimum=0.0)
-    lr_text: float = option(4e-4, help="text-encoder learning rate", minimum=0.0)
-    warmup: int = option(200, help="updates of linear learning-rate warm-up, each phase", minimum=0)
-    ema_decay: float = option(0.999, help="decay of the U-Net and text encoder's moving average (what is exported)",
-                              minimum=0.0, maximum=1.0)
-    empty_captions: float = option(0.1, help="share of U-Net samples captioned with the empty prompt (SD: 0.1)",
-                                   minimum=0.0, maximum=1.0)
-    precision: str = option("bf16", help="autocast dtype of the forward passes (weights stay fp32)",
-                            choices=("bf16", "fp32"))
-    probe: bool = option(True, help="read what the VAE keeps of the demo product's defects (seas.judge.vae_probe; "
-                         "fits a small classifier once, about 20 s on a CPU)")
-    probe_every: int = option(500, help="VAE updates between readings of what it keeps of the demo product's "
-                              "defects (seas.judge.vae_probe; also read at the end of the phase)", minimum=1)
-    checkpoint_every: int = option(250, help="updates between checkpoints", minimum=1)
-    log_every: int = option(25, help="updates between lines of curves.jsonl", minimum=1)
-    snapshots: list[int] = option(help="U-Net updates at which the moving average is also exported "
-                                  "(snapshots/unet-NNNNNN), for curves against pretraining", factory=list)
-    seed: int = option(0, help="seed of the weights and every draw")
-
-    def validate(self) -> None:
-        multiple = self.vae_factor * 8  # VAE factor x the U-Net's three down-samplings
-        if self.resolution % multiple:
-            raise ConfigError(f"--resolution {self.resolution}: must be a multiple of {multiple}")
-        if any(not 0 < s < self.unet_steps for s in self.snapshots):
-            raise ConfigError(f"--snapshots {self.snapshots}: each must lie between 0 and --unet-steps")
 
 
 # ----------------------------------------------------------------------------- the corpus in memory
@@ -196,8 +144,15 @@ def load_checkpoint(path: Path) -> dict:
                        "before") from None
 
 
-def lr_at(base: float, step: int, warmup: int) -> float:
-    return base * min(1.0, (step + 1) / warmup) if warmup else base
+def lr_at(base: float, step: int, steps: int, warmup: int, schedule: str) -> float:
+    """The learning rate of update ``step`` of ``steps``: a linear warm-up over ``warmup`` updates,
+    then constant or a cosine down to a tenth of ``base`` at the last update."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    if schedule == "constant" or steps <= warmup + 1:
+        return base
+    progress = (step - warmup) / (steps - warmup - 1)
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 # ----------------------------------------------------------------------------- the two phases
@@ -282,7 +237,7 @@ class Pretraining:
         with progress(steps, start, f"pretrain: {phase}", disable=False) as bar:
             for step in range(start, steps):
                 for group, base in zip(optimizer.param_groups, bases):
-                    group["lr"] = lr_at(base, step, cfg.warmup)
+                    group["lr"] = lr_at(base, step, steps, cfg.warmup, cfg.schedule)
                 losses = step_loss(step)
                 losses["total"].backward()
                 optimizer.step()

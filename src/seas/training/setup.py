@@ -9,6 +9,7 @@ import torch
 
 from seas.errors import ConfigError
 from seas.profiles import has_bitsandbytes
+from seas.run import RunFolder
 
 
 def autocast_dtype(mixed_precision: str) -> torch.dtype:
@@ -54,5 +55,5 @@ def make_accelerator(run: Path, mixed_precision: str):
         cpu=not torch.cuda.is_available(),
         mixed_precision=mixed_precision,
         log_with="tensorboard" if has_tb else None,
-        project_config=ProjectConfiguration(project_dir=str(run), logging_dir=str(run / "logs")),
+        project_config=ProjectConfiguration(project_dir=str(run), logging_dir=str(RunFolder(run).logs)),
     )

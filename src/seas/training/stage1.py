@@ -26,11 +26,11 @@ from seas.model.attention import AttentionCapture, da_levels
 from seas.model.backbone import Backbone, load_backbone
 from seas.model.losses import da_loss, diffusion_loss, mask_pyramid
 from seas.model.prompts import PromptSpec, PromptTables, add_placeholder_tokens
-from seas.run import CHECKPOINTS, GENERATOR_PARTS, INDEX_FILE, LOGS, RUN_FILE, SPLIT_FILE, Run, state_file
+from seas.run import Run, RunFolder
 from seas.seeds import step_generator
-from seas.training.checkpoints import resume_checkpoint
+from seas.training.checkpoints import check_stage_folder, resume_checkpoint
+from seas.training.estimates import check_base, cpu_duration_note, training_bytes
 from seas.training.loop import run_updates
-from seas.training.run_folder import check_base, check_run_folder, cpu_duration_note, start_run_folder, training_bytes
 from seas.training.setup import autocast_dtype, make_accelerator, make_optimizer
 
 STAGE = "generator"
@@ -146,9 +146,7 @@ def train_generator(data_cfg: DataConfig, cfg: TrainConfig, out: str | Path,
     with problems.collect():
         check_base(cfg.base)
     with problems.collect():
-        check_run_folder(path, STAGE, RUN_FILE, config, resume, overwrite,
-                         allowed={CHECKPOINTS, LOGS, SPLIT_FILE, state_file(STAGE), *GENERATOR_PARTS, INDEX_FILE,
-                                  RUN_FILE})
+        check_stage_folder(path, STAGE, config, resume, overwrite)
     split, warnings = check_dataset(data_cfg, problems, decode="train")
     problems.extend(nested_problems(path, dataset_folder(data_cfg)))
     problems.extend(output_folder_problems(path, training_bytes(cfg.base)))
@@ -162,7 +160,7 @@ def train_generator(data_cfg: DataConfig, cfg: TrainConfig, out: str | Path,
     data_cfg = dataclasses.replace(data_cfg, channels=split_channels(data_cfg.channels, split))
     run = Run(path=path, base=backbone.source, data=data_cfg, train=cfg, prompt=spec, split=split)
     accelerator = make_accelerator(path, cfg.mixed_precision)
-    start_run_folder(accelerator, path, STAGE, RUN_FILE, config, overwrite)
+    RunFolder(path).start_stage(accelerator, STAGE, config, overwrite)
     if accelerator.is_main_process:
         run.write_split()
 

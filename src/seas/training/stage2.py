@@ -32,11 +32,10 @@ from seas.model.losses import soft_focal_loss
 from seas.model.prompts import tokenize
 from seas.model.rmp import ReferenceMaskHead, head_config_for, reference_focal_loss, reference_targets
 from seas.model.schedule import ddpm_step, low_noise_limit
-from seas.run import MASK_FILE, Run
+from seas.run import Run
 from seas.seeds import step_generator
-from seas.training.checkpoints import resume_checkpoint
+from seas.training.checkpoints import check_stage_folder, resume_checkpoint
 from seas.training.loop import run_updates
-from seas.training.run_folder import check_run_folder, start_run_folder
 from seas.training.setup import autocast_dtype, make_accelerator, make_optimizer
 
 STAGE = "mask"
@@ -54,9 +53,9 @@ def train_mask_head(run_dir: str | Path, cfg: MaskConfig, resume: str | None = N
     run = Run.load(run_dir)
     bb = run.load_backbone()
     total_steps = cfg.steps or run.train.total_steps(len(run.types))  # reference: as many as stage 1
-    check_run_folder(run.path, STAGE, MASK_FILE, cfg.to_dict(), resume, overwrite, option="--run")
+    check_stage_folder(run.path, STAGE, cfg.to_dict(), resume, overwrite, option="--run")
     accelerator = make_accelerator(run.path, cfg.mixed_precision)
-    start_run_folder(accelerator, run.path, STAGE, MASK_FILE, cfg.to_dict(), overwrite)
+    run.folder.start_stage(accelerator, STAGE, cfg.to_dict(), overwrite)
 
     weight_dtype = autocast_dtype(cfg.mixed_precision) if cfg.half_frozen else torch.float32
     for frozen in (bb.unet, bb.vae, bb.text_encoder):

@@ -1,10 +1,10 @@
 """The real-only segmenter, trained once per run and settings, reused by later evaluations.
 
 Every ``seas evaluate`` trains a ``real_only`` segmenter (the real training third + the normal
-training images) as the yardstick for the generated pairs and as the judge of their masks. It
+training images) as the yardstick for the generated pairs and as the reader of their masks. It
 depends only on the run's real data and the segmenter's settings, not on the generated folder,
 so evaluating a second generated folder of the same run (another placement, QC, checkpoint)
-would train the same model again. This keeps it in ``<run>/judges/real_only-<key>.safetensors``.
+would train the same model again. This keeps it in ``<run>/segmenters/real_only-<key>.safetensors``.
 
 The key is a SHA-256 over everything the trained weights depend on: the training settings
 (device type included: a CUDA model is not bit-identical to a CPU one), the exact training
@@ -38,12 +38,12 @@ from seas.evaluation.downstream import (
 )
 from seas.evaluation.segmenters import Segmenter
 from seas.files.atomic import write_file
+from seas.run import RunFolder
 
-JUDGES = "judges"  # folder inside the run
 UNKEYED = ("device", "eval_batch_size", "progress")  # settings that do not change the weights
 
 
-def judge_key(pairs: Sequence[Pair], cfg: DownstreamConfig) -> str:
+def segmenter_key(pairs: Sequence[Pair], cfg: DownstreamConfig) -> str:
     """Hex SHA-256 of what the trained segmenter depends on (see the module docstring)."""
     digest = hashlib.sha256()
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in UNKEYED}
@@ -62,11 +62,11 @@ def judge_key(pairs: Sequence[Pair], cfg: DownstreamConfig) -> str:
 def cached_segmenter(pairs: Sequence[Pair], cfg: DownstreamConfig, run_dir: Path | None,
                      name: str = "real_only") -> tuple[Segmenter, bool]:
     """``(model, reused)``: the segmenter ``train_segmenter(pairs, cfg)`` returns, read from
-    ``<run_dir>/judges`` when an earlier evaluation kept it (``reused``), otherwise trained
+    ``<run_dir>/segmenters`` when an earlier evaluation kept it (``reused``), otherwise trained
     and kept there. ``run_dir=None`` trains without keeping."""
     if run_dir is None:
         return train_segmenter(pairs, cfg, desc=name), False
-    path = Path(run_dir) / JUDGES / f"{name}-{judge_key(pairs, cfg)[:32]}.safetensors"
+    path = RunFolder(run_dir).segmenters / f"{name}-{segmenter_key(pairs, cfg)[:32]}.safetensors"
     device = resolve_device(cfg.device)
     if path.is_file():
         model = build_untrained(cfg)

@@ -1,4 +1,4 @@
-"""The real-only segmenter kept in ``<run>/judges``: reused only when nothing it depends on changed."""
+"""The real-only segmenter kept in ``<run>/segmenters``: reused only when nothing it depends on changed."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from seas.evaluation import judge_cache
+from seas.evaluation import segmenter_cache
 from seas.evaluation.downstream import DownstreamConfig, predict, train_segmenter
-from seas.evaluation.judge_cache import JUDGES, cached_segmenter, judge_key
+from seas.evaluation.segmenter_cache import cached_segmenter, segmenter_key
+from seas.run import SEGMENTERS
 
 SIZE = 32
 
@@ -41,13 +42,13 @@ def test_second_call_reads_the_same_model_and_trains_nothing(tmp_path, monkeypat
     pairs, cfg = _pairs(), _cfg()
     first, reused = cached_segmenter(pairs, cfg, tmp_path)
     assert not reused
-    kept = list((tmp_path / JUDGES).iterdir())
-    assert [p.name for p in kept] == [f"real_only-{judge_key(pairs, cfg)[:32]}.safetensors"]
+    kept = list((tmp_path / SEGMENTERS).iterdir())
+    assert [p.name for p in kept] == [f"real_only-{segmenter_key(pairs, cfg)[:32]}.safetensors"]
 
     def no_training(*args, **kwargs):
         raise AssertionError("trained although a kept model fits")
 
-    monkeypatch.setattr(judge_cache, "train_segmenter", no_training)
+    monkeypatch.setattr(segmenter_cache, "train_segmenter", no_training)
     second, reused = cached_segmenter(pairs, cfg, tmp_path)
     assert reused and not second.training
     a, b = _state(first), _state(second)
@@ -62,26 +63,26 @@ def test_second_call_reads_the_same_model_and_trains_nothing(tmp_path, monkeypat
 
 def test_key_follows_every_input_of_the_weights_and_nothing_else():
     pairs, cfg = _pairs(), _cfg()
-    key = judge_key(pairs, cfg)
-    assert judge_key(_pairs(), _cfg()) == key  # deterministic
+    key = segmenter_key(pairs, cfg)
+    assert segmenter_key(_pairs(), _cfg()) == key  # deterministic
     # settings that do not change the weights
-    assert judge_key(pairs, _cfg(progress=True, eval_batch_size=1)) == key
+    assert segmenter_key(pairs, _cfg(progress=True, eval_batch_size=1)) == key
     # settings that do
     for change in (dict(steps=4), dict(seed=1), dict(width=0.5), dict(lr=2e-3), dict(size=SIZE // 2),
                    dict(segmenter="bisenetv2")):
-        assert judge_key(pairs, _cfg(**change)) != key, change
+        assert segmenter_key(pairs, _cfg(**change)) != key, change
     one_pixel = [(image.copy(), mask) for image, mask in pairs]
     one_pixel[3][0][0, 0, 0] ^= 1
-    assert judge_key(one_pixel, cfg) != key
+    assert segmenter_key(one_pixel, cfg) != key
     moved_mask = [(image, None if mask is None else np.roll(mask, 1, axis=1)) for image, mask in pairs]
-    assert judge_key(moved_mask, cfg) != key
-    assert judge_key(pairs[:3], cfg) != key
+    assert segmenter_key(moved_mask, cfg) != key
+    assert segmenter_key(pairs[:3], cfg) != key
 
 
 def test_damaged_file_is_trained_again_and_replaced(tmp_path, capsys):
     pairs, cfg = _pairs(), _cfg()
     model, _ = cached_segmenter(pairs, cfg, tmp_path)
-    (path,) = (tmp_path / JUDGES).iterdir()
+    (path,) = (tmp_path / SEGMENTERS).iterdir()
     path.write_bytes(b"not a safetensors file")
     again, reused = cached_segmenter(pairs, cfg, tmp_path)
     assert not reused and "not usable" in capsys.readouterr().err
@@ -92,11 +93,11 @@ def test_damaged_file_is_trained_again_and_replaced(tmp_path, capsys):
 def test_run_folder_that_cannot_be_written_still_gives_the_model(tmp_path, capsys):
     blocker = tmp_path / "run"
     blocker.mkdir()
-    (blocker / JUDGES).write_text("a file where the folder should be")
+    (blocker / SEGMENTERS).write_text("a file where the folder should be")
     model, reused = cached_segmenter(_pairs(), _cfg(), blocker)
     assert not reused and isinstance(model, torch.nn.Module)
     assert "not written" in capsys.readouterr().err
-    assert (blocker / JUDGES).read_text() == "a file where the folder should be"
+    assert (blocker / SEGMENTERS).read_text() == "a file where the folder should be"
 
 
 def test_no_run_folder_trains_without_keeping(tmp_path):
