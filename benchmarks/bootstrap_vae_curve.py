@@ -76,7 +76,7 @@ def main() -> None:
     demo = DemoConfig(seed=args.seed)
     data_cfg = DataConfig.from_yaml(args.data) if args.data else write_demo_product(args.out / "data", demo)
     size = demo.resolution
-    cfg = BootstrapConfig(resolution=size, generic_defects=demo.generic_defects, seed=args.seed)
+    cfg = BootstrapConfig(resolution=size, generic_defects=0.5, seed=args.seed)  # the old demo's bootstrap
     cfg = dataclasses.replace(with_settings(cfg, args.set, parser.error), vae_steps=max(args.checkpoints))
 
     split = few_shot_split(read_dataset(data_cfg), data_cfg)

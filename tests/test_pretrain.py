@@ -15,7 +15,8 @@ from seas.training import pretrain as pretrain_module
 from seas.training.model_card import CARD_MD, read_card
 from seas.training.pretrain import PretrainConfig, pretrain
 
-SMALL = dict(corpus_size=24, resolution=64, vae_width=8, width=16, latent_channels=4, vae_steps=4, vae_batch=2,
+SMALL = dict(corpus_size=24, resolution=64, vae_width=8, width=16, latent_channels=4, norm_groups=4, vae_norm_groups=2,
+             vae_steps=4, vae_batch=2,
              unet_steps=4, unet_batch=2, warmup=2, checkpoint_every=2, log_every=1, probe=False)
 
 

@@ -154,7 +154,8 @@ def tiny_tokenizer(words: list[str] | None = None):
 
 def build_tiny_components(seed: int = 0, width: int = 32, vae_width: int | None = None,
                           latent_channels: int = 4, vae_factor: int = 8, top_attention: bool = True,
-                          words: list[str] | None = None) -> dict:
+                          words: list[str] | None = None, norm_groups: int | None = None,
+                          vae_norm_groups: int | None = None) -> dict:
     """Random tiny SD-1.x-shaped parts, built offline. ``width`` scales every channel count
     (``vae_width``, default ``width``, those of the VAE); ``latent_channels`` is SD 1.x's 4
     and ``vae_factor`` (pixels per latent cell along a side, 2, 4 or 8) SD 1.x's 8 unless asked
@@ -164,7 +165,13 @@ def build_tiny_components(seed: int = 0, width: int = 32, vae_width: int | None 
     ``top_attention=False`` drops the transformers of the U-Net's outermost blocks (down block 0,
     up block 3; SD 1.x has them): SeaS reads none of them (L_DA uses down blocks 1 and 2, the
     mask head up blocks 1 and 2), and their self-attention over every latent cell is half of an
-    update's time at a 32 x 32 latent on a CPU. ``words``: see :func:`tiny_tokenizer`."""
+    update's time at a 32 x 32 latent on a CPU. ``words``: see :func:`tiny_tokenizer`.
+
+    ``norm_groups`` / ``vae_norm_groups``: GroupNorm groups of the U-Net / VAE (default: SD's 32
+    where the width allows, ``gcd(32, width)``). At width 32 (or a VAE width of 16) that default
+    is one channel per group, an instance norm that removes each channel's mean per image: a
+    decoder built so cannot carry an image's colour through its norms (seas-tiny's VAE drew the
+    demo's beige tile grey). SD has 4 to 16 channels per group; seas-tiny uses 8 and 4 groups."""
     if vae_factor not in VAE_FACTORS:
         raise ValueError(f"vae_factor {vae_factor}: must be one of {VAE_FACTORS}")
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -201,7 +208,7 @@ def build_tiny_components(seed: int = 0, width: int = 32, vae_width: int | None 
         layers_per_block=2,
         attention_head_dim=tuple(max(1, c // 32) for c in channels),
         cross_attention_dim=text_dim,
-        norm_num_groups=math.gcd(32, width),  # SD's 32 groups where the width allows; divides every width
+        norm_num_groups=norm_groups or math.gcd(32, width),  # SD's 32 groups where the width allows
     )
     v = vae_width or width
     blocks = vae_factor.bit_length()  # 8 -> 4 blocks (3 downsamplings, SD 1.x), 4 -> 3, 2 -> 2
@@ -213,7 +220,7 @@ def build_tiny_components(seed: int = 0, width: int = 32, vae_width: int | None 
         block_out_channels=(v,) + (2 * v,) * (blocks - 1),
         layers_per_block=1,
         latent_channels=latent_channels,
-        norm_num_groups=math.gcd(32, v),
+        norm_num_groups=vae_norm_groups or math.gcd(32, v),
         sample_size=256,
     )
     scheduler = DDPMScheduler(**SD_SCHEDULER_CONFIG)

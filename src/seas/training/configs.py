@@ -27,6 +27,10 @@ class PretrainConfig(Config):
     vae_width: int = option(16, help="VAE channels (v, 2v, 2v)", minimum=1)
     latent_channels: int = option(8, help="channels of the latent (SD 1.x: 4)", minimum=1)
     width: int = option(32, help="U-Net channels (w, 2w, 4w, 4w) and text width 2w", minimum=1)
+    norm_groups: int = option(8, help="GroupNorm groups of the U-Net (must divide its width; SD: 32 at width "
+                              "320, 10 channels a group)", minimum=1)
+    vae_norm_groups: int = option(4, help="GroupNorm groups of the VAE (must divide its width; one channel a "
+                                  "group removes each channel's mean, and the image's colour with it)", minimum=1)
     top_attention: bool = option(False, help="keep the transformers of the U-Net's outermost blocks (SD 1.x has "
                                  "them; SeaS reads none of them and they cost half an update at 128 px)")
     vae_steps: int = option(5000, help="VAE updates", minimum=1)
@@ -64,6 +68,9 @@ class PretrainConfig(Config):
         multiple = self.vae_factor * 8  # VAE factor x the U-Net's three down-samplings
         if self.resolution % multiple:
             raise ConfigError(f"--resolution {self.resolution}: must be a multiple of {multiple}")
+        if self.width % self.norm_groups or self.vae_width % self.vae_norm_groups:
+            raise ConfigError(f"--norm-groups {self.norm_groups} / --vae-norm-groups {self.vae_norm_groups}: must divide "
+                              f"--width {self.width} / --vae-width {self.vae_width}")
         if any(not 0 < s < self.unet_steps for s in self.snapshots):
             raise ConfigError(f"--snapshots {self.snapshots}: each must lie between 0 and --unet-steps")
 

@@ -166,7 +166,8 @@ class Pretraining:
         torch.manual_seed(cfg.seed)
         self.parts = build_tiny_components(
             seed=cfg.seed, width=cfg.width, vae_width=cfg.vae_width, latent_channels=cfg.latent_channels,
-            vae_factor=cfg.vae_factor, top_attention=cfg.top_attention, words=corpus.caption_words())
+            vae_factor=cfg.vae_factor, top_attention=cfg.top_attention, words=corpus.caption_words(),
+            norm_groups=cfg.norm_groups, vae_norm_groups=cfg.vae_norm_groups)
         self.pool = CorpusPool(cfg)
         self.dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
         self.probe: VaeProbe | None = None
