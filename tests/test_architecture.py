@@ -30,7 +30,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 # Lowest first; a module may import from its own layer or any layer below it.
 LAYERS = (
-    ("seas.errors", "seas.fields", "seas.seeds", "seas.files", "seas.weights"),  # files and foundations
+    ("seas.errors", "seas.fields", "seas.seeds", "seas.files", "seas.weights", "seas.progress"),  # files and foundations
     ("seas.data",),
     ("seas.model",),  # backbone, prompts, attention, features, losses, mask head, schedule
     ("seas.config", "seas.profiles", "seas.run"),  # what a run is

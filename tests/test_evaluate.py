@@ -353,7 +353,7 @@ def test_command_line_parser_and_command(run_dir, tmp_path, capsys):
     defaults = parser.parse_args(["evaluate", "--run", str(run_dir)])
     assert (defaults.segmenter, defaults.size, defaults.quality, defaults.generated) == ("bisenetv2", 256, None, None)
     args = parser.parse_args(["evaluate", "--run", str(run_dir), "--out", str(tmp_path / "cli"), "--segmenter", "unet",
-                              "--size", "32", "--steps", "1", "--width", "0.25", "--device", "cpu", "--no-baselines",
+                              "--size", "32", "--steps", "1", "--seg-width", "0.25", "--device", "cpu", "--no-baselines",
                               "--max-generated", "2", "--no-quality", "--judge-steps", "20"])
     assert (args.baselines, args.quality, args.max_generated) == (False, False, 2)
     assert EvalConfig.from_dict(EvalConfig.given(args)) == _cfg(

@@ -131,7 +131,7 @@ def tiny_head(tiny, seed=0):
 def test_head_on_tiny_backbone_features(tiny, tiny_features):
     head = tiny_head(tiny).eval()
     with torch.no_grad():
-        refined, coarse = head(*tiny_features)
+        refined, coarse = head(*tiny_features, with_coarse=True)
         proba = head.predict_proba(*tiny_features)
     assert refined.shape == (BATCH, 2, 8 * LATENT, 8 * LATENT)
     assert coarse.shape == (BATCH, 2, LATENT, LATENT)
@@ -147,7 +147,7 @@ def test_save_load_round_trip(tiny, tiny_features, tmp_path):
     loaded = ReferenceMaskHead.from_pretrained(tmp_path / "rmp").eval()
     assert loaded.config.low_channels == head.config.low_channels
     with torch.no_grad():
-        for a, b in zip(head(*tiny_features), loaded(*tiny_features)):
+        for a, b in zip(head(*tiny_features, with_coarse=True), loaded(*tiny_features, with_coarse=True)):
             assert torch.equal(a, b)
 
 

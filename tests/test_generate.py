@@ -202,9 +202,9 @@ def test_resume_drops_rows_without_files(gen_run, tmp_path):
 def test_other_parameters_are_refused(gen_run, tmp_path):
     out = generate_to_folder(gen_run, tmp_path / "g", ["good"], GenerationConfig(num=1, batch_size=1, **FAST),
                              progress=False)
-    with pytest.raises(RunError, match=r"different --steps .*new --out"):
+    with pytest.raises(RunError, match=r"different --sample-steps .*new --out"):
         generate_to_folder(gen_run, out, ["good"], GenerationConfig(num=1, batch_size=1, steps=3), progress=False)
-    with pytest.raises(RunError, match="different --type/--normal/--mix"):
+    with pytest.raises(RunError, match="different --type/--good/--mix"):
         generate_to_folder(gen_run, out, ["hole"], GenerationConfig(num=1, batch_size=1, **FAST), progress=False)
     foreign = tmp_path / "foreign"
     foreign.mkdir()
@@ -222,7 +222,7 @@ def test_unknown_type_is_refused_before_anything_is_written(gen_run, tmp_path):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("option, values", [("--num", {"num": 0}), ("--steps", {"steps": 0}),
+@pytest.mark.parametrize("option, values", [("--num", {"num": 0}), ("--sample-steps", {"steps": 0}),
                                             ("--batch-size", {"batch_size": -1})])
 def test_counts_must_be_positive(gen_run, tmp_path, option, values):
     kwargs = {"num": 2, "steps": 2, "batch_size": 2} | values
@@ -273,8 +273,8 @@ def parse(*argv: str) -> argparse.Namespace:
 
 def test_cli_types_mixtures_normals_and_export(gen_run, tmp_path, capsys):
     out, mvtec = tmp_path / "g", tmp_path / "mvtec"
-    args = parse("--run", str(gen_run), "--out", str(out), "--type", "all", "--mix", "stain+hole", "--normal",
-                 "--num", "2", "--steps", "2", "--batch-size", "2", "--quiet", "--export-mvtec", str(mvtec))
+    args = parse("--run", str(gen_run), "--out", str(out), "--type", "all", "--mix", "stain+hole", "--good",
+                 "--num", "2", "--sample-steps", "2", "--batch-size", "2", "--quiet", "--export-mvtec", str(mvtec))
     assert args.func(args) == 0
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["good", "hole", "scratch", "stain", "stain+hole"]
     assert not (out / "good" / "mask").exists()
@@ -287,7 +287,7 @@ def test_cli_types_mixtures_normals_and_export(gen_run, tmp_path, capsys):
 
 
 def test_cli_defaults_and_errors(gen_run):
-    args = parse("--run", str(gen_run), "--normal", "--num", "1", "--steps", "1", "--quiet")
+    args = parse("--run", str(gen_run), "--good", "--num", "1", "--sample-steps", "1", "--quiet")
     cfg = resolve_config(GenerationConfig, args)
     assert (cfg.num, cfg.steps, cfg.seed, cfg.guidance, cfg.signal, cfg.mask_threshold) == (1, 1, 0, None, 0.0979, 0.2)
     assert resolve_config(GenerationConfig, parse("--run", "r", "--type", "hole")).num == 1000

@@ -131,7 +131,7 @@ def test_bfloat16_on_the_cpu_runs_end_to_end_close_to_fp32(gen_run, plain):
 
 def seas_generate(run, out, *options: str) -> int:
     return main(["generate", "--run", str(run), "--out", str(out), "--type", "hole", "--num", "1",
-                 "--steps", "1", "--quiet", *options])
+                 "--sample-steps", "1", "--quiet", *options])
 
 
 def switches_of(out) -> dict:

@@ -92,8 +92,8 @@ def test_imported_head_predicts_as_the_original(imported, official):
     unet_feats = [torch.randn(2, 64, 4, 4), torch.randn(2, 32, 8, 8)]
     vae_feats = [torch.randn(2, 32, 16, 16), torch.randn(2, 32, 32, 32), torch.randn(2, 32, 64, 64)]
     with torch.no_grad():
-        expected = original(unet_feats, vae_feats)
-        got = head(unet_feats, vae_feats)
+        expected = original(unet_feats, vae_feats, with_coarse=True)
+        got = head(unet_feats, vae_feats, with_coarse=True)
     for a, b in zip(expected, got):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 

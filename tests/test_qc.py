@@ -159,7 +159,7 @@ sys.exit(main(sys.argv[1:]))
 
 def test_filter_killed_then_resumed_accepts_the_same_set(gen_run, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1"}
-    argv = ["generate", "--run", str(gen_run), "--type", "hole", "--num", "4", "--steps", "2", "--guidance", "2",
+    argv = ["generate", "--run", str(gen_run), "--type", "hole", "--num", "4", "--sample-steps", "2", "--guidance", "2",
             "--batch-size", "2", "--qc", "filter", "--quiet"]
     command = [sys.executable, "-c", KILLABLE, *argv]
     whole, cut = tmp_path / "whole", tmp_path / "cut"

@@ -167,7 +167,7 @@ def seas_here(*argv) -> None:
 
 
 STAGE1 = ["--steps", 6, "--checkpoint-every", 1, "--keep-checkpoints", 3]
-GENERATE = ["--type", "hole", "--normal", "--num", 6, "--steps", 3, "--batch-size", 2, "--quiet"]
+GENERATE = ["--type", "hole", "--good", "--num", 6, "--sample-steps", 3, "--batch-size", 2, "--quiet"]
 
 
 @pytest.fixture(scope="module")
@@ -331,8 +331,9 @@ def unfinished_run(work, tiny16, product64):
 
     training_loop.save_checkpoint = save_then_stop
     try:
-        with pytest.raises(KeyboardInterrupt):
-            main([str(a) for a in train_args(tiny16, product64, "--steps", 6, "--checkpoint-every", 2, "--out", out)])
+        # seas says what is kept and how to resume, in one line, and exits 130
+        assert main([str(a) for a in train_args(tiny16, product64, "--steps", 6, "--checkpoint-every", 2,
+                                                "--out", out)]) == 130
     finally:
         training_loop.save_checkpoint = real
     return out
@@ -341,11 +342,16 @@ def unfinished_run(work, tiny16, product64):
 @pytest.mark.parametrize("command", ["train-mask", "generate"])
 def test_run_is_not_a_finished_run(capsys, tmp_path, command, unfinished_run, product64, gen_run):
     extra = ["--type", "all", "--out", tmp_path / "g"] if command == "generate" else []
+    expected = {  # each names a command that 'seas train' accepts for the folder
+        unfinished_run: (f"stage 1 has not finished here (no seas_run.json); continue it with 'seas train --out "
+                         f"{unfinished_run} --resume latest' and the options it was started with"),
+        product64: ("not a SeaS run (no seas_run.json); give the --out folder of a finished 'seas train' (this folder "
+                    "holds other files, so 'seas train' will not write here either)"),
+    }
     for run in (unfinished_run, product64):
         before = files(run)
         message = fails(capsys, command, "--run", run, *extra)
-        assert message == (f"error: --run {run}: not a finished SeaS run (no seas_run.json); "
-                           f"finish 'seas train --out {run}' first")
+        assert message == f"error: --run {run}: {expected[run]}"
         assert files(run) == before
     if command == "generate":  # stage 1 finished, stage 2 not
         bare = shutil.copytree(gen_run, tmp_path / "bare", ignore=shutil.ignore_patterns("mask*", "generated"))
@@ -376,10 +382,10 @@ def test_out_holds_another_run(capsys, tmp_path, tiny16, product64, gen_run, one
          "holds a finished generator run; choose another --out or pass --overwrite"),
         (train_args(tiny16, product64, "--steps", 1), one_process_generation,
          "not empty and not a SeaS generator run (holds generation.json, good, hole); choose a new folder"),
-        (["generate", "--run", gen_run, "--normal", "--num", 1], gen_run,
+        (["generate", "--run", gen_run, "--good", "--num", 1], gen_run,
          "not empty and not a 'seas generate' folder; choose a new --out"),
-        (["generate", "--run", gen_run, "--normal", "--num", 2, "--steps", 3], one_process_generation,
-         (f"holds outputs generated with a different --type/--normal/--mix, --num (see {one_process_generation}"
+        (["generate", "--run", gen_run, "--good", "--num", 2, "--sample-steps", 3], one_process_generation,
+         (f"holds outputs generated with a different --type/--good/--mix, --num (see {one_process_generation}"
           "/generation.json); choose a new --out or repeat the original options")),
     ]
     for argv, out, end in cases:
@@ -394,7 +400,7 @@ def test_out_holds_another_run(capsys, tmp_path, tiny16, product64, gen_run, one
     (["train", "--checkpoint-every", "0"], "--checkpoint-every 0: must be at least 1"),
     (["train-mask", "--steps", "0"], "--steps 0: must be at least 1"),
     (["generate", "--num", "0"], "--num 0: must be at least 1"),
-    (["generate", "--steps", "-2"], "--steps -2: must be at least 1"),
+    (["generate", "--sample-steps", "-2"], "--sample-steps -2: must be at least 1"),
     (["generate", "--batch-size", "0"], "--batch-size 0: must be at least 1"),
 ])
 def test_counts_and_steps_must_be_positive(capsys, tmp_path, tiny16, product64, gen_run, argv, message):
@@ -405,7 +411,7 @@ def test_counts_and_steps_must_be_positive(capsys, tmp_path, tiny16, product64, 
     elif command == "train-mask":
         argv = ["train-mask", "--run", gen_run, *option]
     else:
-        argv = ["generate", "--run", gen_run, "--normal", *option, "--out", tmp_path / "o"]
+        argv = ["generate", "--run", gen_run, "--good", *option, "--out", tmp_path / "o"]
     assert fails(capsys, *argv) == f"error: {message}"
     assert not (tmp_path / "o").exists() and files(gen_run) == before
 
@@ -436,7 +442,7 @@ def test_out_of_disk_space_while_training(capsys, monkeypatch, tmp_path, tiny16,
 
 def test_out_of_disk_space_while_generating(capsys, monkeypatch, tmp_path, gen_run):
     out = tmp_path / "g"
-    argv = ["generate", "--run", gen_run, "--out", out, "--normal", "--num", 3, "--steps", 2, "--quiet"]
+    argv = ["generate", "--run", gen_run, "--out", out, "--good", "--num", 3, "--sample-steps", 2, "--quiet"]
     assert main([str(a) for a in argv]) == 0
     (out / "good" / "image" / "002.png").unlink()  # to be made again by the next run
     before = files(out)
@@ -474,7 +480,7 @@ def test_unwritable_output_folder(capsys, monkeypatch, tmp_path, tiny16, product
     if command == "train":
         argv = train_args(tiny16, product64, "--steps", 1, "--out", out)
     else:
-        argv = ["generate", "--run", gen_run, "--normal", "--num", 1, "--out", out]
+        argv = ["generate", "--run", gen_run, "--good", "--num", 1, "--out", out]
     assert fails(capsys, *argv) == f"error: cannot write {out}: Permission denied; free space or choose another --out"
     assert list(locked.iterdir()) == []
 

@@ -74,14 +74,14 @@ def test_stage_shapes_tiny():
         getattr(head, name).register_forward_hook(
             lambda m, i, o, name=name: shapes.setdefault(name, []).append(tuple(o.shape)))
     u, v = features(3)
-    refined, coarse = head(u, v)
+    refined, coarse = head(u, v, with_coarse=True)
     assert shapes["low_feature_conv"] == [(3, 32, 2, 2)]
     assert shapes["mid_feature_conv"] == [(3, 16, 4, 4)]
     assert shapes["mid_attn_block"] == [(3, 48, 4, 4)]
     assert shapes["MRM1"] == [(3, 48, 8, 8)]
     assert shapes["MRM2"] == [(3, 48, 16, 16)]
     assert shapes["MRM3"] == [(3, 48, 32, 32)]
-    assert sorted(shapes["out_layer"]) == [(3, 2, 4, 4), (3, 2, 32, 32)]  # shared: coarse + refined
+    assert shapes["out_layer"] == [(3, 2, 32, 32), (3, 2, 4, 4)]  # shared: refined, then coarse
     assert refined.shape == (3, 2, 32, 32) and coarse.shape == (3, 2, 4, 4)
     assert torch.allclose(refined.sum(1), torch.ones(3, 32, 32), atol=1e-5)  # softmax over channels
     assert head.predict_proba(u, v).shape == (3, 32, 32)
@@ -91,7 +91,7 @@ def test_stage_shapes_tiny():
 def test_output_shapes_sd_channels(sd_head):
     sd_head.eval()
     u, v = features(1, SD["unet"], SD["vae"], size=2)  # U-Net 2/4, VAE 8/16/32
-    refined, coarse = sd_head(u, v)
+    refined, coarse = sd_head(u, v, with_coarse=True)
     assert refined.shape == (1, 2, 32, 32) and coarse.shape == (1, 2, 4, 4)
     assert torch.isfinite(refined).all()
 
@@ -174,7 +174,7 @@ def test_upstream_transformer_and_layers(sd_head):
 def test_inputs_cast_to_head_dtype():
     head = tiny_head().double().eval()
     u, v = features(1)  # float32
-    refined, coarse = head(u, v)
+    refined, coarse = head(u, v, with_coarse=True)
     assert refined.dtype == coarse.dtype == torch.float64
 
 
@@ -218,13 +218,13 @@ def test_reference_key_layout(sd_head):
 def test_reference_round_trip_through_file(tmp_path):
     head = tiny_head(seed=0).eval()
     u, v = features(2)
-    before = head(u, v)
+    before = head(u, v, with_coarse=True)
     path = tmp_path / "rmp"
     torch.save(to_reference_state_dict(head), path)
     fresh = tiny_head(seed=7).eval()
     assert not torch.allclose(fresh(u, v)[0], before[0])
     load_reference_state_dict(fresh, torch.load(path, weights_only=True))
-    after = fresh(u, v)
+    after = fresh(u, v, with_coarse=True)
     assert torch.equal(after[0], before[0]) and torch.equal(after[1], before[1])
     missing, unexpected = fresh.load_state_dict(head.state_dict(), strict=False)
     assert not missing and not unexpected
@@ -284,6 +284,97 @@ def test_training_forward_anomaly_first_with_joint_batchnorm():
     assert torch.allclose(r1[:b], r2[:b], atol=1e-6) and torch.allclose(c1[:b], c2[:b], atol=1e-6)
     with pytest.raises(ValueError, match="n_anomaly"):
         head(u, v, n_anomaly=3)
+
+
+def out_layer_order(head: ReferenceMaskHead, calls: list) -> None:
+    """Record the spatial size of every input of the shared out layer, in call order."""
+    head.out_layer.register_forward_hook(lambda m, i, o: calls.append(tuple(i[0].shape[-2:])))
+
+
+def test_out_layer_call_order_is_the_authors():
+    """Inference: the out layer runs once, on the refined features (the authors never compute
+    the coarse output there); training: refined first, then coarse."""
+    head = tiny_head()
+    calls = []
+    out_layer_order(head, calls)
+    u, v = features(2)
+    refined, coarse = head.eval()(u, v)
+    assert coarse is None and calls == [(32, 32)]
+    calls.clear()
+    head.predict_proba(u, v)
+    assert calls == [(32, 32)]
+    calls.clear()
+    head.train()(u, [x[:1] for x in v], n_anomaly=1)
+    assert calls == [(32, 32), (4, 4)]
+
+
+def hand_ordered_step(head: ReferenceMaskHead, u, v, b: int, mask: torch.Tensor) -> None:
+    """One training step of the authors' code on ``head``, its pieces called by hand in their
+    order: coarse features, MRM chain on the anomaly half, the normal half resized, the out
+    layer's BatchNorm -> ReLU -> conv -> softmax on the refined batch, then on ``h``."""
+
+    def out(x):
+        bn, relu, conv = head.out_layer
+        return conv(relu(bn(x))).softmax(dim=1)
+
+    low = head.low_feature_conv(u[0])
+    low = F.interpolate(low, size=u[1].shape[-2:], mode="bilinear", align_corners=False)
+    h = head.mid_attn_block(torch.cat([low, head.mid_feature_conv(u[1])], dim=1))
+    c = h[:b]
+    for mrm, f in zip((head.MRM1, head.MRM2, head.MRM3), v):
+        c = mrm(c, f)
+    normal = F.interpolate(h[b:], size=c.shape[-2:], mode="bilinear", align_corners=False)
+    refined = out(torch.cat([c, normal]))
+    coarse = out(h)
+    full, small = reference_targets(mask, h.shape[0] - b, tuple(coarse.shape[-2:]), normalize_max=False)
+    (reference_focal_loss(refined, full) + reference_focal_loss(coarse, small)).backward()
+
+
+def test_batchnorm_statistics_after_a_training_step_match_the_authors_order():
+    """After a training step (forward, loss, backward, optimizer update) every BatchNorm's
+    running statistics, and every weight, equal those of the authors' call order computed by
+    hand; the shared out layer's differ from the order coarse-then-refined."""
+    b = 2
+    u, _ = features(2 * b, seed=1)
+    _, v = features(b, seed=2)
+    mask = torch.zeros(b, 32, 32)
+    mask[:, 8:20, 4:16] = 1.0
+    ours, theirs = tiny_head(seed=3).train(), tiny_head(seed=3).train()
+    for head, step in ((ours, None), (theirs, hand_ordered_step)):
+        optimizer = torch.optim.SGD(head.parameters(), lr=0.1)
+        if step is None:
+            refined, coarse = head(u, v, n_anomaly=b)
+            full, small = reference_targets(mask, b, tuple(coarse.shape[-2:]), normalize_max=False)
+            (reference_focal_loss(refined, full) + reference_focal_loss(coarse, small)).backward()
+        else:
+            step(head, u, v, b, mask)
+        optimizer.step()
+    theirs_state = theirs.state_dict()
+    for key, value in ours.state_dict().items():
+        torch.testing.assert_close(value, theirs_state[key], rtol=0, atol=1e-6, msg=key)
+    # the order is observable: coarse first would move the out layer's running mean elsewhere
+    bn = tiny_head(seed=3).train().out_layer[0]
+    with torch.no_grad():
+        h = ours.coarse_features(u)
+        chain = ours.refine(h[:b], v)
+        refined_in = torch.cat([chain, F.interpolate(h[b:], size=(32, 32), mode="bilinear")])
+        bn(h)
+        bn(refined_in)
+    assert (bn.running_mean - ours.out_layer[0].running_mean).abs().max() > 1e-4
+
+
+def test_batchnorm_statistics_after_an_inference_shaped_pass():
+    """A head in training mode ('batch' BatchNorm, as the reference generates) updates the out
+    layer's statistics with the refined features only, once."""
+    u, v = features(2)
+    head, by_hand = tiny_head(seed=4).train(), tiny_head(seed=4).train()
+    with torch.no_grad():
+        head(u, v)
+        by_hand.out_layer(by_hand.refine(by_hand.coarse_features(u), v))
+    bn, expected = head.out_layer[0], by_hand.out_layer[0]
+    assert int(bn.num_batches_tracked) == 1
+    torch.testing.assert_close(bn.running_mean, expected.running_mean, rtol=0, atol=1e-6)
+    torch.testing.assert_close(bn.running_var, expected.running_var, rtol=0, atol=1e-6)
 
 
 def test_conv6_is_never_called():

@@ -274,7 +274,7 @@ def test_unwritable_output_folder_found_before_work(capsys, monkeypatch, tmp_pat
     out = locked / "out"
     argv = {
         "train": ["train", "--data", data, "--base", tiny16, *TINY, "--out", out],
-        "generate": ["generate", "--run", gen_run, "--normal", "--num", 1, "--out", out],
+        "generate": ["generate", "--run", gen_run, "--good", "--num", 1, "--out", out],
         "demo": ["demo", "--quick", "--out", out],
     }[command]
     lines = refused(capsys, *argv)

@@ -102,6 +102,6 @@ def test_only_the_head_gets_gradients(tiny_run):
 
 
 def test_train_mask_refuses_a_folder_that_is_not_a_run(tmp_path):
-    with pytest.raises(RunError, match="not a finished SeaS run"):
+    with pytest.raises(RunError, match="an empty folder, not a SeaS run; train one into it with 'seas train --out"):
         train_mask_head(tmp_path, MaskConfig(steps=1))
     assert list(tmp_path.iterdir()) == []

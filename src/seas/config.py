@@ -49,7 +49,9 @@ class TrainConfig(Config):
                               "'seas-tiny' (the small pretrained base shipped with seas) or 'tiny' (random, for tests)")
     base_config: str | None = option(None, help="for a single-file --base: a diffusers folder (or hub id) "
                                      "holding its configs")
-    resolution: int = option(512, help="training image size", minimum=8)
+    # no fixed lower bound: what a size must be a multiple of depends on the base (checked with it)
+    resolution: int = option(512, help="training image size, a multiple of the base's size multiple (VAE factor x "
+                             "U-Net down-sampling: 64 for SD 1.x; 'seas backbone --base B' prints it)")
     batch_size: int = option(2, help="anomaly samples per micro-batch, plus as many normal ones", minimum=1)
     grad_accum: int = option(2, help="micro-batches per optimizer update", minimum=1)
     steps: int | None = option(None, help="optimizer updates (default: steps_per_type x number of types)", minimum=1)
@@ -91,6 +93,9 @@ class TrainConfig(Config):
     log_every: int = option(10, help="optimizer updates between TensorBoard log entries", minimum=1)
 
     def validate(self) -> None:
+        if self.resolution <= 0:
+            raise ConfigError(f"--resolution {self.resolution}: must be a positive multiple of the base's size "
+                              "multiple (64 for SD 1.x; 'seas backbone --base B' prints it), e.g. 512")
         if not self.da_blocks:
             raise ConfigError("train.da_blocks: give at least one down-block index (reference: 1 2)")
 
@@ -144,7 +149,9 @@ class GenerationConfig(Config):
     num: int = option(1000, help="outputs per kind", minimum=1)
     seed: int = option(0, help="image i uses seed + i")
     batch_size: int = option(4, help="images per sampler call; outputs do not depend on it", minimum=1)
-    steps: int = option(25, help="DPM-Solver++ steps", minimum=1)
+    # the key stays "steps" (config files, generation.json); the option says what it counts, so that
+    # --steps means optimizer updates in every command (seas generate --steps: a deprecated alias)
+    steps: int = option(25, help="DPM-Solver++ sampler steps per image", minimum=1, flag="--sample-steps")
     guidance: float | None = option(None, help="classifier-free guidance scale; <= 1 turns it off (default: the "
                                     "run's dataset preset: 8 MVTec AD, 2 VisA, 5 MVTec 3D AD)")
     signal: float = option(0.0979, help="weight of the normal image's latent in the start latent (the reference's "
@@ -172,6 +179,11 @@ class GenerationConfig(Config):
                      "filter (also reject pairs outside thresholds learned from the real training pairs and "
                      "draw new seeds until --num are accepted)", choices=QC_MODES)
     qc_attempts: int = option(4, help="--qc filter: at most this many candidates per wanted output", minimum=1)
+
+    def validate(self) -> None:
+        if self.masks is not None and self.placement != "masks":
+            raise ConfigError(f"--masks {self.masks}: is read only with --placement masks (the placement is "
+                              f"{self.placement}); add --placement masks or leave out --masks")
 
 
 @dataclass
@@ -217,15 +229,27 @@ REFERENCE = {
 }
 
 
+def section_configs() -> dict:
+    """The config class of each section of a run-configuration file."""
+    from seas.data.config import DataConfig
+
+    return {"train": TrainConfig, "mask": MaskConfig, "generate": GenerationConfig, "memory": GenerationSwitches,
+            "data": DataConfig}
+
+
 def read_config_file(path: str | Path, section: str) -> dict:
     """The ``section`` mapping (``train``, ``mask``, ``generate``, ``memory`` or ``data``) of a run-configuration
-    YAML file; unknown sections are refused so that a typo is not silently ignored."""
+    YAML file. The whole file is checked first, whichever section the command reads: an unknown
+    section, an unknown key or a bad value anywhere is refused in one line naming it, so that a
+    typo in ``generate:`` stops ``seas train`` at once, and a bad value counts even where an
+    option given on the command line overrides it."""
     path = Path(path)
-    values = read_yaml_mapping(path, f"--config {path}", "sections train:, mask:, generate:, memory:, data:")
+    label = f"--config {path}"
+    values = read_yaml_mapping(path, label, "sections train:, mask:, generate:, memory:, data:")
     unknown = sorted(set(values) - set(REFERENCE))
     if unknown:
-        raise ConfigError(f"--config {path}: unknown section {unknown[0]}; sections: {', '.join(REFERENCE)}")
-    section_values = values.get(section) or {}
-    if not isinstance(section_values, dict):
-        raise ConfigError(f"--config {path}: section {section} must be a mapping of field: value")
-    return section_values
+        raise ConfigError(f"{label}: unknown section {unknown[0]}; sections: {', '.join(REFERENCE)}")
+    for name, cls in section_configs().items():
+        if values.get(name) is not None:
+            cls.check_values(values[name], label)
+    return values.get(section) or {}

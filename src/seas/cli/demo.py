@@ -165,8 +165,35 @@ def out_problems(out: Path, entries: list[str]) -> list[str]:
         return [str(err)]
     if previous is None:
         return [f"--out {out}: not empty and not a previous demo; choose a new folder"] if any(out.iterdir()) else []
-    return [f"--out {out}: holds {name}, which the previous demo there did not write; move it away or choose a new "
-            f"folder" for name in entries if (out / name).exists() and name not in previous]
+    problems = [f"--out {out}: holds {name}, which the previous demo there did not write; move it away or choose a "
+                f"new folder" for name in entries if (out / name).exists() and name not in previous]
+    for name in previous:
+        foreign = foreign_files(out, name)
+        if foreign:
+            more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+            problems.append(f"--out {out}: {', '.join(foreign[:3])}{more} in {name}/ were not written by the previous "
+                            f"demo, and a new demo replaces {name}/; move them away or choose a new folder")
+    return problems
+
+
+def foreign_files(out: Path, name: str) -> list[str]:
+    """Files under ``out/name``, an entry a previous demo wrote, that none of seas's commands
+    wrote (a user's notes, a file added to its run or evaluation), relative to ``out``. Each
+    folder is judged by its owner: the run folder, the generated folder, the evaluation."""
+    from seas.evaluation.evaluate import foreign_names
+    from seas.generation.generated import GeneratedFolder
+    from seas.run import RunFolder
+
+    folder = out / name
+    if name == "run" and folder.is_dir():
+        run = RunFolder(folder)
+        found = [f"run/{n}" for n in run.foreign_names()]
+        found += [f"run/generated/{n}" for n in GeneratedFolder(run.generated).foreign_files()]
+        found += [f"run/evaluation/{n}" for n in foreign_names(run.evaluation)]
+        return found
+    if name == "evaluation":
+        return [f"evaluation/{n}" for n in foreign_names(folder)]
+    return []  # the synthetic product (data/) and the adapted base (base/) are the demo's whole
 
 
 def prepare_out(out: Path, entries: list[str]) -> None:
@@ -183,15 +210,21 @@ def prepare_out(out: Path, entries: list[str]) -> None:
 
 def demo_problems(out: Path, cfg: DemoConfig, data_cfg: DataConfig | None, sources: tuple = ()) -> list[str]:
     """Every problem of a demo before its first stage: the user's dataset (all its images and
-    masks decoded, the test split's included), ``--out`` against the dataset (and any further
-    ``sources``, e.g. the YAML description), the folder itself, its permissions and free space."""
+    masks decoded, the test split's included, with anomaly images held out for testing), ``--out``
+    against the dataset (and any further ``sources``, e.g. the YAML description), the folder
+    itself (a previous demo's, holding nothing a re-run would delete that the demo did not write),
+    its permissions and free space."""
     from seas.data.readers import dataset_folder
-    from seas.data.split import check_dataset
+    from seas.data.split import check_dataset, held_out_anomaly_problem
 
     problems = ProblemList()
     nested = []
     if data_cfg is not None:
-        check_dataset(data_cfg, problems, decode="all")
+        split, _ = check_dataset(data_cfg, problems, decode="all")
+        if split is not None:  # the evidence and the evaluation test on held-out anomalies
+            problems.extend(filter(None, [held_out_anomaly_problem(
+                split, f"--data {data_cfg.root}", "the demo's evidence and evaluation need some: add anomaly images "
+                "(at least 2 per type) or lower --train-per-type")]))
         for source in (dataset_folder(data_cfg), *sources):
             nested = nested or nested_problems(out, source)  # one line says it
         problems.extend(nested)

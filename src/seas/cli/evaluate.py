@@ -24,6 +24,7 @@ def add_parsers(subparsers) -> None:
                         "a previous evaluation there is replaced, any other content refused")
     EvalConfig.add_arguments(p.add_argument_group("evaluation settings (docs/EVALUATION.md)"))
     add_deprecated(p, "--no-reuse-judge", "--no-reuse-segmenter", "reuse_segmenter", value=False)
+    add_deprecated(p, "--width", "--seg-width", "width", type=float)  # --width is a model's channel count elsewhere
     # No config file to layer under the options: the parsed values are the settings.
     defaults = {name: value for name, value in EvalConfig().to_dict().items() if name != "progress"}
     p.set_defaults(func=cmd_evaluate, **defaults)
@@ -39,7 +40,7 @@ def cmd_evaluate(args) -> int:
 
     cfg = EvalConfig.from_dict(EvalConfig.given(args))
     out = Path(args.out) if args.out else RunFolder(args.run).evaluation
-    check_evaluate_inputs(args.run, out)  # the run, its whole split decoded, --out writable: before training
+    check_evaluate_inputs(args.run, out, cfg.device)  # the run, its whole split, --out, --device: before training
     metrics = evaluate_run(args.run, args.generated, out, cfg)
     keys = ("image_auroc", "pixel_auroc", "pixel_ap", "pixel_f1_max", "iou")
     print(f"{'training set':<16}" + "".join(f"{k:>14}" for k in keys))

@@ -6,7 +6,7 @@ the main process merges the manifest parts and runs the export.
 
 from __future__ import annotations
 
-from seas.cli.options import add_run_config_args, resolve_config
+from seas.cli.options import add_deprecated, add_run_config_args, resolve_config
 from seas.config import GenerationConfig, GenerationSwitches
 from seas.data.readers import GOOD
 from seas.errors import ConfigError
@@ -27,11 +27,16 @@ def add_parsers(sub) -> None:
     p.add_argument("--out", default=None, metavar="DIR", help="output folder (default: <run>/generated)")
     p.add_argument("--type", action="append", default=None, metavar="NAME",
                    help="anomaly type to generate (repeatable), or 'all' for every type of the run")
-    p.add_argument("--normal", action="store_true", help="also generate normal images (folder 'good', no masks)")
+    # --normal GLOB names a dataset's normal images in the commands that read a dataset
+    p.add_argument("--good", dest="normal", action="store_true",
+                   help="also generate normal images (folder 'good', no masks)")
     p.add_argument("--mix", action="append", default=None, metavar="A+B",
                    help="unseen anomalies mixing the token groups of several types, in this order (repeatable)")
     add_run_config_args(p, PROFILE_HELP)
     GenerationConfig.add_arguments(p.add_argument_group("sampling (defaults: the authors' release)"))
+    # --steps counts optimizer updates in every other command; the sampler's are --sample-steps
+    add_deprecated(p, "--steps", "--sample-steps", "steps", type=int)
+    add_deprecated(p, "--normal", "--good", "normal", value=True)
     p.add_argument("--device", default=None,
                    help="torch device (default: cuda if available, else cpu; with several processes each takes its own GPU)")
     GenerationSwitches.add_arguments(p.add_argument_group(
@@ -74,7 +79,7 @@ def kinds_from_args(args, run) -> list:
     if args.normal:
         names.append(GOOD)
     if not names:
-        raise ConfigError("nothing to generate: give --type NAME (or --type all), --mix A+B and/or --normal")
+        raise ConfigError("nothing to generate: give --type NAME (or --type all), --mix A+B and/or --good")
     bad_mix = [m for m in args.mix or [] if MIX not in m]
     if bad_mix:
         raise ConfigError(f"--mix {bad_mix[0]}: name two or more types joined by '+', e.g. --mix {'+'.join(types[:2])}")
@@ -124,10 +129,11 @@ def output_bytes(num: int, n_kinds: int, resolution: int) -> int:
 
 def check_generate(args, cfg: GenerationConfig) -> tuple:
     """Every problem of ``seas generate`` at once, before the models are loaded: the run (its
-    weights verified), the kinds asked for, ``--out`` and ``--export-mvtec`` (writable, with
-    space). Returns the run and the kinds; the user's masks are read by generation itself,
-    also before any model is loaded."""
-    from seas.files.checks import ProblemList, output_folder_problems, path_size
+    weights verified), the kinds asked for, ``--out`` and ``--export-mvtec`` (outside the run's
+    dataset and the --masks folder, writable, with space) and ``--device``. Returns the run and
+    the kinds; the user's masks are read by generation itself, also before any model is loaded."""
+    from seas.cli.options import device_problem, run_dataset_problems
+    from seas.files.checks import ProblemList, nested_problems, output_folder_problems, path_size
     from seas.generation.generated import GeneratedFolder
     from seas.run import Run
 
@@ -140,9 +146,15 @@ def check_generate(args, cfg: GenerationConfig) -> tuple:
             kinds = kinds_from_args(args, run)
         out = GeneratedFolder(args.out).path if args.out else GeneratedFolder.of_run(run.path).path
         needed = output_bytes(cfg.num, max(len(kinds), 1), run.resolution)
+        outputs = [("--out", out)] + ([("--export-mvtec", args.export_mvtec)] if args.export_mvtec else [])
+        for option, folder in outputs:  # never into the data this command reads
+            problems.extend(run_dataset_problems(run, folder, option))
+            if cfg.placement == "masks" and cfg.masks:
+                problems.extend(nested_problems(folder, cfg.masks, option, "--masks"))
         problems.extend(output_folder_problems(out, max(needed - path_size(out), 0)))
         if args.export_mvtec:
             problems.extend(output_folder_problems(args.export_mvtec, needed, option="--export-mvtec"))
+    problems.extend(filter(None, [device_problem(args.device)]))
     problems.raise_any()
     return run, kinds
 
@@ -150,5 +162,32 @@ def check_generate(args, cfg: GenerationConfig) -> tuple:
 def cmd_export(args) -> int:
     from seas.generation.export import export_mvtec
 
-    print(f"MVTec AD layout written to {export_mvtec(args.generated, args.out, curated=args.curated)}")
+    check_export(args.generated, args.out)
+    print(f"MVTec AD layout written to {export_mvtec(args.generated, args.out, curated=args.curated, option='--out')}")
     return 0
+
+
+def check_export(generated: str, out: str) -> None:
+    """``seas export --out`` outside the data it reads: the generated folder and the dataset of
+    the run that generated it (when that run is still there)."""
+    from seas.cli.options import run_dataset_problems
+    from seas.errors import SeasError
+    from seas.files.checks import ProblemList, is_within
+    from seas.generation.generated import GeneratedFolder
+    from seas.run import Run
+
+    problems = ProblemList()
+    folder = None
+    with problems.collect():
+        folder = GeneratedFolder.existing(generated, option="seas export")
+    if folder is not None:
+        if is_within(out, folder.path):
+            problems.add(f"--out {out}: lies inside the generated folder {folder.path}; choose an --out outside it")
+        run_path = folder.settings().get("run")
+        try:
+            run = Run.load(run_path, verify=False) if isinstance(run_path, str) else None
+        except SeasError:
+            run = None  # the run was moved or deleted: its dataset is unknown
+        if run is not None:
+            problems.extend(run_dataset_problems(run, out))
+    problems.raise_any()

@@ -106,16 +106,55 @@ def main_process() -> bool:
     return PartialState().is_main_process
 
 
+def device_problem(device: str | None, option: str = "--device") -> str | None:
+    """What stops ``device`` (a torch device string; ``None`` and ``auto`` choose one) on this
+    machine: not a device name, a CUDA device without CUDA or beyond the GPUs there are, MPS
+    without MPS. Said before any model is loaded."""
+    import torch
+
+    if device in (None, "auto"):
+        return None
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        return f"{option} {device}: not a torch device; use cpu, cuda, cuda:N or leave {option} out"
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            why = "this torch has no CUDA support" if torch.version.cuda is None else "torch finds no CUDA GPU"
+            return f"{option} {device}: no CUDA GPU on this machine ({why}); use --device cpu or leave {option} out"
+        if dev.index is not None and dev.index >= count:
+            return (f"{option} {device}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}; choose "
+                    f"one of them or leave {option} out")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            return f"{option} {device}: no MPS device on this machine; use --device cpu or leave {option} out"
+    elif dev.type != "cpu":
+        return f"{option} {device}: device type {dev.type} is not supported by seas; use cpu, cuda or cuda:N"
+    return None
+
+
+def run_dataset_problems(run, out, option: str = "--out") -> list[str]:
+    """``out`` against the dataset ``run`` was trained on (its recorded data): a command that
+    reads a run never writes into the data it reads."""
+    from seas.data.readers import dataset_folder
+    from seas.files.checks import nested_problems
+
+    return nested_problems(out, dataset_folder(run.data), option=option,
+                           dataset=f"{dataset_folder(run.data)} (the data of --run {run.path})")
+
+
 EVALUATION_BYTES = 64 * 2**20  # metrics.json and report.html with its image grids: rough
 MASK_HEAD_BYTES = 256 * 2**20  # the mask head, two checkpoints of it with AdamW states, logs: rough
 
 
-def check_run_inputs(run_dir, out, needed_bytes: int, whole_split: bool, option: str = "--out") -> None:
+def check_run_inputs(run_dir, out, needed_bytes: int, whole_split: bool, option: str = "--out",
+                     device: str | None = None) -> None:
     """Every problem of a command that reads a finished run, in one list, before its work: the
     run record, the images and masks it will decode (the training split, or ``whole_split``
-    with the held-out test split too) and ``out`` (writable, with ``needed_bytes`` free).
-    Writes nothing."""
-    from seas.data.split import check_samples, split_samples_used, train_samples
+    with the held-out test split too, which must then hold anomaly images), ``out`` (outside the
+    run's dataset, writable, with ``needed_bytes`` free) and ``device``. Writes nothing."""
+    from seas.data.split import check_samples, held_out_anomaly_problem, split_samples_used, train_samples
     from seas.files.checks import ProblemList, output_folder_problems
     from seas.run import Run
 
@@ -126,12 +165,18 @@ def check_run_inputs(run_dir, out, needed_bytes: int, whole_split: bool, option:
     if run is not None:
         samples = split_samples_used(run.split) if whole_split else train_samples(run.split)
         check_samples(samples, run.mask_rule, problems)
+        if whole_split:
+            problems.extend(filter(None, [held_out_anomaly_problem(
+                run.split, f"--run {run.path}", "nothing can be evaluated; train a run on a dataset with at least "
+                "2 images per anomaly type (or a lower --train-per-type)")]))
+        problems.extend(run_dataset_problems(run, out, option))
     if run is not None or Path(out) != Path(run_dir):  # without a run, its own folder says nothing more
         problems.extend(output_folder_problems(out, needed_bytes, option=option))
+    problems.extend(filter(None, [device_problem(device)]))
     problems.raise_any()
 
 
-def check_evaluate_inputs(run_dir, out) -> None:
+def check_evaluate_inputs(run_dir, out, device: str | None = None) -> None:
     """``seas evaluate``'s checks before any segmenter trains: the whole split (the evaluation
-    tests on the held-out part) and ``out``."""
-    check_run_inputs(run_dir, out, EVALUATION_BYTES, whole_split=True)
+    tests on the held-out part, which must hold anomaly images), ``out`` and ``--device``."""
+    check_run_inputs(run_dir, out, EVALUATION_BYTES, whole_split=True, device=device)

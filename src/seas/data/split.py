@@ -134,10 +134,48 @@ def check_dataset(cfg: DataConfig, problems: ProblemList, decode: str = "train")
         except SeasError:
             if len(problems) == before:  # after the reader's own problems, a split error only repeats them
                 raise
-    if split is None or decode == "none":
-        return split, []
+    if split is None:
+        return None, []
+    if decode == "none":
+        return split, held_out_warnings(split)
     chosen = train_samples(split) if decode == "train" else split_samples_used(split)
-    return split, check_samples(chosen, cfg.mask_rule, problems)
+    return split, check_samples(chosen, cfg.mask_rule, problems) + held_out_warnings(split)
+
+
+def held_out_warnings(split: Split) -> list[str]:
+    """A type whose images all went to training: nothing of it is held out for testing."""
+    return [f"type {kind}: all its {len(split.train[kind])} image(s) are few-shot training images and none is held "
+            "out for testing (the evaluation cannot score this type); add images of it, or lower --train-per-type"
+            for kind in split.types if not any(s.type == kind for s in split.test)]
+
+
+def held_out_anomaly_problem(split: Split, label: str, fix: str) -> str | None:
+    """Why nothing can be evaluated on ``split``: no anomaly image held out for testing (the
+    localisation evidence and every downstream metric need some). ``label`` names the input
+    (``--data X``, ``--run R``), ``fix`` says what to do."""
+    if any(not s.is_normal for s in split.test):
+        return None
+    counts = ", ".join(f"{kind} {len(split.train[kind])}" for kind in split.types)
+    return (f"{label}: no anomaly image is held out for testing (every image of each type is a few-shot training "
+            f"image: {counts}); {fix}")
+
+
+def lost_defect_problems(split: Split, fit: str, mask_rule: str, resolution: int) -> list[str]:
+    """Few-shot training images whose whole defect ``fit`` cuts away at ``resolution``: they would
+    train as anomalies with an empty mask (``seas data`` tabulates what each fit keeps)."""
+    from seas.data.transforms import kept_defect_share
+
+    problems = []
+    for s in (s for v in split.train.values() for s in v):
+        try:
+            mask = read_mask(s.mask, mask_rule) if s.mask else None
+        except DataError:
+            continue  # an unreadable mask is reported by check_samples
+        if mask is not None and mask.any() and kept_defect_share(mask, resolution, fit, s.image) <= 0.0:
+            problems.append(f"{s.image}: --fit {fit} cuts away its whole defect ({s.mask}), so it would train as an "
+                            "anomaly with an empty mask; use --fit defect-crop (keeps every defect) or pad, or "
+                            "remove the image")
+    return problems
 
 
 def split_samples_used(split: Split) -> list[Sample]:

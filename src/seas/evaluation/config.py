@@ -51,9 +51,11 @@ class EvalConfig(Config):
 
     segmenter: str = option("bisenetv2", help="downstream segmenter network", choices=SEGMENTERS)
     size: int = option(256, help="training and test resolution of the segmenters (paper: 256)", minimum=16)
-    steps: int = option(2000, help="optimiser steps per training set", minimum=1)
-    batch_size: int = option(8, help="images per optimiser step", minimum=1)
-    width: float = option(1.0, help="channel multiplier of the segmenter (positive)")
+    steps: int = option(2000, help="optimizer updates of each segmenter (one per training set)", minimum=1)
+    batch_size: int = option(8, help="images per optimizer update", minimum=1)
+    # --width names a model's channel count elsewhere (seas backbone, bootstrap, pretrain); this is a
+    # multiplier of the segmenter's, named as in seas demo (seas evaluate --width: a deprecated alias)
+    width: float = option(1.0, help="channel multiplier of the segmenter (positive)", flag="--seg-width")
     seed: int = option(0, help="seed of the segmenters, their batches and the baseline synthesis")
     device: str = option("auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     baselines: bool = option(True, help="also train on the cut-paste and Perlin training sets "
@@ -77,7 +79,7 @@ class EvalConfig(Config):
 
     def validate(self) -> None:
         if self.width <= 0:
-            raise ConfigError(f"--width {self.width}: must be positive")
+            raise ConfigError(f"--seg-width {self.width}: must be positive")
 
     def downstream(self) -> DownstreamConfig:
         return DownstreamConfig(segmenter=self.segmenter, size=self.size, steps=self.steps,

@@ -31,12 +31,12 @@ from typing import Iterator, Sequence, Union
 import numpy as np
 import torch
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from seas.evaluation.baselines import cut_paste, perlin_blend
 from seas.evaluation.config import DownstreamConfig
 from seas.evaluation.segmenters import Segmenter, build_segmenter
 from seas.files.images import as_mask, as_rgb, resize_image, resize_mask
+from seas.progress import bar as progress_bar
 
 ImageLike = Union[np.ndarray, str, os.PathLike]
 Pair = tuple[ImageLike, Union[ImageLike, None]]
@@ -146,7 +146,7 @@ def train_segmenter(pairs: Sequence[Pair], cfg: DownstreamConfig, desc: str = "t
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (1 - s / max(cfg.steps, 1)) ** 0.9)
         batches = _batches(len(pairs), cfg.batch_size, gen)
-        bar = tqdm(range(cfg.steps), desc=desc, disable=not cfg.progress, leave=False)
+        bar = progress_bar(iterable=range(cfg.steps), desc=desc, disable=not cfg.progress, leave=False)
         for _ in bar:
             idx = next(batches)
             x, y = _flip(images[idx], masks[idx], gen)

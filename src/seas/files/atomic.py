@@ -1,7 +1,8 @@
 """Crash-safe file and folder writes: the one place that writes anything under a final name.
 
 Every file is written under a temporary name beside its target (``.<name><tag>.tmp``) and
-renamed; every folder is built as ``.tmp-<name>`` and renamed. A stopped writer therefore never
+renamed; every folder is built as ``.tmp-<name>`` and renamed; either gets the usual file modes
+before the rename (:func:`usual_modes`). A stopped writer therefore never
 leaves a partial file under a final name, only temporaries that :func:`remove_temporaries`
 deletes. A failed write raises ``OSError`` naming the final path, with its temporary removed
 (torch and safetensors report a full disk as ``RuntimeError`` / ``SafetensorError``: those
@@ -64,6 +65,25 @@ def remove_path(path: Path) -> None:
         path.unlink()
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def usual_modes(path: Path) -> None:
+    """Give every file at or under ``path`` at least the mode a plain ``open()`` gives (0666 less
+    the umask: 0644 usually), as a finished output should have: safetensors writes its files
+    owner-only (0600), so a run shared with a group or served read-only was unreadable to others.
+    Hard-linked files are left alone (the VAE linked from the base is the base's file)."""
+    path = Path(path)
+    wanted = 0o666 & ~_umask()
+    for file in [path] if path.is_file() else (p for p in path.rglob("*") if p.is_file()):
+        info = file.lstat()
+        if not file.is_symlink() and info.st_nlink == 1 and (info.st_mode & wanted) != wanted:
+            os.chmod(file, (info.st_mode & 0o7777) | wanted)
+
+
 def write_file(path: Path, write: Callable[[Path], None], tag: str = "") -> Path:
     """``write(tmp)`` into ``.<name><tag>.tmp`` beside ``path``, then rename it to ``path``.
 
@@ -73,6 +93,7 @@ def write_file(path: Path, write: Callable[[Path], None], tag: str = "") -> Path
     tmp = path.with_name(f".{path.name}{tag}.tmp")
     with write_errors(path, tmp):
         write(tmp)
+        usual_modes(tmp)
         os.replace(tmp, path)
     return path
 
@@ -104,6 +125,7 @@ def replace_dir(tmp: Path, final: Path) -> None:
     """
     old = final.with_name(f".tmp-old-{final.name}")
     remove_path(old)
+    usual_modes(tmp)
     if final.exists():
         os.replace(final, old)
     os.replace(tmp, final)

@@ -144,15 +144,18 @@ def check_output_folder(path: str | Path, needed_bytes: int = 0, option: str = "
         raise Problems(problems)
 
 
-def nested_problems(out: str | Path, data: str | Path, option: str = "--out", data_option: str = "--data") -> list[str]:
-    """An output folder that equals, contains or lies inside a dataset is refused: writing
-    there would mix outputs into the data, and clearing it would delete the data."""
+def nested_problems(out: str | Path, data: str | Path, option: str = "--out", data_option: str = "--data",
+                    dataset: str | None = None) -> list[str]:
+    """An output folder (or file) that equals, contains or lies inside a dataset is refused:
+    writing there would mix outputs into the data, and clearing it would delete the data.
+    ``dataset`` names the data in the message (default ``--data <data>``)."""
     out, data = Path(out), Path(data)
     if not data.exists():
         return []
+    label = dataset or f"{data_option} {data}"
     if is_within(data, out):
         what = "is" if Path(out).resolve() == data.resolve() else "contains"
-        return [f"{option} {out}: {what} the dataset {data_option} {data}; choose an {option} outside the dataset"]
+        return [f"{option} {out}: {what} the dataset {label}; choose an {option} outside the dataset"]
     if data.is_dir() and is_within(out, data):
-        return [f"{option} {out}: lies inside the dataset {data_option} {data}; choose an {option} outside the dataset"]
+        return [f"{option} {out}: lies inside the dataset {label}; choose an {option} outside the dataset"]
     return []

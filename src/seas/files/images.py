@@ -93,6 +93,28 @@ def binarize_mask(arr: np.ndarray, rule: str = "half", wide: bool = False) -> np
     return arr >= value_range / 2.0
 
 
+MASK_MID_SHARE = 0.2  # a mask has few pixels that are neither dark nor bright (anti-aliased edges)
+MASK_COLOUR_SHARE = 0.2  # ... and few coloured ones
+
+
+def mask_file_problem(path: str | Path) -> str | None:
+    """Why the file at ``path`` does not look like a mask, or ``None``: a mask is black and white
+    (with soft edges at most), a photograph is mostly mid-tones and colours. Counted on the grey
+    value (channels reduced by max, 16-bit scaled): more than :data:`MASK_MID_SHARE` of the pixels
+    between 10 % and 90 % of the range, or more than :data:`MASK_COLOUR_SHARE` whose channels
+    differ by more than 10 % of the range. A 0/1 mask is black and white."""
+    rgb = read_rgb(path).astype(np.int16)
+    grey = rgb.max(axis=-1)
+    if grey.max() <= 1:
+        return None
+    mid = float(((grey > 25) & (grey < 230)).mean())
+    colour = float(((rgb.max(axis=-1) - rgb.min(axis=-1)) > 25).mean())
+    if mid > MASK_MID_SHARE or colour > MASK_COLOUR_SHARE:
+        what = f"{mid:.0%} of its pixels are grey tones" if mid > MASK_MID_SHARE else f"{colour:.0%} are coloured"
+        return f"{path}: does not look like a mask ({what}; a photograph?); give black-and-white masks, white = defect"
+    return None
+
+
 def as_rgb(image) -> np.ndarray:
     """A path, or an (H, W) / (H, W, 3|4) uint8 array -> (H, W, 3) uint8 RGB."""
     if isinstance(image, (str, os.PathLike)):

@@ -33,12 +33,13 @@ from seas.generation.generated import GeneratedFolder
 
 
 def export_mvtec(generated_dir: str | Path, out_dir: str | Path, product: str | None = None,
-                 curated: bool = False) -> Path:
+                 curated: bool = False, option: str = "--export-mvtec") -> Path:
     """Write the outputs listed in ``generated_dir``'s manifest as ``out_dir/<product>``.
 
     ``product`` defaults to the product of the run that generated the folder. ``curated``: only
     the pairs accepted in ``seas gallery`` (refused when nothing was curated). Returns the
-    product folder.
+    product folder. ``option``: the flag that gave ``out_dir`` (``--out`` of ``seas export``,
+    ``--export-mvtec`` of ``seas generate``), named in messages.
     """
     folder = GeneratedFolder.existing(generated_dir, option="seas export")
     generated_dir = folder.path
@@ -52,7 +53,7 @@ def export_mvtec(generated_dir: str | Path, out_dir: str | Path, product: str | 
     product = product or folder.product
     target = Path(out_dir) / product
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise RunError(f"--export-mvtec {out_dir}: {target} already exists and is not empty; choose another folder")
+        raise RunError(f"{option} {out_dir}: {target} already exists and is not empty; choose another folder")
 
     def write(tmp: Path) -> None:
         (tmp / "test" / GOOD).mkdir(parents=True)

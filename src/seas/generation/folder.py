@@ -96,7 +96,7 @@ def generate_to_folder(
     run = run if isinstance(run, Run) else Run.load(run)
     chosen = _distinct([k if isinstance(k, Kind) else resolve_kind(k, run.prompt) for k in kinds])
     if not chosen:
-        raise ConfigError("nothing to generate: name at least one of --type, --normal, --mix")
+        raise ConfigError("nothing to generate: name at least one of --type, --good, --mix")
     placer = None
     if cfg.placement != "free" and any(not k.is_normal for k in chosen):
         placer = Placer(run, cfg.placement, cfg.masks, is_grey(run))  # every mask read and checked here
@@ -272,6 +272,7 @@ def _load_pipeline(run: Run, todo: list[tuple[Kind, list[int]]], device: str, sw
 
 
 def _progress(total: int, enabled: bool):
-    from tqdm.auto import tqdm
+    """Generation's bar (:func:`seas.progress.bar`: slow where no terminal watches)."""
+    from seas.progress import bar
 
-    return tqdm(total=total, desc="generate", unit="img", disable=not enabled, dynamic_ncols=True)
+    return bar(total=total, desc="generate", unit="img", disable=not enabled)

@@ -26,10 +26,12 @@ paths relative to the folder, ``prompt``, ``seed``, ``reference``, ``mask_area``
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from seas.errors import RunError
-from seas.files.atomic import write_file, write_json
+from seas.files.atomic import is_temporary, write_file, write_json
+from seas.generation.curation import CURATION
 from seas.run import GENERATED
 
 MANIFEST = "manifest.jsonl"
@@ -43,8 +45,8 @@ PARTS = ("image", "mask", "prob", "region")  # the files a row may name
 # Settings keys that change the outputs, and the option a user sets each with. The memory
 # switches change float rounding, hence bytes; the profile only chooses them, so it is not here.
 OPTIONS = {
-    "run": "--run", "kinds": "--type/--normal/--mix", "num": "--num", "seed": "--seed",
-    "steps": "--steps", "guidance": "--guidance", "signal": "--signal", "noise": "noise",
+    "run": "--run", "kinds": "--type/--good/--mix", "num": "--num", "seed": "--seed",
+    "steps": "--sample-steps", "guidance": "--guidance", "signal": "--signal", "noise": "--noise",
     "mask_threshold": "--mask-threshold", "mask_steps": "--mask-steps", "mask_batchnorm": "--mask-batchnorm",
     "reference_images": "--reference-images", "placement": "--placement", "masks": "--masks",
     "region_dilation": "--region-dilation", "background": "--background", "qc": "--qc",
@@ -169,6 +171,25 @@ class GeneratedFolder:
         for tmp in [*self.path.glob(pattern), *self.path.glob(f"*/*/{pattern}"), *self.path.glob(f"*/*/*/{pattern}"),
                     *self.path.glob(f"qc/{pattern}")]:
             tmp.unlink()
+
+    def foreign_files(self) -> list[str]:
+        """Files under the folder that ``seas generate`` (and the gallery) never write, relative,
+        sorted: anything but the settings, manifests and journals, ``rejected.jsonl``, the
+        gallery's ``curation.json``, ``qc/``, temporaries and ``[rejected/]<kind>/<part>/<digits>.png``.
+        A command that replaces the folder refuses to while these are there."""
+        if not self.path.is_dir():
+            return []
+        known = {MANIFEST, SETTINGS, REJECTED, CURATION}
+        output = re.compile(rf"^(rejected/)?[^/]+/({'|'.join(PARTS)})/[0-9]+\.png$")
+        foreign = []
+        for path in sorted(self.path.rglob("*")):
+            relative = path.relative_to(self.path).as_posix()
+            if path.is_dir() or is_temporary(path.name) or relative.startswith("qc/"):
+                continue
+            if relative in known or re.fullmatch(r"manifest\.rank[0-9]+\.jsonl", relative) or output.match(relative):
+                continue
+            foreign.append(relative)
+        return foreign
 
     # ------------------------------------------------------------------ settings
 

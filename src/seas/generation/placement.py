@@ -27,7 +27,7 @@ from seas.data.foreground import product_foreground
 from seas.data.readers import IMAGE_SUFFIXES
 from seas.data.transforms import sample_uint8
 from seas.errors import ConfigError
-from seas.files.images import read_mask
+from seas.files.images import mask_file_problem, read_mask
 from seas.run import Run
 
 ON_PRODUCT = 0.95  # least share of a moved mask's pixels on the product's foreground
@@ -37,8 +37,9 @@ SCALES = (0.8, 1.25)
 
 def read_user_masks(folder: str | Path | None, resolution: int) -> list[np.ndarray]:
     """Every mask file of ``folder`` (sorted by name) as ``(R, R)`` bool, nearest-neighbour
-    resized. A missing folder, a folder without images, an unreadable or an empty mask is a
-    ``ConfigError`` naming the file; all are read before anything is generated."""
+    resized. A missing folder, a folder without images, an unreadable or an empty mask, or a
+    file that is no mask (a photograph: grey tones, colours) is a ``ConfigError`` naming the file;
+    all are read before anything is generated."""
     if folder is None:
         raise ConfigError("--placement masks needs --masks DIR, a folder of mask images (white = defect)")
     folder = Path(folder)
@@ -53,6 +54,9 @@ def read_user_masks(folder: str | Path | None, resolution: int) -> list[np.ndarr
             binary = read_mask(path)
         except Exception as err:  # noqa: BLE001 -- any reader failure is the same user error
             raise ConfigError(f"{path}: unreadable mask ({err}); re-export it or remove it from --masks") from None
+        problem = mask_file_problem(path)  # a photograph binarises into a region of half the image
+        if problem:
+            raise ConfigError(f"--masks {folder}: {problem}")
         if not binary.any():
             raise ConfigError(f"{path}: empty mask (no pixel at half range or above); draw the defect white "
                               f"or remove the file from --masks")

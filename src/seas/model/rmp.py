@@ -12,7 +12,9 @@ Data flow with SD 1.x sizes (N samples; every spatial size follows the inputs):
   (``align_corners=False``); ``mid = mid_feature_conv(U-Net 640 ch @ 64)`` -> 64 ch;
   ``h = mid_attn_block(cat(low, mid))``: 192 ch @ 64;
 * refinement: ``r = MRM3(MRM2(MRM1(h, vae0), vae1), vae2)``: 192 ch @ 512;
-* ``out_layer`` (BatchNorm -> ReLU -> conv3x3 to 2 -> softmax), shared by ``r`` and ``h``.
+* ``out_layer`` (BatchNorm -> ReLU -> conv3x3 to 2 -> softmax), shared by ``r`` and ``h``:
+  called on ``r`` first, then (training only) on ``h``, the authors' order (its BatchNorm's
+  running statistics depend on it).
 
 BatchNorm: a head in training mode normalises with the statistics of the batch it is given, so
 one sample's mask depends on the others. :func:`set_batchnorm_mode` picks ``"eval"`` (running
@@ -185,8 +187,9 @@ class ReferenceMaskHead(ModelMixin, ConfigMixin):
         unet_feats: Sequence[torch.Tensor],
         vae_feats: Sequence[torch.Tensor],
         n_anomaly: int | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(refined_probs (N, 2, H, W), coarse_probs (N, 2, h, w))``.
+        with_coarse: bool | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Return ``(refined_probs (N, 2, H, W), coarse_probs (N, 2, h, w) or None)``.
 
         Inference (``n_anomaly=None``): every sample goes through the MRM chain; ``vae_feats``
         hold all N samples. Training (``n_anomaly=B``): ``unet_feats`` hold the B anomaly
@@ -194,22 +197,30 @@ class ReferenceMaskHead(ModelMixin, ConfigMixin):
         The normal samples skip the chain: their ``h`` is bilinearly resized
         (``align_corners=False``) to the refined size, and both halves are concatenated,
         anomaly first, *before* ``out_layer`` so that its BatchNorm sees them together, as in
-        the reference. The coarse output is ``out(h)`` on all N samples in both cases.
+        the reference.
+
+        The coarse output ``out(h)`` on all N samples is computed when ``with_coarse`` (default:
+        in the training forward only) and always *after* the refined one: the shared
+        ``out_layer``'s BatchNorm updates its running statistics on every call in training
+        mode, so the authors' call order (refined, then coarse; at inference the coarse output
+        is never computed) decides the statistics a trained head keeps.
         """
+        with_coarse = n_anomaly is not None if with_coarse is None else with_coarse
         h = self.coarse_features(unet_feats)
-        coarse = self.out(h)
         if n_anomaly is None:
-            return self.out(self.refine(h, vae_feats)), coarse
-        if not 0 < n_anomaly <= h.shape[0] or vae_feats[0].shape[0] != n_anomaly:
-            raise ValueError(
-                f"training forward: n_anomaly={n_anomaly} must be in 1..{h.shape[0]} and equal "
-                f"the VAE features' batch ({vae_feats[0].shape[0]})"
+            refined = self.out(self.refine(h, vae_feats))
+        else:
+            if not 0 < n_anomaly <= h.shape[0] or vae_feats[0].shape[0] != n_anomaly:
+                raise ValueError(
+                    f"training forward: n_anomaly={n_anomaly} must be in 1..{h.shape[0]} and equal "
+                    f"the VAE features' batch ({vae_feats[0].shape[0]})"
+                )
+            chain = self.refine(h[:n_anomaly], vae_feats)
+            normal = F.interpolate(
+                h[n_anomaly:], size=chain.shape[-2:], mode="bilinear", align_corners=False
             )
-        refined = self.refine(h[:n_anomaly], vae_feats)
-        normal = F.interpolate(
-            h[n_anomaly:], size=refined.shape[-2:], mode="bilinear", align_corners=False
-        )
-        return self.out(torch.cat([refined, normal], dim=0)), coarse
+            refined = self.out(torch.cat([chain, normal], dim=0))
+        return refined, (self.out(h) if with_coarse else None)
 
     @torch.no_grad()
     def predict_proba(

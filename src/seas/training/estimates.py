@@ -43,6 +43,20 @@ def base_size_multiple(base: str) -> int | None:
         return None
 
 
+def resolution_problem(base: str | None, resolution: int) -> str | None:
+    """What is wrong with ``resolution`` for ``base`` (read from its configs, without loading it),
+    in the words of :meth:`seas.model.backbone.Backbone.check_resolution`; ``None`` when it fits
+    or when the base is not local files to read (then it is checked once loaded)."""
+    multiple = base_size_multiple(base) if base else None
+    if multiple is None or (resolution > 0 and resolution % multiple == 0):
+        return None
+    folder = SHIPPED_DIR / base if base in SHIPPED_BASES else Path(base).expanduser()
+    factor = 2 ** (len(json.loads((folder / "vae" / "config.json").read_text())["block_out_channels"]) - 1)
+    return (f"--resolution {resolution} is not a positive multiple of {multiple} (VAE factor {factor} x U-Net "
+            f"down-sampling) for backbone {base}; "
+            f"use e.g. {max(multiple, round(resolution / multiple) * multiple)}")
+
+
 def base_bytes(base: str | None) -> int:
     """Rough size of a base model's weights: its files when local, else a guess (hub id)."""
     if base is None or base == TINY:

@@ -33,10 +33,11 @@ import torch
 
 from seas.config import MaskConfig, TrainConfig
 from seas.data.config import DataConfig
-from seas.data.readers import read_dataset
+from seas.data.readers import dataset_folder, read_dataset
 from seas.data.split import check_samples, few_shot_split
 from seas.errors import ConfigError, RunError
 from seas.files.atomic import file_digest, remove_path
+from seas.files.checks import nested_problems
 from seas.model.backbone import Backbone, load_backbone, load_vae, resolve_base
 from seas.model.features import unet_feature_channels, vae_feature_channels
 from seas.model.prompts import PromptSpec
@@ -69,6 +70,9 @@ def import_official(
     out = Path(out)
     generator, rmp = Path(generator), Path(rmp)
     _check_out(out)
+    nested = nested_problems(out, dataset_folder(data))  # never into the data it reads
+    if nested:
+        raise ConfigError(nested[0])
     spec = _prompt_spec(types)
     _check_inputs(generator, rmp)
 

@@ -10,9 +10,10 @@ from seas.training.checkpoints import save_checkpoint
 
 
 def progress(total: int, initial: int, desc: str, disable: bool):
-    from tqdm.auto import tqdm
+    """The training stages' bar (:func:`seas.progress.bar`: slow where no terminal watches)."""
+    from seas.progress import bar
 
-    return tqdm(total=total, initial=initial, desc=desc, disable=disable, dynamic_ncols=True)
+    return bar(total=total, initial=initial, desc=desc, disable=disable)
 
 
 

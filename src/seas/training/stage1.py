@@ -19,17 +19,17 @@ import torch
 from seas.config import TrainConfig
 from seas.data.config import DataConfig
 from seas.data.readers import dataset_folder
-from seas.data.split import check_dataset
+from seas.data.split import check_dataset, lost_defect_problems
 from seas.data.training_set import Batch, TrainingSet, draw_batch, split_channels
 from seas.files.checks import ProblemList, nested_problems, output_folder_problems
 from seas.model.attention import AttentionCapture, da_levels
-from seas.model.backbone import Backbone, load_backbone
+from seas.model.backbone import Backbone, BackboneError, load_backbone
 from seas.model.losses import da_loss, diffusion_loss, mask_pyramid
 from seas.model.prompts import PromptSpec, PromptTables, add_placeholder_tokens
 from seas.run import Run, RunFolder
 from seas.seeds import step_generator
 from seas.training.checkpoints import check_stage_folder, resume_checkpoint
-from seas.training.estimates import check_base, cpu_duration_note, training_bytes
+from seas.training.estimates import check_base, cpu_duration_note, resolution_problem, training_bytes
 from seas.training.loop import run_updates
 from seas.training.setup import autocast_dtype, make_accelerator, make_optimizer
 
@@ -137,8 +137,9 @@ def train_generator(data_cfg: DataConfig, cfg: TrainConfig, out: str | Path,
     """Run stage 1 into ``out`` and export the generator; returns the run folder.
 
     Before the base is loaded, every input is checked and every problem reported at once: the
-    base, the run folder, the dataset (its training images and masks decoded), ``out`` against
-    the dataset, and ``out``'s permissions and free space.
+    base (and, when local, the resolution against it), the run folder, the dataset (its training
+    images and masks decoded, no defect cut away whole by the fit), ``out`` against the dataset,
+    and ``out``'s permissions and free space.
     """
     path = Path(out)
     config = {"train": cfg.to_dict(), "data": data_cfg.to_dict()}
@@ -147,7 +148,13 @@ def train_generator(data_cfg: DataConfig, cfg: TrainConfig, out: str | Path,
         check_base(cfg.base)
     with problems.collect():
         check_stage_folder(path, STAGE, config, resume, overwrite)
+    with problems.collect():  # a local base: the resolution before it is loaded
+        problem = resolution_problem(cfg.base, cfg.resolution)
+        if problem:
+            raise BackboneError(problem)
     split, warnings = check_dataset(data_cfg, problems, decode="train")
+    if split is not None:
+        problems.extend(lost_defect_problems(split, data_cfg.fit, data_cfg.mask_rule, cfg.resolution))
     problems.extend(nested_problems(path, dataset_folder(data_cfg)))
     problems.extend(output_folder_problems(path, training_bytes(cfg.base)))
     problems.raise_any()

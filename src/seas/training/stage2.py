@@ -119,7 +119,8 @@ def mask_step(bb, head, recorder: FeatureRecorder, text: torch.Tensor, batch, t_
         eps = bb.unet(noisy, t, text[prompt_index.to(device)]).sample
         previous = ddpm_step(bb.scheduler, eps.float(), t, noisy.float(), generator).to(dtype)  # (2B, 4, h, w)
         bb.vae.decode((previous if refine_all else previous[:B]) / bb.vae.config.scaling_factor)
-    refined, coarse = head(recorder.unet_features, recorder.vae_features, n_anomaly=None if refine_all else B)
+    refined, coarse = head(recorder.unet_features, recorder.vae_features, n_anomaly=None if refine_all else B,
+                           with_coarse=True)
     anomaly_masks = batch.anomaly_masks[:, 0].to(device)  # (B, R, R) in [0, 1], soft borders
     targets = reference_targets(anomaly_masks, B, tuple(coarse.shape[-2:]), normalize_max)
     if targets is None:
