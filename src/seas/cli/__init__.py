@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import logging
 import os
 import sys
 
@@ -90,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in (("TOKENIZERS_PARALLELISM", "false"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
                        ("TRANSFORMERS_VERBOSITY", "error"), ("DIFFUSERS_VERBOSITY", "error")):
         os.environ.setdefault(key, value)
+    # bitsandbytes (the 8-bit AdamW extra) warns at import, on every command, that its optional
+    # CPU kernel could not be fetched from the hub; nothing of seas uses that kernel
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     args = build_parser().parse_args(argv)
     if not may_download(args):
         # nothing to fetch: no hub lookups at all (as 'make demo' runs it); HF_HUB_OFFLINE=0 overrides
