@@ -91,9 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in (("TOKENIZERS_PARALLELISM", "false"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
                        ("TRANSFORMERS_VERBOSITY", "error"), ("DIFFUSERS_VERBOSITY", "error")):
         os.environ.setdefault(key, value)
-    # bitsandbytes (the 8-bit AdamW extra) warns at import, on every command, that its optional
-    # CPU kernel could not be fetched from the hub; nothing of seas uses that kernel
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    # bitsandbytes (the 8-bit AdamW extra) and its `kernels` loader warn at import, on every
+    # command, that an optional CPU kernel could not be fetched from the hub; seas uses none
+    for noisy in ("bitsandbytes", "kernels"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     args = build_parser().parse_args(argv)
     if not may_download(args):
         # nothing to fetch: no hub lookups at all (as 'make demo' runs it); HF_HUB_OFFLINE=0 overrides

@@ -1,8 +1,9 @@
-"""``seas demo``: the whole pipeline on a CPU in minutes, with no model weights.
+"""``seas demo``: the whole pipeline on a CPU in minutes, from the shipped base, with no download.
 
 1. data: a synthetic product (MVTec layout) written from a seed, or the user's ``--data``;
-2. bootstrap: a tiny SD-1.x-shaped model trained briefly on the product's normal images
-   (the stand-in for Stable Diffusion's pretraining);
+2. the base: ``seas-tiny``, pretrained on a procedural corpus and shipped with the package (the
+   stand-in for Stable Diffusion), used as it is on the synthetic product; on ``--data``
+   photographs first adapted briefly to the product's normal images (``adapt_steps``);
 3. stage 1 and stage 2 on that base;
 4. generation of every type, normal images and one mixture of two types;
 5. evidence that it learned, on the held-out real test split: attention-map localisation and
