@@ -58,21 +58,21 @@ def seed_folder(out: Path, seed: int, cfg: DemoConfig, data_cfg, compute: bool =
     return folder
 
 
-JUDGE = ("segmenter", "seg_size", "seg_steps", "seg_width")  # the downstream judge's settings
+SEGMENTER = ("segmenter", "seg_size", "seg_steps", "seg_width")  # the downstream segmenter's settings
 
 
 def variant_metrics(folder: Path, name: str, cfg: DemoConfig, seed: int, compute: bool = True) -> dict:
     """``metrics.json`` of one variant of one seed (generated and evaluated unless present, or
     ``{"downstream": {}}`` when absent and ``compute`` is off), with ``accepted``: the share of the
     requested pairs written (below 1 when QC's cap was reached; given whenever the variant's
-    generated folder exists, also when its pairs could not be judged, e.g. normal images only).
+    generated folder exists, also when its pairs could not be evaluated, e.g. normal images only).
 
-    ``free`` is the demo's own output and evaluation. When ``cfg``'s downstream judge differs from
+    ``free`` is the demo's own output and evaluation. When ``cfg``'s downstream segmenter differs from
     the one the seed's demo ran with (``--set seg_steps=...`` on finished seeds), every variant,
-    ``free`` with the baselines included, is judged again into folders named after the judge."""
-    demo_judge = tuple(read_json(folder / "demo.json")["config"][key] for key in JUDGE)
-    judge = tuple(getattr(cfg, key) for key in JUDGE)
-    suffix = "" if judge == demo_judge else "@" + "-".join(str(v) for v in judge)
+    ``free`` with the baselines included, is evaluated again into folders named after the segmenter's settings."""
+    demo_segmenter = tuple(read_json(folder / "demo.json")["config"][key] for key in SEGMENTER)
+    segmenter = tuple(getattr(cfg, key) for key in SEGMENTER)
+    suffix = "" if segmenter == demo_segmenter else "@" + "-".join(str(v) for v in segmenter)
     generated = folder / ("run/generated" if name == "free" else f"generated-{name}")
     evaluation = folder / ("evaluation" + suffix if name == "free" else f"evaluation-{name}{suffix}")
     manifest = generated / "manifest.jsonl"
@@ -92,7 +92,7 @@ def variant_metrics(folder: Path, name: str, cfg: DemoConfig, seed: int, compute
     accepted = written / (len(kinds) * cfg.num_per_kind)
     if (evaluation / "metrics.json").is_file():
         return {**read_json(evaluation / "metrics.json"), "accepted": accepted}
-    if not written or not compute:  # nothing to judge, or a QC run whose pairs could not be judged
+    if not written or not compute:  # nothing to evaluate, or a QC run whose pairs could not be evaluated
         return {"downstream": {}, "accepted": accepted}
     eval_cfg = EvalConfig(segmenter=cfg.segmenter, size=cfg.seg_size, steps=cfg.seg_steps, width=cfg.seg_width,
                           seed=seed, device="cpu", quality=False, quality_size=cfg.seg_size, baselines=name == "free")
