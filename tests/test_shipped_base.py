@@ -38,7 +38,9 @@ def test_the_shipped_base_matches_its_card_and_loads(shipped):
     assert all(len(backbone.tokenizer.tokenize(w)) == 1 for w in corpus.caption_words())
     # the card says how it was made, with what, and that it reproduces
     assert card["command"].startswith("seas pretrain") and card["corpus"]["version"] == corpus.CORPUS_VERSION
-    assert card["training"]["seconds"]["unet"] > 0 and card["vae_round_trip"]["vae"]["type_fidelity"] >= 0
+    assert card["training"]["seconds"]["unet"] > 0
+    # its VAE keeps most of the demo product's defects (a VAE that erased them would score near 0)
+    assert 0.5 < card["vae_round_trip"]["vae"]["type_fidelity"] <= card["vae_round_trip"]["originals"]["type_fidelity"]
     weights = [p for p in shipped.rglob("*.safetensors")]
     assert weights and sum(p.stat().st_size for p in weights) < 40 * 2**20  # tens of MB, fp16
 
