@@ -103,12 +103,12 @@ def train_worker(variant: str, args) -> dict:
     from benchmarks.bench_train_step import make_batch
     from benchmarks.common import ReferenceLosses, sd15_components
     from seas.config import TrainConfig
-    from seas.model.attention import AttentionCapture
+    from seas.model.attention import AttentionCapture, da_levels
     from seas.model.backbone import Backbone
     from seas.model.prompts import PromptSpec, add_placeholder_tokens
     from seas.profiles import has_bitsandbytes, train_switches
     from seas.seeds import step_generator
-    from seas.training.stage1 import PromptTables, compute_losses, da_blocks, prepare_training, set_trainable
+    from seas.training.stage1 import PromptTables, compute_losses, prepare_training, set_trainable
 
     device = torch.device(args.device)
     variant, _, extra = variant.partition("+")
@@ -122,9 +122,9 @@ def train_worker(variant: str, args) -> dict:
     types = ["a", "b", "c"]
     parts = sd15_components()
     spec = PromptSpec(types)
-    add_placeholder_tokens(parts["tokenizer"], parts["text_encoder"], spec)
+    new_ids = add_placeholder_tokens(parts["tokenizer"], parts["text_encoder"], spec)
     bb = Backbone(source="sd15-shaped random", **parts)
-    set_trainable(bb, cfg)
+    set_trainable(bb, cfg, new_ids)
     accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=cfg.mixed_precision)
     unet, text_encoder, optimizer = prepare_training(bb, cfg, accelerator)
     unet.train()
@@ -136,7 +136,8 @@ def train_worker(variant: str, args) -> dict:
         def losses(step: int) -> dict:
             return reference(bb, unet, text_encoder, prompts, batch, step_generator(0, step))
     else:
-        capture = AttentionCapture(bb.unet, sorted({b for v in da_blocks(cfg, bb.unet).values() for b in v}))
+        levels = da_levels(bb.unet, cfg.da_blocks, cfg.da_with_up_blocks)
+        capture = AttentionCapture(bb.unet, sorted({b for v in levels.values() for b in v}))
 
         def losses(step: int) -> dict:
             return compute_losses(bb, unet, text_encoder, capture, prompts, batch, cfg, "eq1", step_generator(0, step))

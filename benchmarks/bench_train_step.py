@@ -24,13 +24,13 @@ import torch
 from benchmarks.common import ReferenceLosses, gib, measure, sd15_components
 from seas.config import TrainConfig
 from seas.data.training_set import Batch
-from seas.model.attention import AttentionCapture
+from seas.model.attention import AttentionCapture, da_levels
 from seas.model.backbone import Backbone
 from seas.model.losses import diffusion_loss
 from seas.model.prompts import PromptSpec, add_placeholder_tokens
 from seas.seeds import step_generator
 from seas.training.setup import make_optimizer
-from seas.training.stage1 import PromptTables, compute_losses, da_blocks
+from seas.training.stage1 import PromptTables, compute_losses
 
 
 def make_batch(batch_size: int, resolution: int, n_types: int) -> Batch:
@@ -110,7 +110,8 @@ def main() -> None:
         update(reference_losses(bb, bb.unet, bb.text_encoder, prompts, batch, step_generator(0, 0))["total"])
 
     results = {}
-    capture = AttentionCapture(bb.unet, sorted({b for v in da_blocks(cfg, bb.unet).values() for b in v}))
+    levels = da_levels(bb.unet, cfg.da_blocks, cfg.da_with_up_blocks)
+    capture = AttentionCapture(bb.unet, sorted({b for v in levels.values() for b in v}))
     results["a"] = measure(plain, device, args.repeats)
     results["b"] = measure(seas, device, args.repeats)
     capture.remove()

@@ -32,6 +32,8 @@ PLACEMENTS = ("free", "real-masks", "masks")
 QC_MODES = ("off", "score", "filter")
 BACKGROUNDS = ("reference", "round-trip")
 DTYPES = ("float32", "float16", "bfloat16")
+SAVE_DTYPES = ("fp32", "fp16", "bf16")
+ADAPTERS = ("full", "lora")
 
 
 def check_profile(profile: str) -> None:
@@ -88,6 +90,20 @@ class TrainConfig(Config):
     attention_eps: float = option(1e-8, help="epsilon of the min-max division (reference: 0, NaN on constant "
                                   "maps)", minimum=0.0)
     binarize_masks: bool = option(False, help="threshold resized masks at 0.5 (reference keeps soft borders)")
+    adapter: str = option("full", help="what trains in the U-Net: full (every weight: the paper) or lora "
+                          "(low-rank adapters on the attention projections, needs peft; the UA tokens' embedding "
+                          "rows train as in full fine-tuning; the run stores the adapter, docs/TRAINING.md)",
+                          choices=ADAPTERS)
+    lora_rank: int = option(16, help="--adapter lora: rank of the adapters", minimum=1)
+    lora_alpha: float | None = option(None, help="--adapter lora: scale numerator, scale = alpha / rank (default: "
+                                      "the rank, scale 1)", minimum=0.0)
+    lora_targets: list[str] = option(help="--adapter lora: U-Net modules adapted (name endings)",
+                                     factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    self_contained: bool = option(False, help="--adapter lora: copy the base's weights into the run (default: the "
+                                  "run refers to the base by its path and SHA-256, checked on load)")
+    save_dtype: str = option("fp32", help="precision of the saved generator's weights: fp32 (the reference), "
+                             "fp16 or bf16 (half the size on disk; generation loads them as they are or casts)",
+                             choices=SAVE_DTYPES)
     checkpoint_every: int = option(500, help="optimizer updates between checkpoints", minimum=1)
     keep_checkpoints: int = option(2, help="checkpoints kept (oldest removed first)", minimum=1)
     log_every: int = option(10, help="optimizer updates between TensorBoard log entries", minimum=1)
@@ -98,6 +114,12 @@ class TrainConfig(Config):
                               "multiple (64 for SD 1.x; 'seas backbone --base B' prints it), e.g. 512")
         if not self.da_blocks:
             raise ConfigError("train.da_blocks: give at least one down-block index (reference: 1 2)")
+        if not self.lora_targets:
+            raise ConfigError("train.lora_targets: give at least one module name ending (default: to_q to_k to_v "
+                              "to_out.0)")
+        if self.adapter == "full" and self.self_contained:
+            raise ConfigError("--self-contained: only for --adapter lora (a fully fine-tuned run holds every "
+                              "weight already)")
 
     def total_steps(self, n_types: int) -> int:
         return self.steps if self.steps is not None else self.steps_per_type * n_types

@@ -18,6 +18,12 @@ A finished run is a self-contained diffusers folder (it loads with the base mode
     generated/  evaluation/  segmenters/   seas generate's and seas evaluate's default outputs, and
                                            the evaluation's segmenters kept for reuse
 
+A run trained with ``--adapter lora`` stores no U-Net or text encoder: ``adapter/adapter.safetensors``
+holds the LoRA weights and the UA tokens' embedding rows, beside ``tokenizer/`` and ``scheduler/``;
+the base's weights are either referred to (its path, and the size and SHA-256 of each weight file,
+checked on load) or copied into ``base/`` (``--self-contained``). ``seas export-run --merge`` turns
+it into a plain folder as above. ``--save-dtype`` sets the precision of the stored weights.
+
 ``seas_run.json`` holds every other fact a reader needs, each once: where the base came from,
 the data config (its guidance scale and mask rule included), the stage-1 config, the prompt
 (types in token order, tokens per type), library versions, and the size and SHA-256 of every
@@ -39,6 +45,7 @@ from seas.data.split import Split
 from seas.errors import ConfigError, RunError
 from seas.files.atomic import (
     check_file_table,
+    file_digest,
     file_table,
     is_temporary,
     read_json,
@@ -47,7 +54,9 @@ from seas.files.atomic import (
     write_dir,
     write_json,
 )
-from seas.model.backbone import Backbone, load_backbone, load_vae, model_index
+from seas.model.adapter import ADAPTER_DIR, ADAPTER_FILE
+from seas.model.backbone import Backbone, load_backbone, load_vae, model_index, resolve_base
+from seas.weights import SHIPPED_BASES
 from seas.model.prompts import PromptSpec
 
 FORMAT = "seas-run-2"
@@ -56,6 +65,9 @@ RUN_FILE = "seas_run.json"
 SPLIT_FILE = "split.json"
 INDEX_FILE = "model_index.json"
 GENERATOR_PARTS = ("unet", "text_encoder", "tokenizer", "scheduler", "vae")
+BASE_COPY = "base"  # an adapter run's copy of the base's unet/, text_encoder/, vae/ (--self-contained)
+WEIGHT_PARTS = ("unet", "text_encoder", "vae")  # the parts of a model with weight files
+SAVE_TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 MASK_DIR = "mask_head"
 MASK_FILE = "mask_head.json"
 MASK_FORMAT = "seas-mask-2"
@@ -78,7 +90,7 @@ def stage_names(stage: str) -> set[str]:
     anything else is not one of its runs; stage 2 adds to a finished run."""
     shared = {CHECKPOINTS, LOGS, state_file(stage), MARKERS[stage]}
     if stage == "generator":
-        return shared | {SPLIT_FILE, *GENERATOR_PARTS, INDEX_FILE}
+        return shared | {SPLIT_FILE, *GENERATOR_PARTS, INDEX_FILE, ADAPTER_DIR, BASE_COPY}
     return shared | {MASK_DIR}
 
 
@@ -237,6 +249,9 @@ class Run:
     split: Split
     versions: dict = field(default_factory=library_versions)
     weights: dict = field(default_factory=dict)  # part -> {file: [size, sha256]} of its weight files
+    # an adapter run's base: {"base", "base_config", "weights": part -> {file: [size, sha256]}} (the
+    # files its adapter was trained on, checked on load); empty for full fine-tuning
+    base_weights: dict = field(default_factory=dict)
 
     # ------------------------------------------------------------------ what it holds
 
@@ -268,6 +283,10 @@ class Run:
         return self.data.product_name
 
     @property
+    def has_adapter(self) -> bool:
+        return self.train.adapter != "full"
+
+    @property
     def references(self) -> list[str]:
         """Normal training images, in split order (the start latents of generation)."""
         return [s.image for s in self.split.normal_train]
@@ -275,7 +294,8 @@ class Run:
     def to_dict(self) -> dict:
         """The record ``seas_run.json`` (the split has its own file, ``split.json``)."""
         return {"format": FORMAT, "base": self.base, "data": self.data.to_dict(), "train": self.train.to_dict(),
-                "prompt": self.prompt.to_dict(), "versions": self.versions, "weights": self.weights}
+                "prompt": self.prompt.to_dict(), "versions": self.versions, "weights": self.weights,
+                **({"base_weights": self.base_weights} if self.base_weights else {})}
 
     # ------------------------------------------------------------------ writing (stage 1)
 
@@ -284,28 +304,70 @@ class Run:
         return write_json(self.path / SPLIT_FILE, self.split.to_dict())
 
     def save_generator(self, parts: dict) -> None:
-        """Write the generator parts, the VAE and ``model_index.json``, then the record (last).
+        """Write the generator in ``--save-dtype``, then the record (last).
 
-        ``parts``: ``unet``, ``text_encoder``, ``tokenizer``, ``scheduler`` objects with
-        ``save_pretrained``. The VAE is taken from the base unchanged: its files are hard-linked
-        (copied across disks) from a diffusers base folder, else loaded and saved in fp32.
+        ``parts``: ``tokenizer`` and ``scheduler`` objects with ``save_pretrained``, and either
+        ``unet`` and ``text_encoder`` (full fine-tuning: with the VAE and ``model_index.json`` the
+        folder is a diffusers pipeline folder; an optional ``vae`` is saved instead of the base's) or ``adapter``, the tensors of an adapter run
+        (:func:`seas.model.adapter.adapter_tensors`, already in the save dtype). The VAE, or an
+        adapter run's copy of the base (``--self-contained``), is taken from the base unchanged:
+        its files are hard-linked (copied across disks) from a diffusers base folder, else loaded
+        and saved; in fp32 unless a half ``--save-dtype`` asks for it in half.
         """
-        for name in ("unet", "text_encoder", "tokenizer", "scheduler"):
+        dtype = SAVE_TORCH_DTYPES[self.train.save_dtype]
+        for name in ("tokenizer", "scheduler"):
             write_dir(self.path / name, parts[name].save_pretrained)
-        write_dir(self.path / "vae", self._save_base_vae)
-        write_json(self.path / INDEX_FILE, model_index())
-        self.weights = {name: _weight_table(self.path / name) for name in ("unet", "text_encoder", "vae")}
+        if self.has_adapter:
+            from safetensors.torch import save_file
+
+            write_dir(self.path / ADAPTER_DIR, lambda folder: (folder.mkdir(parents=True),
+                                                               save_file(parts["adapter"], str(folder / ADAPTER_FILE))))
+            if self.train.self_contained:
+                write_dir(self.path / BASE_COPY, self._copy_base)
+                self.weights = {f"{BASE_COPY}/{name}": _weight_table(self.path / BASE_COPY / name) for name in WEIGHT_PARTS}
+            else:
+                self.base_weights = self._base_reference()
+            self.weights[ADAPTER_DIR] = _weight_table(self.path / ADAPTER_DIR)
+        else:
+            for name in ("unet", "text_encoder"):
+                write_dir(self.path / name, parts[name].to(dtype).save_pretrained)
+            if "vae" in parts:  # a VAE already loaded (an export): saved as it is, in the save dtype
+                write_dir(self.path / "vae", parts["vae"].to(dtype).save_pretrained)
+            else:
+                write_dir(self.path / "vae", lambda folder: self._save_base_vae(folder, dtype))
+            write_json(self.path / INDEX_FILE, model_index())
+            self.weights = {name: _weight_table(self.path / name) for name in WEIGHT_PARTS}
         self.save()
 
-    def _save_base_vae(self, folder: Path) -> None:
-        source = Path(self.base) / "vae"
-        if source.is_dir():
-            folder.mkdir(parents=True)
-            for item in source.iterdir():
-                if item.is_file():
-                    _link_or_copy(item, folder / item.name)
+    def _save_base_vae(self, folder: Path, dtype: torch.dtype) -> None:
+        source = Path(resolve_base(self.base)) / "vae"
+        if source.is_dir() and dtype == torch.float32:
+            link_files(source, folder)
             return
-        load_vae(self.base, self.train.base_config).to(torch.float32).save_pretrained(folder)
+        load_vae(self.base, self.train.base_config).to(dtype).save_pretrained(folder)
+
+    def _copy_base(self, folder: Path) -> None:
+        """``base/``: the base's unet/, text_encoder/ and vae/, linked from a folder, else saved."""
+        source = Path(resolve_base(self.train.base))
+        if source.is_dir():
+            for name in WEIGHT_PARTS:
+                link_files(source / name, folder / name)
+            return
+        backbone = load_backbone(str(source), self.train.base_config)
+        for name in WEIGHT_PARTS:
+            getattr(backbone, name).save_pretrained(folder / name)
+
+    def _base_reference(self) -> dict:
+        """Where an adapter run's base is and the table of its weight files (by name for a base
+        shipped with seas, whose installed folder may move)."""
+        base = self.train.base
+        source = Path(resolve_base(base))
+        if source.is_dir():
+            weights = {name: _weight_table(source / name) for name in WEIGHT_PARTS}
+        else:
+            weights = {".": {source.name: [source.stat().st_size, file_digest(source)]}}  # a single-file base
+        return {"base": base if base in SHIPPED_BASES or base == "tiny" else str(source.resolve()),
+                "base_config": self.train.base_config, "weights": weights}
 
     def save(self) -> Path:
         """Write ``split.json`` and the record ``seas_run.json`` (last), atomically."""
@@ -340,11 +402,12 @@ class Run:
             run = cls(path=path, base=values["base"], data=DataConfig.from_dict(values["data"]),
                       train=TrainConfig.from_dict(values["train"]), prompt=PromptSpec(**values["prompt"]),
                       split=Split.from_dict(read_json(path / SPLIT_FILE)), versions=values["versions"],
-                      weights=values["weights"])
+                      weights=values["weights"], base_weights=values.get("base_weights", {}))
         except (KeyError, TypeError, ValueError, ConfigError) as err:
             raise RunError(f"{record}: damaged record ({type(err).__name__}: {err}); start a new run") from None
         if verify:
-            run.verify(("unet", "text_encoder", "vae"))
+            run.verify(run.weights)
+            run.base_folder()
         return run
 
     def verify(self, parts) -> None:
@@ -355,9 +418,50 @@ class Run:
                 raise RunError(f"{self.path / part / problem.split()[0]}: damaged ({problem}); "
                                f"restore it from a backup or retrain the run")
 
-    def load_backbone(self, torch_dtype: torch.dtype = torch.float32) -> Backbone:
-        """The fine-tuned generator, the VAE and the DDPM schedule, from this folder only."""
-        return load_backbone(str(self.path), torch_dtype=torch_dtype)
+    def base_folder(self) -> Path | None:
+        """An adapter run's base (its copy in ``base/``, or the base it refers to, checked against
+        the recorded sizes and SHA-256); ``None`` for full fine-tuning."""
+        if not self.has_adapter:
+            return None
+        if self.train.self_contained:
+            return self.path / BASE_COPY
+        reference = self.base_weights
+        source = Path(resolve_base(reference["base"]))
+        for part, table in reference["weights"].items():
+            problem = check_file_table(source / part if source.is_dir() else source.parent, table)
+            if problem:
+                raise RunError(f"--run {self.path}: its base {reference['base']} is not the one its adapter was trained "
+                               f"on ({part}/{problem}); restore that base, or retrain with --self-contained")
+        return source
+
+    def load_backbone(self, torch_dtype: torch.dtype = torch.float32, merge: bool = True) -> Backbone:
+        """The fine-tuned generator, the VAE and the DDPM schedule: from this folder only, or for an
+        adapter run, the base's weights with the adapter applied (folded into the U-Net's weights
+        with ``merge``, else kept as peft's separate low-rank branch)."""
+        if not self.has_adapter:
+            return load_backbone(str(self.path), torch_dtype=torch_dtype)
+        from safetensors.torch import load_file
+        from transformers import CLIPTokenizer
+
+        from seas.model.adapter import apply_adapter, require_peft
+
+        require_peft()
+        source = self.base_folder()
+        if source.is_dir():
+            parts = _load_weight_parts(source, torch_dtype)
+        else:
+            base = load_backbone(str(source), self.base_weights.get("base_config"), torch_dtype)
+            parts = {name: getattr(base, name) for name in WEIGHT_PARTS}
+        tokenizer = CLIPTokenizer.from_pretrained(self.path / "tokenizer", local_files_only=True)
+        parts["text_encoder"].resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        tensors = load_file(str(self.path / ADAPTER_DIR / ADAPTER_FILE))
+        cfg = self.train
+        apply_adapter(parts["unet"], parts["text_encoder"], tensors, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets,
+                      merge=merge)
+        from diffusers import DDPMScheduler
+
+        scheduler = DDPMScheduler.from_pretrained(self.path / "scheduler", local_files_only=True)
+        return Backbone(tokenizer=tokenizer, scheduler=scheduler, source=str(self.path), **parts)
 
     # ------------------------------------------------------------------ the mask head (stage 2)
 
@@ -403,7 +507,25 @@ def _weight_table(folder: Path) -> dict:
     return {name: entry for name, entry in file_table(folder).items() if name.endswith(WEIGHT_SUFFIXES)}
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
+def _load_weight_parts(root: Path, torch_dtype: torch.dtype) -> dict:
+    """U-Net, text encoder and VAE of a diffusers folder."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    return dict(unet=UNet2DConditionModel.from_pretrained(root / "unet", torch_dtype=torch_dtype),
+                text_encoder=CLIPTextModel.from_pretrained(root / "text_encoder", dtype=torch_dtype),
+                vae=AutoencoderKL.from_pretrained(root / "vae", torch_dtype=torch_dtype))
+
+
+def link_files(source: Path, folder: Path) -> None:
+    """Hard-link (copy across disks) the files of ``source`` into a new ``folder``."""
+    folder.mkdir(parents=True)
+    for item in source.iterdir():
+        if item.is_file():
+            link_or_copy(item, folder / item.name)
+
+
+def link_or_copy(source: Path, target: Path) -> None:
     try:
         os.link(source, target)
     except OSError:

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from seas.config import PLACEMENTS, QC_MODES, GenerationConfig, MaskConfig, TrainConfig
+from seas.config import ADAPTERS, PLACEMENTS, QC_MODES, SAVE_DTYPES, GenerationConfig, MaskConfig, TrainConfig
 from seas.data.config import DataConfig
 from seas.data.readers import GOOD
 from seas.errors import RunError
@@ -67,6 +67,13 @@ class DemoConfig(Config):
     train_steps: int = option(400, help="stage-1 updates", minimum=1)
     lr_unet: float = option(2e-4, help="stage-1 U-Net learning rate", minimum=0.0)
     lr_text: float = option(2e-3, help="stage-1 token-embedding learning rate", minimum=0.0)
+    adapter: str = option("full", help="stage 1 trains the whole U-Net (full) or LoRA adapters (lora, needs peft), "
+                          "as seas train --adapter", choices=ADAPTERS)
+    lora_rank: int = option(16, help="--adapter lora: rank of the adapters", minimum=1)
+    lora_lr: float = option(1e-3, help="--adapter lora: the adapters' learning rate (in place of --lr-unet)",
+                            minimum=0.0)
+    save_dtype: str = option("fp32", help="precision of the saved generator, as seas train --save-dtype",
+                             choices=SAVE_DTYPES)
     # stage 2
     mask_head_updates: int = option(80, help="stage-2 updates", minimum=1)
     # generation
@@ -237,6 +244,11 @@ def demo_problems(out: Path, cfg: DemoConfig, data_cfg: DataConfig | None, sourc
         if multiple and cfg.resolution % multiple:
             problems.add(f"--resolution {cfg.resolution}: must be a multiple of {multiple} for --base {cfg.base} "
                          f"(e.g. {max(multiple, round(cfg.resolution / multiple) * multiple)})")
+    if cfg.adapter == "lora":
+        from seas.model.adapter import require_peft
+
+        with problems.collect():
+            require_peft()
     problems.extend(output_folder_problems(out, DEMO_BYTES))
     return problems.items
 
@@ -274,8 +286,10 @@ def run_demo(out: str | Path, cfg: DemoConfig, data_cfg: DataConfig | None = Non
             base = str(bootstrap_backbone(data_cfg, adapt, out / "base"))
     run_dir = out / "run"
     with clock.stage("stage 1: SeaS fine-tuning"):
+        lora = cfg.adapter == "lora"
         train_cfg = TrainConfig(base=base, resolution=cfg.resolution, steps=cfg.train_steps, grad_accum=1,
-                                lr_unet=cfg.lr_unet, lr_text=cfg.lr_text, seed=cfg.seed,
+                                lr_unet=cfg.lora_lr if lora else cfg.lr_unet, lr_text=cfg.lr_text, seed=cfg.seed,
+                                adapter=cfg.adapter, lora_rank=cfg.lora_rank, save_dtype=cfg.save_dtype,
                                 checkpoint_every=max(cfg.train_steps // 2, 1))
         train_generator(data_cfg, train_cfg, run_dir)
     with clock.stage("stage 2: mask head"):

@@ -4,7 +4,9 @@ One micro-batch = B anomaly + B normal samples in ONE U-Net call of 2B (the shar
 sample an independent timestep t ~ U{0..T-1}; epsilon prediction.
     L = w_an L_an + w_da sum_r L_DA^r + w_na L_NA
 U-Net (lr 4e-6) and the token-embedding matrix (lr 4e-5) train; VAE, text transformer layers,
-final norm and position embeddings stay frozen.
+final norm and position embeddings stay frozen. With ``--adapter lora`` (seas.model.adapter) LoRA
+adapters on the U-Net's attention projections (lr_unet) and the UA tokens' embedding rows
+(lr_text) train instead, everything else frozen.
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ from seas.data.readers import dataset_folder
 from seas.data.split import check_dataset, lost_defect_problems
 from seas.data.training_set import Batch, TrainingSet, draw_batch, split_channels
 from seas.files.checks import ProblemList, nested_problems, output_folder_problems
+from seas.model.adapter import add_lora, adapter_tensors, lora_parameters, require_peft, train_token_rows
 from seas.model.attention import AttentionCapture, da_levels
 from seas.model.backbone import Backbone, BackboneError, load_backbone
 from seas.model.losses import da_loss, diffusion_loss, mask_pyramid
 from seas.model.prompts import PromptSpec, PromptTables, add_placeholder_tokens
-from seas.run import Run, RunFolder
+from seas.run import SAVE_TORCH_DTYPES, Run, RunFolder
 from seas.seeds import step_generator
 from seas.training.checkpoints import check_stage_folder, resume_checkpoint
 from seas.training.estimates import check_base, cpu_duration_note, resolution_problem, training_bytes
@@ -87,21 +90,27 @@ def compute_losses(
 
 
 def prepare_backbone(cfg: TrainConfig, types: list[str]) -> tuple[Backbone, PromptSpec, list[int]]:
-    """Load the base, add the UA tokens, and set what trains (U-Net, token-embedding matrix)."""
+    """Load the base, add the UA tokens, and set what trains (U-Net, token-embedding matrix; or
+    LoRA adapters and the UA tokens' rows)."""
     backbone = load_backbone(cfg.base, cfg.base_config)
     backbone.check_resolution(cfg.resolution)
     spec = PromptSpec(types, cfg.tokens_per_type, cfg.normal_tokens)
     new_ids = add_placeholder_tokens(backbone.tokenizer, backbone.text_encoder, spec)
-    set_trainable(backbone, cfg)
+    set_trainable(backbone, cfg, new_ids)
     return backbone, spec, new_ids
 
 
-def set_trainable(backbone: Backbone, cfg: TrainConfig) -> None:
-    """U-Net and token-embedding matrix train; VAE and the rest of the text encoder are frozen."""
+def set_trainable(backbone: Backbone, cfg: TrainConfig, new_ids: list[int]) -> None:
+    """Full fine-tuning: the U-Net and the token-embedding matrix train. LoRA: the adapters and
+    the rows of ``new_ids`` (the UA tokens) train. VAE and the rest of the text encoder are frozen."""
     backbone.vae.requires_grad_(False)
-    backbone.text_encoder.requires_grad_(False)
-    backbone.text_encoder.get_input_embeddings().weight.requires_grad_(True)
-    backbone.unet.requires_grad_(True)
+    if cfg.adapter == "lora":
+        add_lora(backbone.unet, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, cfg.seed)
+        train_token_rows(backbone.text_encoder, new_ids)
+    else:
+        backbone.text_encoder.requires_grad_(False)
+        backbone.text_encoder.get_input_embeddings().weight.requires_grad_(True)
+        backbone.unet.requires_grad_(True)
     if cfg.gradient_checkpointing:
         backbone.unet.enable_gradient_checkpointing()
 
@@ -115,21 +124,38 @@ def prepare_training(backbone: Backbone, cfg: TrainConfig, accelerator) -> tuple
     halves their memory. Returns the prepared (unet, text_encoder, optimizer).
     """
     weight_dtype = autocast_dtype(cfg.mixed_precision)
-    if cfg.half_frozen and weight_dtype != torch.float32:
-        backbone.vae.to(weight_dtype)
-        token_embedding = backbone.text_encoder.get_input_embeddings()
-        backbone.text_encoder.to(weight_dtype)
-        token_embedding.to(torch.float32)  # trained: keeps its fp32 master copy
-        # its output joins the half-precision layers in their dtype (CPU autocast leaves
-        # layer_norm alone, so fp32 activations would meet half weights there)
-        token_embedding.register_forward_hook(lambda module, args, output: output.to(weight_dtype))
+    half = cfg.half_frozen and weight_dtype != torch.float32
+    if cfg.adapter == "lora":
+        if half:  # the whole base is frozen; the adapters and token rows keep fp32 masters
+            backbone.vae.to(weight_dtype)
+            backbone.unet.to(weight_dtype)
+            backbone.text_encoder.to(weight_dtype)
+            for parameter in trained_parameters(backbone, cfg):
+                parameter.data = parameter.data.float()
+        groups = [{"params": lora_parameters(backbone.unet), "lr": cfg.lr_unet},
+                  {"params": [backbone.text_encoder.get_input_embeddings().rows], "lr": cfg.lr_text}]
+    else:
+        if half:
+            backbone.vae.to(weight_dtype)
+            token_embedding = backbone.text_encoder.get_input_embeddings()
+            backbone.text_encoder.to(weight_dtype)
+            token_embedding.to(torch.float32)  # trained: keeps its fp32 master copy
+            # its output joins the half-precision layers in their dtype (CPU autocast leaves
+            # layer_norm alone, so fp32 activations would meet half weights there)
+            token_embedding.register_forward_hook(lambda module, args, output: output.to(weight_dtype))
+        groups = [{"params": list(backbone.unet.parameters()), "lr": cfg.lr_unet},
+                  {"params": [backbone.text_encoder.get_input_embeddings().weight], "lr": cfg.lr_text}]
     backbone.vae.to(accelerator.device)
-    embeddings = backbone.text_encoder.get_input_embeddings().weight
-    optimizer = make_optimizer(cfg.optimizer, [
-        {"params": list(backbone.unet.parameters()), "lr": cfg.lr_unet},
-        {"params": [embeddings], "lr": cfg.lr_text},
-    ], cfg.weight_decay)
+    optimizer = make_optimizer(cfg.optimizer, groups, cfg.weight_decay)
     return accelerator.prepare(backbone.unet, backbone.text_encoder, optimizer)
+
+
+def trained_parameters(backbone: Backbone, cfg: TrainConfig) -> list[torch.nn.Parameter]:
+    """The parameters stage 1 updates: the U-Net and the token-embedding matrix, or (LoRA) the
+    adapters and the UA tokens' rows."""
+    if cfg.adapter == "lora":
+        return [*lora_parameters(backbone.unet), backbone.text_encoder.get_input_embeddings().rows]
+    return [*backbone.unet.parameters(), backbone.text_encoder.get_input_embeddings().weight]
 
 
 def train_generator(data_cfg: DataConfig, cfg: TrainConfig, out: str | Path,
@@ -146,6 +172,10 @@ def train_generator(data_cfg: DataConfig, cfg: TrainConfig, out: str | Path,
     problems = ProblemList()
     with problems.collect():
         check_base(cfg.base)
+    if cfg.adapter == "lora":
+        with problems.collect():
+            require_peft()
+        problems.extend(adapter_base_problems(cfg))
     with problems.collect():
         check_stage_folder(path, STAGE, config, resume, overwrite)
     with problems.collect():  # a local base: the resolution before it is loaded
@@ -182,7 +212,8 @@ def train_generator(data_cfg: DataConfig, cfg: TrainConfig, out: str | Path,
 
     unet, text_encoder, optimizer = prepare_training(backbone, cfg, accelerator)
     embeddings = backbone.text_encoder.get_input_embeddings().weight
-    frozen_rows = _frozen_rows(embeddings, new_ids) if cfg.train_new_rows_only else None
+    # (LoRA: TokenRows trains the new rows only by construction)
+    frozen_rows = _frozen_rows(embeddings, new_ids) if cfg.train_new_rows_only and cfg.adapter == "full" else None
 
     total_steps = cfg.total_steps(len(split.types))
     start = resume_checkpoint(accelerator, path, STAGE, resume) if resume else 0
@@ -206,16 +237,34 @@ def train_generator(data_cfg: DataConfig, cfg: TrainConfig, out: str | Path,
     )
     capture.remove()
     if accelerator.is_main_process:
-        run.save_generator({
-            "unet": accelerator.unwrap_model(unet),
-            # fp32 like the base, also where half_frozen stored its frozen layers in half
-            "text_encoder": accelerator.unwrap_model(text_encoder).to(torch.float32),
-            "tokenizer": backbone.tokenizer,
-            "scheduler": backbone.scheduler,
-        })
+        run.save_generator(generator_parts(backbone, accelerator.unwrap_model(unet),
+                                           accelerator.unwrap_model(text_encoder), cfg))
     accelerator.wait_for_everyone()
     accelerator.end_training()  # last: it also ends the process group
     return path
+
+
+def generator_parts(backbone: Backbone, unet, text_encoder, cfg: TrainConfig) -> dict:
+    """What :meth:`seas.run.Run.save_generator` writes: the trained U-Net and text encoder (fp32
+    like the base, also where half_frozen stored its frozen layers in half), or the adapter."""
+    parts = {"tokenizer": backbone.tokenizer, "scheduler": backbone.scheduler}
+    if cfg.adapter == "lora":
+        return {**parts, "adapter": adapter_tensors(unet, text_encoder.get_input_embeddings(),
+                                                    SAVE_TORCH_DTYPES[cfg.save_dtype])}
+    return {**parts, "unet": unet, "text_encoder": text_encoder.to(torch.float32)}
+
+
+def adapter_base_problems(cfg: TrainConfig) -> list[str]:
+    """An adapter run refers to its base by path and SHA-256: a hub id has no stable local
+    files to refer to, unless the run copies them (--self-contained)."""
+    from seas.model.backbone import TINY
+    from seas.weights import SHIPPED_BASES
+
+    base = cfg.base
+    if cfg.self_contained or base is None or base in SHIPPED_BASES or base == TINY or Path(base).expanduser().exists():
+        return []
+    return [f"--base {base}: --adapter lora refers to its base by local path and SHA-256; give a local base "
+            f"folder or file, or add --self-contained to copy the base's weights into the run"]
 
 
 def _frozen_rows(embeddings: torch.Tensor, new_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
