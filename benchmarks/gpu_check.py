@@ -15,7 +15,8 @@ in one run, each row in a fresh process so that one row's memory never counts in
     generation       images per second of the default profile with and without the mask head
 
 and prints seconds per update, peak memory (GPU: torch.cuda.max_memory_allocated; CPU: resident
-set size) and the ratios the targets read: SeaS / plain, reference / SeaS, the mask overhead.
+set size), what a run of the row stores (fp32: the U-Net, text encoder and VAE, or the LoRA
+adapter alone) and the ratios the targets read: SeaS / plain, reference / SeaS, the mask overhead.
 
 The check has a time budget (``--budget``, default 480 s: it must finish in 8 minutes on one
 H100). The shared base is written first and the plain row measured; the rest is projected from
@@ -125,6 +126,7 @@ def train_worker(row: str, base: str, shape: dict, device: torch.device, updates
                 return compute_losses(bb, unet, text_encoder, capture, prompts, batch, cfg, "eq1",
                                       step_generator(0, step))["total"]
     unet.train()
+    stored = run_bytes(bb, cfg)
 
     def update(step: int) -> None:
         accelerator.backward(losses(step))
@@ -139,7 +141,18 @@ def train_worker(row: str, base: str, shape: dict, device: torch.device, updates
         update(step)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return {"seconds": (time.perf_counter() - began) / updates, "peak": stop()}
+    return {"seconds": (time.perf_counter() - began) / updates, "peak": stop(), "stored": stored}
+
+
+def run_bytes(bb, cfg) -> int:
+    """What a finished run of this row stores in fp32 (--save-dtype fp32): the U-Net, text encoder
+    and VAE; for LoRA the adapter file alone (the base is referred to, not copied)."""
+    if cfg.adapter == "lora":
+        from seas.model.adapter import adapter_tensors
+
+        tensors = adapter_tensors(bb.unet, bb.text_encoder.get_input_embeddings(), torch.float32)
+        return sum(t.numel() * 4 for t in tensors.values() if t.is_floating_point())
+    return 4 * sum(p.numel() for part in (bb.unet, bb.text_encoder, bb.vae) for p in part.parameters())
 
 
 def generation_worker(row: str, run: str, shape: dict, device: torch.device) -> dict:
@@ -264,16 +277,17 @@ def print_table(args, name: str, shape: dict, budget: Budget, train: dict, gen: 
     plain, reference = train.get("plain", {}).get("seconds"), train.get("reference", {}).get("seconds")
     print(f"GPU check: {name}, torch {torch.__version__}, shape {args.shape} ({shape['resolution']} px, batch "
           f"{shape['batch']}+{shape['batch']}), {args.updates} timed updates per row, {budget.spent:.0f} s in all")
-    print("| row | s/update | peak memory | vs plain | reference / row |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| row | s/update | peak memory | vs plain | reference / row | run on disk (fp32) |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for row, m in train.items():
         label = row if row in ("plain", "reference") else f"seas {row}"
         versus = f"{m['seconds'] / plain:.2f}x" if plain else ""
         faster = f"{reference / m['seconds']:.2f}x" if reference else ""
-        print(f"| {label} | {m['seconds']:.3f} | {size(m['peak'])} | {versus} | {faster} |")
+        print(f"| {label} | {m['seconds']:.3f} | {size(m['peak'])} | {versus} | {faster} | "
+              f"{m['stored'] / 2**20:.1f} MiB |")
     for row, m in gen.items():
         print(f"| generation {row} ({shape['steps']} steps, batch {shape['gen_batch']}) | "
-              f"{m['images_per_second']:.3f} images/s | {size(m['peak'])} | | |")
+              f"{m['images_per_second']:.3f} images/s | {size(m['peak'])} | | | |")
     seas = train.get("default", {}).get("seconds")
     ratios = []
     if seas and plain:

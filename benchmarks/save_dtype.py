@@ -32,13 +32,17 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
-def compare(original: SeaSPipeline, copy: SeaSPipeline, num: int, steps: int) -> dict:
-    diffs, ious = [], []
+def outputs(pipe: SeaSPipeline, num: int, steps: int) -> list:
+    """``num`` images of every type, the same seeds and config for every pipeline."""
     cfg = GenerationConfig(steps=steps, batch_size=4)
-    for kind in original.types:
-        for a, b in zip(original.generate(kind, range(num), cfg), copy.generate(kind, range(num), cfg)):
-            diffs.append(np.abs(np.asarray(a.image, np.int16) - np.asarray(b.image, np.int16)))
-            ious.append(iou(a.mask, b.mask))
+    return [out for kind in pipe.types for out in pipe.generate(kind, range(num), cfg)]
+
+
+def compare(original: list, copy: list) -> dict:
+    diffs, ious = [], []
+    for a, b in zip(original, copy):
+        diffs.append(np.abs(np.asarray(a.image, np.int16) - np.asarray(b.image, np.int16)))
+        ious.append(iou(a.mask, b.mask))
     pixels = np.stack(diffs)
     return {"max_pixel": int(pixels.max()), "mean_pixel": float(pixels.mean()), "mask_iou": float(np.mean(ious)),
             "min_mask_iou": float(np.min(ious)), "images": len(ious)}
@@ -51,7 +55,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="sampler steps (default 20, the demo's)")
     args = parser.parse_args()
     original_run = Run.load(args.run)
-    original = SeaSPipeline.from_run(args.run)
+    original = outputs(SeaSPipeline.from_run(args.run), args.num, args.steps)
     print(f"run {args.run} ({original_run.train.save_dtype}), {args.num} images per type x "
           f"{len(original_run.types)} types, {args.steps} steps")
     print("| saved as | weight files | size vs original | max pixel diff | mean pixel diff | mask IoU (mean) | "
@@ -60,7 +64,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for dtype in ("fp16", "bf16"):
             folder = export_run(args.run, Path(tmp) / dtype, save_dtype=dtype)
-            numbers = compare(original, SeaSPipeline.from_run(folder), args.num, args.steps)
+            numbers = compare(original, outputs(SeaSPipeline.from_run(folder), args.num, args.steps))
             size = weight_bytes(Run.load(folder))
             print(f"| {dtype} | {size / 2**20:.1f} MiB | {size / weight_bytes(original_run):.3f} | "
                   f"{numbers['max_pixel']} | {numbers['mean_pixel']:.3f} | {numbers['mask_iou']:.4f} | "

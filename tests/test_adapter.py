@@ -238,6 +238,12 @@ def test_lora_refuses_a_hub_base_it_cannot_refer_to(tmp_path, product64):
         TrainConfig(self_contained=True)
 
 
+def test_lora_targets_that_match_nothing_are_one_line(tmp_path, tiny16, product64):
+    with pytest.raises(ConfigError, match="--lora-targets to_nothing: .*to_q, to_k, to_v and to_out.0"):
+        train_generator(_data(product64), _config(tiny16, adapter="lora", lora_targets=["to_nothing"]), tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+
+
 def test_cli_options_reach_the_config(tmp_path, tiny16, product64, capsys):
     out = tmp_path / "run"
     code = main(["train", "--data", str(product64), "--base", str(tiny16), "--resolution", "64", "--steps", "1",
@@ -286,3 +292,14 @@ def test_export_converts_a_full_run_and_keeps_its_mask_head(gen_run, tmp_path):
     a, b = original.load_backbone().unet.state_dict(), copy.load_backbone().unet.state_dict()
     assert all(torch.equal(b[k], a[k].half().float()) for k in a)
     assert _weight_bytes(out) < 0.52 * _weight_bytes(gen_run)
+    # it generates, with masks, and close to the fp32 run (the same seeds; only the rounding differs)
+    from seas.generation.pipeline import SeaSPipeline
+
+    cfg = GenerationConfig(steps=3, guidance=2.0)
+    full = SeaSPipeline.from_run(gen_run).generate("scratch", [0, 1], cfg)
+    half = SeaSPipeline.from_run(out).generate("scratch", [0, 1], cfg)
+    for x, y in zip(full, half):
+        assert y.mask is not None and y.mask.shape == x.mask.shape == (64, 64)
+        assert np.abs(np.asarray(x.image, np.float32) - np.asarray(y.image, np.float32)).mean() < 2.0
+        union = np.logical_or(x.mask, y.mask).sum()
+        assert union == 0 or np.logical_and(x.mask, y.mask).sum() / union >= 0.9

@@ -56,8 +56,8 @@ from seas.files.atomic import (
 )
 from seas.model.adapter import ADAPTER_DIR, ADAPTER_FILE
 from seas.model.backbone import Backbone, load_backbone, load_vae, model_index, resolve_base
-from seas.weights import SHIPPED_BASES
 from seas.model.prompts import PromptSpec
+from seas.weights import SHIPPED_BASES
 
 FORMAT = "seas-run-2"
 # Every name inside a run folder, spelled here only.
@@ -308,8 +308,9 @@ class Run:
 
         ``parts``: ``tokenizer`` and ``scheduler`` objects with ``save_pretrained``, and either
         ``unet`` and ``text_encoder`` (full fine-tuning: with the VAE and ``model_index.json`` the
-        folder is a diffusers pipeline folder; an optional ``vae`` is saved instead of the base's) or ``adapter``, the tensors of an adapter run
-        (:func:`seas.model.adapter.adapter_tensors`, already in the save dtype). The VAE, or an
+        folder is a diffusers pipeline folder; an optional ``vae`` is saved instead of the base's)
+        or ``adapter``, the tensors of an adapter run (:func:`seas.model.adapter.adapter_tensors`,
+        already in the save dtype). The VAE, or an
         adapter run's copy of the base (``--self-contained``), is taken from the base unchanged:
         its files are hard-linked (copied across disks) from a diffusers base folder, else loaded
         and saved; in fp32 unless a half ``--save-dtype`` asks for it in half.
@@ -318,13 +319,11 @@ class Run:
         for name in ("tokenizer", "scheduler"):
             write_dir(self.path / name, parts[name].save_pretrained)
         if self.has_adapter:
-            from safetensors.torch import save_file
-
-            write_dir(self.path / ADAPTER_DIR, lambda folder: (folder.mkdir(parents=True),
-                                                               save_file(parts["adapter"], str(folder / ADAPTER_FILE))))
+            write_dir(self.path / ADAPTER_DIR, lambda folder: _save_tensors(parts["adapter"], folder / ADAPTER_FILE))
             if self.train.self_contained:
                 write_dir(self.path / BASE_COPY, self._copy_base)
-                self.weights = {f"{BASE_COPY}/{name}": _weight_table(self.path / BASE_COPY / name) for name in WEIGHT_PARTS}
+                self.weights = {f"{BASE_COPY}/{name}": _weight_table(self.path / BASE_COPY / name)
+                                for name in WEIGHT_PARTS}
             else:
                 self.base_weights = self._base_reference()
             self.weights[ADAPTER_DIR] = _weight_table(self.path / ADAPTER_DIR)
@@ -505,6 +504,13 @@ class Run:
 
 def _weight_table(folder: Path) -> dict:
     return {name: entry for name, entry in file_table(folder).items() if name.endswith(WEIGHT_SUFFIXES)}
+
+
+def _save_tensors(tensors: dict, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True)
+    save_file(tensors, str(path))
 
 
 def _load_weight_parts(root: Path, torch_dtype: torch.dtype) -> dict:
