@@ -27,8 +27,9 @@ every later row gets the budget's remainder as a hard limit.
     python -m benchmarks.gpu_check --shape tiny          # anywhere: the tiny shape (about a minute)
     python -m benchmarks.gpu_check --shape demo --rows plain default lora-4 lora-16 lora-64 --skip-generation
 
-``--shape demo`` uses the shipped seas-tiny at the demo's 128 px; ``--rows`` picks training rows
-(``lora-R``: any rank R, fast profile's switches).
+``--shape demo`` uses the shipped seas-tiny at the demo's 128 px, ``--shape sd15-128`` SD 1.x's
+widths at 128 px (what a CPU can time); ``--rows`` picks training rows (``lora-R``: any rank R,
+fast profile's switches).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ SHAPES = {  # resolution, batch (B anomaly + B normal), sampler steps, images ti
     "sd15": dict(resolution=512, batch=2, steps=25, images=8, gen_batch=4),
     "tiny": dict(resolution=64, batch=2, steps=4, images=4, gen_batch=2),
     "demo": dict(resolution=128, batch=2, steps=20, images=4, gen_batch=4),  # seas-tiny, as seas demo trains it
+    "sd15-128": dict(resolution=128, batch=2, steps=5, images=2, gen_batch=1),  # SD 1.x widths at a CPU's size
 }
 TARGETS = "targets (GPU): SeaS/plain <= 1.05; reference/SeaS >= 2; low-memory <= 12 GB; lora-16 <= 8 GB; masks <= +20 %"
 
@@ -185,7 +187,7 @@ def write_base(shape_name: str, folder: Path) -> Path:
 
     if shape_name == "demo":
         return Path(resolve_base("seas-tiny"))
-    parts = sd15_components() if shape_name == "sd15" else build_tiny_components(seed=0, width=16)
+    parts = sd15_components() if shape_name.startswith("sd15") else build_tiny_components(seed=0, width=16)
     return save_components(parts, folder / "base")
 
 

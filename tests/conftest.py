@@ -237,6 +237,23 @@ def write_mask_head(run: Path, seed: int = 0) -> Path:
     return run
 
 
+def stop_after_first_checkpoint(monkeypatch, train) -> None:
+    """Run ``train()`` until its first checkpoint is written, then stop it there as Ctrl-C would
+    (a KeyboardInterrupt right after the checkpoint), so that a test can resume it."""
+    import seas.training.loop
+
+    real_save = seas.training.loop.save_checkpoint
+
+    def save_then_die(*args):
+        real_save(*args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(seas.training.loop, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train()
+    monkeypatch.setattr(seas.training.loop, "save_checkpoint", real_save)
+
+
 @pytest.fixture(scope="module")
 def gen_run(tiny16, product64, tmp_path_factory):
     """A finished tiny run (1 stage-1 update, 64 px, types hole/scratch/stain, 4 normals) with a mask head."""

@@ -9,7 +9,6 @@ import pytest
 import torch
 from safetensors import safe_open
 
-import seas.training.loop
 from seas.cli import main
 from seas.config import GenerationConfig, TrainConfig
 from seas.data.config import DataConfig
@@ -18,10 +17,9 @@ from seas.model.adapter import ADAPTER_DIR, ADAPTER_FILE
 from seas.model.attention import AttentionCapture
 from seas.run import Run
 from seas.seeds import step_generator
-from seas.training.checkpoints import save_checkpoint
 from seas.training.export_run import export_run
 from seas.training.stage1 import PromptTables, compute_losses, prepare_backbone, train_generator
-from tests.conftest import write_mask_head
+from tests.conftest import stop_after_first_checkpoint, write_mask_head
 
 pytest.importorskip("peft")
 
@@ -99,16 +97,7 @@ def _adapter_tensors(run):
 def test_lora_run_resumes_to_the_uninterrupted_adapter(tmp_path, tiny16, product64, monkeypatch):
     cfg = _config(tiny16, adapter="lora", lora_rank=4, steps=4, checkpoint_every=2, lr_unet=1e-3)
     train_generator(_data(product64), cfg, tmp_path / "full")
-    real_save = save_checkpoint
-
-    def save_then_die(accelerator, run, stage, step, keep):
-        real_save(accelerator, run, stage, step, keep)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(seas.training.loop, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train_generator(_data(product64), cfg, tmp_path / "cut")
-    monkeypatch.setattr(seas.training.loop, "save_checkpoint", real_save)
+    stop_after_first_checkpoint(monkeypatch, lambda: train_generator(_data(product64), cfg, tmp_path / "cut"))
     train_generator(_data(product64), cfg, tmp_path / "cut", resume="latest")
     a, b = _adapter_tensors(tmp_path / "full"), _adapter_tensors(tmp_path / "cut")
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)

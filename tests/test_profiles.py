@@ -9,7 +9,6 @@ import json
 import pytest
 import torch
 
-import seas.training.loop
 from seas import profiles
 from seas.cli import build_parser, main
 from seas.cli.train import mask_config, train_config
@@ -21,9 +20,9 @@ from seas.data.training_set import TrainingSet, draw_batch
 from seas.errors import ConfigError
 from seas.model.attention import AttentionCapture
 from seas.seeds import step_generator
-from seas.training.checkpoints import save_checkpoint
 from seas.training.setup import make_accelerator
 from seas.training.stage1 import PromptTables, compute_losses, prepare_backbone, prepare_training, train_generator
+from tests.conftest import stop_after_first_checkpoint
 
 # ----------------------------------------------------------------------------- switches
 
@@ -210,16 +209,7 @@ def test_low_memory_run_with_8bit_adamw_resumes_to_the_same_weights(tmp_path, ti
     dcfg = DataConfig(root=str(product64), layout="mvtec")
     full = train_generator(dcfg, cfg, tmp_path / "full")
 
-    real_save = save_checkpoint
-
-    def save_then_die(accelerator, run, stage, step, keep):
-        real_save(accelerator, run, stage, step, keep)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(seas.training.loop, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train_generator(dcfg, cfg, tmp_path / "cut")
-    monkeypatch.setattr(seas.training.loop, "save_checkpoint", real_save)
+    stop_after_first_checkpoint(monkeypatch, lambda: train_generator(dcfg, cfg, tmp_path / "cut"))
     cut = train_generator(dcfg, cfg, tmp_path / "cut", resume="latest")
 
     from diffusers import UNet2DConditionModel

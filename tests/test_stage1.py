@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-import seas.training.loop
 from seas.config import TrainConfig
 from seas.data.config import DataConfig
 from seas.errors import ConfigError, RunError
@@ -15,9 +14,9 @@ from seas.model.attention import AttentionCapture, install_reference_maps
 from seas.model.losses import da_loss, mask_pyramid, minmax
 from seas.model.prompts import PromptSpec, add_placeholder_tokens, token_positions, tokenize
 from seas.seeds import step_generator
-from seas.training.checkpoints import save_checkpoint
 from seas.training.setup import make_optimizer
 from seas.training.stage1 import PromptTables, compute_losses, prepare_backbone, train_generator
+from tests.conftest import stop_after_first_checkpoint
 
 # ----------------------------------------------------------------------------- losses by hand
 
@@ -256,16 +255,7 @@ def test_resumed_run_equals_uninterrupted(tmp_path, tiny16, product64, monkeypat
     train_generator(dcfg, cfg, full)
 
     cut = tmp_path / "cut"
-    real_save = save_checkpoint
-
-    def save_then_die(accelerator, run, stage, step, keep):
-        real_save(accelerator, run, stage, step, keep)
-        raise KeyboardInterrupt  # the process is stopped right after checkpoint `step`
-
-    monkeypatch.setattr(seas.training.loop, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train_generator(dcfg, cfg, cut)
-    monkeypatch.setattr(seas.training.loop, "save_checkpoint", real_save)
+    stop_after_first_checkpoint(monkeypatch, lambda: train_generator(dcfg, cfg, cut))
     assert not (cut / "seas_run.json").exists()
     with pytest.raises(RunError, match="unfinished"):
         train_generator(dcfg, cfg, cut)

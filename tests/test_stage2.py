@@ -8,13 +8,12 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-import seas.training.loop
 from seas.config import MaskConfig
 from seas.errors import ConfigError, RunError
 from seas.model.backbone import SD_SCHEDULER_CONFIG
 from seas.run import Run
-from seas.training.checkpoints import save_checkpoint
 from seas.training.stage2 import ddpm_step, low_noise_limit, train_mask_head
+from tests.conftest import stop_after_first_checkpoint
 
 
 def test_ddpm_step_matches_diffusers_per_sample():
@@ -53,16 +52,7 @@ def test_mask_head_trains_resumes_and_exports(tmp_path, tiny_run, monkeypatch):
     assert not head.training  # eval mode: BatchNorm statistics fixed (reference defect 6)
 
     cut = _copy_run(tiny_run, tmp_path / "cut")
-    real_save = save_checkpoint
-
-    def save_then_die(*args):
-        real_save(*args)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(seas.training.loop, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train_mask_head(cut, cfg)
-    monkeypatch.setattr(seas.training.loop, "save_checkpoint", real_save)
+    stop_after_first_checkpoint(monkeypatch, lambda: train_mask_head(cut, cfg))
     with pytest.raises(RunError, match="no trained mask head"):
         Run.load(cut).load_mask_head()
     train_mask_head(cut, cfg, resume="latest")
