@@ -71,7 +71,7 @@ def generate_to_folder(
 ) -> Path:
     """Generate ``cfg.num`` outputs of each kind into ``out`` (default ``<run>/generated``).
 
-    ``run``: a loaded :class:`Run` (or its folder, loaded here). ``kinds``: :class:`Kind`\ s, or
+    ``run``: a loaded :class:`Run` (or its folder, loaded here). ``kinds``: :class:`Kind` objects, or
     entries ``"good"``, a type name, ``"A+B"`` or a list of type names. ``cfg`` (default
     :class:`GenerationConfig`): its ``guidance`` ``None`` takes the run's dataset default.
     ``switches`` (default: fp32, nothing sliced): memory and precision, as the caller resolved
