@@ -201,6 +201,9 @@ def test_export_refusals_write_nothing(lora_run, tiny_run, tmp_path):
     busy.mkdir()
     (busy / "x.txt").write_text("mine")
     assert main(["export-run", "--run", str(run_dir), "--out", str(busy), "--merge"]) == 2
+    with pytest.raises(SeasError, match="lies inside the run --run"):
+        export_run(run_dir, run_dir / "inside", merge=True)
+    assert not (run_dir / "inside").exists()
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     assert sorted(p.name for p in busy.iterdir()) == ["x.txt"]
 

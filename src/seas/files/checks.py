@@ -145,17 +145,18 @@ def check_output_folder(path: str | Path, needed_bytes: int = 0, option: str = "
 
 
 def nested_problems(out: str | Path, data: str | Path, option: str = "--out", data_option: str = "--data",
-                    dataset: str | None = None) -> list[str]:
+                    dataset: str | None = None, kind: str = "dataset") -> list[str]:
     """An output folder (or file) that equals, contains or lies inside a dataset is refused:
     writing there would mix outputs into the data, and clearing it would delete the data.
-    ``dataset`` names the data in the message (default ``--data <data>``)."""
+    ``dataset`` names the data in the message (default ``--data <data>``), ``kind`` says what it
+    is ("dataset", or "run" for a run folder an export reads)."""
     out, data = Path(out), Path(data)
     if not data.exists():
         return []
     label = dataset or f"{data_option} {data}"
     if is_within(data, out):
         what = "is" if Path(out).resolve() == data.resolve() else "contains"
-        return [f"{option} {out}: {what} the dataset {label}; choose an {option} outside the dataset"]
+        return [f"{option} {out}: {what} the {kind} {label}; choose an {option} outside the {kind}"]
     if data.is_dir() and is_within(out, data):
-        return [f"{option} {out}: lies inside the dataset {label}; choose an {option} outside the dataset"]
+        return [f"{option} {out}: lies inside the {kind} {label}; choose an {option} outside the {kind}"]
     return []

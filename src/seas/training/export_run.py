@@ -29,7 +29,7 @@ def export_problems(run: Run, out: Path, merge: bool) -> ProblemList:
                      f"folder already); leave out --merge to copy it, with --save-dtype to change its precision")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         problems.add(f"--out {out}: exists and is not an empty folder; choose a new folder")
-    problems.extend(nested_problems(out, run.path, dataset=f"--run {run.path}"))
+    problems.extend(nested_problems(out, run.path, dataset=f"--run {run.path}", kind="run"))
     tables = run.base_weights["weights"] if run.base_weights else run.weights  # what the export holds, roughly
     problems.extend(output_folder_problems(out, sum(size for table in tables.values() for size, _ in table.values())))
     return problems
