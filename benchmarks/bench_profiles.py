@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import gib
+from benchmarks.common import gib, peak_probe
 
 # "default+foreach-adamw": the default profile with torch's default multi-tensor AdamW kernel,
 # as seas ran before it switched to the fused kernel (the before/after of that change).
@@ -47,31 +47,6 @@ GEN_VARIANTS = ("default", "fast", "low-memory", "low-memory+attention-slicing")
 
 
 # ----------------------------------------------------------------------------- workers
-
-
-def _peak_probe(device: torch.device):
-    """(start, stop) around the timed work; stop() returns the peak bytes held meanwhile."""
-    from benchmarks.common import RssSampler, release_free_memory
-
-    if device.type == "cuda":
-        def start():
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-
-        def stop() -> int:
-            torch.cuda.synchronize()
-            return torch.cuda.max_memory_allocated()
-        return start, stop
-    sampler = RssSampler()
-
-    def start():
-        release_free_memory()
-        sampler.__enter__()
-
-    def stop() -> int:
-        sampler.__exit__(None, None, None)
-        return sampler.base + sampler.peak
-    return start, stop
 
 
 def _print_profile(fn, device: torch.device, rows: int = 15) -> None:
@@ -151,7 +126,7 @@ def train_worker(variant: str, args) -> dict:
         step(i)
     if args.trace:
         _print_profile(lambda: step(args.warmup), device)
-    start, stop = _peak_probe(device)
+    start, stop = peak_probe(device)
     start()
     began = time.perf_counter()
     for i in range(args.repeats):
@@ -179,7 +154,7 @@ def generation_worker(profile: str, args) -> dict:
         pipe.generate(kind, range(n), steps=args.gen_steps, batch_size=args.gen_batch)
 
     generate(args.gen_batch)
-    start, stop = _peak_probe(torch.device(args.device))
+    start, stop = peak_probe(torch.device(args.device))
     start()
     began = time.perf_counter()
     generate(args.gen_num)

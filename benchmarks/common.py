@@ -152,6 +152,29 @@ def release_free_memory() -> None:
         pass
 
 
+def peak_probe(device: torch.device):
+    """(start, stop) around the timed work; stop() returns the peak bytes held meanwhile."""
+    if device.type == "cuda":
+        def start():
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+
+        def stop() -> int:
+            torch.cuda.synchronize()
+            return torch.cuda.max_memory_allocated()
+        return start, stop
+    sampler = RssSampler()
+
+    def start():
+        release_free_memory()
+        sampler.__enter__()
+
+    def stop() -> int:
+        sampler.__exit__(None, None, None)
+        return sampler.base + sampler.peak
+    return start, stop
+
+
 def with_settings(cfg, items: list[str], error) -> object:
     """``cfg`` (a dataclass) with ``--set FIELD=VALUE`` items applied, each value cast to the
     field's type (int, float, else str); ``error(message)`` for an unknown field."""

@@ -45,6 +45,8 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.common import peak_probe
+
 TRAIN_ROWS = ("plain", "default", "fast", "low-memory", "lora-16", "reference")
 GEN_ROWS = ("with-masks", "without-masks")
 SHAPES = {  # resolution, batch (B anomaly + B normal), sampler steps, images timed, images per call
@@ -57,12 +59,6 @@ TARGETS = "targets (GPU): SeaS/plain <= 1.05; reference/SeaS >= 2; low-memory <=
 
 
 # ----------------------------------------------------------------------------- workers (one row each)
-
-
-def _probe(device: torch.device):
-    from benchmarks.bench_profiles import _peak_probe
-
-    return _peak_probe(device)
 
 
 def train_worker(row: str, base: str, shape: dict, device: torch.device, updates: int) -> dict:
@@ -136,7 +132,7 @@ def train_worker(row: str, base: str, shape: dict, device: torch.device, updates
         optimizer.zero_grad(set_to_none=True)
 
     update(0)
-    start, stop = _probe(device)
+    start, stop = peak_probe(device)
     start()
     began = time.perf_counter()
     for step in range(1, updates + 1):
@@ -167,7 +163,7 @@ def generation_worker(row: str, run: str, shape: dict, device: torch.device) -> 
         pipe.generate(pipe.types[0], range(n), steps=shape["steps"], batch_size=shape["gen_batch"])
 
     generate(shape["gen_batch"])
-    start, stop = _probe(device)
+    start, stop = peak_probe(device)
     start()
     began = time.perf_counter()
     generate(shape["images"])

@@ -56,7 +56,8 @@ def sd15_sizes(ranks=(4, 16, 64)) -> None:
     from accelerate import init_empty_weights
     from diffusers import UNet2DConditionModel
 
-    from seas.model.adapter import DEFAULT_TARGETS, add_lora
+    from seas.config import TrainConfig
+    from seas.model.adapter import add_lora
 
     print("| rank | adapter parameters | adapter fp32 | adapter fp16 | share of the U-Net's parameters |")
     print("| --- | --- | --- | --- | --- |")
@@ -64,7 +65,7 @@ def sd15_sizes(ranks=(4, 16, 64)) -> None:
         with init_empty_weights():
             unet = UNet2DConditionModel(cross_attention_dim=768)  # the defaults are SD 1.x's
         whole = sum(p.numel() for p in unet.parameters())
-        add_lora(unet, rank, None, DEFAULT_TARGETS)
+        add_lora(unet, rank, None, TrainConfig().lora_targets)  # the default targets
         n = sum(p.numel() for name, p in unet.named_parameters() if "lora_" in name)
         print(f"| {rank} | {n / 1e6:.2f} M | {4 * n / 2**20:.1f} MiB | {2 * n / 2**20:.1f} MiB | {n / whole:.4f} |")
 

@@ -295,3 +295,33 @@ def test_export_converts_a_full_run_and_keeps_its_mask_head(gen_run, tmp_path):
         assert np.abs(np.asarray(x.image, np.float32) - np.asarray(y.image, np.float32)).mean() < 2.0
         union = np.logical_or(x.mask, y.mask).sum()
         assert union == 0 or np.logical_and(x.mask, y.mask).sum() / union >= 0.9
+
+
+def test_lora_under_half_precision_keeps_fp32_adapters_over_a_half_base(tiny16, product64, tmp_path):
+    """--mixed-precision bf16 with --half-frozen (the fast / low-memory profiles on a GPU): the
+    whole frozen base, U-Net included, is stored in bf16; the adapters and UA rows stay fp32 and
+    train; the run finishes and its adapter is finite."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from seas.training.stage1 import prepare_training
+
+    cfg = _config(tiny16, adapter="lora", lora_rank=4, mixed_precision="bf16", half_frozen=True, batch_size=2)
+    bb, prompts, capture, batch, _ = _first_batch(cfg, product64)
+    AcceleratorState._reset_state()
+    accelerator = Accelerator(cpu=True, mixed_precision="bf16")
+    unet, text_encoder, optimizer = prepare_training(bb, cfg, accelerator)
+    dtypes = {name: p.dtype for name, p in bb.unet.named_parameters()}
+    assert {d for n, d in dtypes.items() if "lora_" in n} == {torch.float32}
+    assert {d for n, d in dtypes.items() if "lora_" not in n} == {torch.bfloat16}
+    rows = bb.text_encoder.get_input_embeddings()
+    assert rows.rows.dtype == torch.float32 and rows.frozen.dtype == torch.bfloat16
+    before = rows.rows.detach().clone()
+    with accelerator.autocast():
+        losses = compute_losses(bb, unet, text_encoder, capture, prompts, batch, cfg, "eq1", step_generator(0, 0))
+    accelerator.backward(losses["total"])
+    optimizer.step()
+    assert torch.isfinite(losses["total"]) and not torch.equal(before, rows.rows.detach())
+    run = train_generator(_data(product64), _config(tiny16, adapter="lora", lora_rank=4, mixed_precision="bf16"),
+                          tmp_path / "run")
+    assert all(torch.isfinite(t).all() for t in _adapter_tensors(run).values() if t.is_floating_point())

@@ -97,7 +97,8 @@ class TrainConfig(Config):
     lora_rank: int = option(16, help="--adapter lora: rank of the adapters", minimum=1)
     lora_alpha: float | None = option(None, help="--adapter lora: scale numerator, scale = alpha / rank (default: "
                                       "the rank, scale 1)", minimum=0.0)
-    lora_targets: list[str] = option(help="--adapter lora: U-Net modules adapted (name endings)",
+    lora_targets: list[str] = option(help="--adapter lora: U-Net modules adapted (name endings; the default: every "
+                                     "attention projection, as diffusers' LoRA scripts)",
                                      factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
     self_contained: bool = option(False, help="--adapter lora: copy the base's weights into the run (default: the "
                                   "run refers to the base by its path and SHA-256, checked on load)")

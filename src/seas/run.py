@@ -379,7 +379,8 @@ class Run:
     def load(cls, path: str | Path, verify: bool = True) -> "Run":
         """The record of a finished stage-1 run; one line naming the problem otherwise.
 
-        ``verify``: check the size and SHA-256 of every weight file against the record.
+        ``verify``: check the size and SHA-256 of every weight file against the record (for an
+        adapter run that refers to its base, the base's files too).
         """
         path = Path(path)
         record = path / RUN_FILE
@@ -406,7 +407,7 @@ class Run:
             raise RunError(f"{record}: damaged record ({type(err).__name__}: {err}); start a new run") from None
         if verify:
             run.verify(run.weights)
-            run.base_folder()
+            run.verify_base()
         return run
 
     def verify(self, parts) -> None:
@@ -418,20 +419,25 @@ class Run:
                                f"restore it from a backup or retrain the run")
 
     def base_folder(self) -> Path | None:
-        """An adapter run's base (its copy in ``base/``, or the base it refers to, checked against
-        the recorded sizes and SHA-256); ``None`` for full fine-tuning."""
+        """An adapter run's base: its copy in ``base/``, or the base it refers to; ``None`` for
+        full fine-tuning."""
         if not self.has_adapter:
             return None
         if self.train.self_contained:
             return self.path / BASE_COPY
-        reference = self.base_weights
-        source = Path(resolve_base(reference["base"]))
-        for part, table in reference["weights"].items():
+        return Path(resolve_base(self.base_weights["base"]))
+
+    def verify_base(self) -> None:
+        """Check the base an adapter run refers to against the recorded sizes and SHA-256 of its
+        weight files (what :meth:`load` does); one line naming the first that differs."""
+        if not self.base_weights:
+            return
+        source = self.base_folder()
+        for part, table in self.base_weights["weights"].items():
             problem = check_file_table(source / part if source.is_dir() else source.parent, table)
             if problem:
-                raise RunError(f"--run {self.path}: its base {reference['base']} is not the one its adapter was trained "
-                               f"on ({part}/{problem}); restore that base, or retrain with --self-contained")
-        return source
+                raise RunError(f"--run {self.path}: its base {self.base_weights['base']} is not the one its adapter "
+                               f"was trained on ({part}/{problem}); restore that base, or retrain with --self-contained")
 
     def load_backbone(self, torch_dtype: torch.dtype = torch.float32, merge: bool = True) -> Backbone:
         """The fine-tuned generator, the VAE and the DDPM schedule: from this folder only, or for an

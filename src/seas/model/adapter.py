@@ -23,7 +23,6 @@ from seas.errors import ConfigError
 
 ADAPTER_DIR = "adapter"
 ADAPTER_FILE = "adapter.safetensors"  # in ADAPTER_DIR: "unet.<peft key>" tensors, "token_ids", "token_rows"
-DEFAULT_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # every attention projection (diffusers' LoRA scripts)
 
 
 def has_peft() -> bool:
@@ -89,11 +88,6 @@ class TokenRows(torch.nn.Module):
         position[torch.tensor(ids)] = torch.arange(len(ids))
         self.register_buffer("position", position)  # (V,) token id -> index in rows, -1 elsewhere
         self.register_buffer("ids", torch.tensor(ids, dtype=torch.long))
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """The whole matrix (V, D) with the trained rows in place (for saving, merging)."""
-        return self.frozen.index_copy(0, self.ids, self.rows.detach().to(self.frozen.dtype))
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         base = torch.nn.functional.embedding(input_ids, self.frozen)  # (B, L, D)

@@ -121,41 +121,37 @@ def prepare_training(backbone: Backbone, cfg: TrainConfig, accelerator) -> tuple
     Under mixed precision the trained weights (U-Net, token-embedding matrix) stay fp32 masters
     and accelerate autocasts the forward passes; with ``half_frozen`` the frozen parts (VAE, and
     the text encoder's layers after its token embedding) are stored in the autocast dtype, which
-    halves their memory. Returns the prepared (unet, text_encoder, optimizer).
+    halves their memory; with LoRA the whole base, U-Net included, is frozen and stored so, the
+    adapters and UA rows keeping fp32 masters. Returns the prepared (unet, text_encoder, optimizer).
     """
     weight_dtype = autocast_dtype(cfg.mixed_precision)
-    half = cfg.half_frozen and weight_dtype != torch.float32
-    if cfg.adapter == "lora":
-        if half:  # the whole base is frozen; the adapters and token rows keep fp32 masters
-            backbone.vae.to(weight_dtype)
+    unet_trained, token_trained = trained_parameters(backbone, cfg)
+    if cfg.half_frozen and weight_dtype != torch.float32:
+        backbone.vae.to(weight_dtype)
+        token_embedding = backbone.text_encoder.get_input_embeddings()
+        backbone.text_encoder.to(weight_dtype)
+        if cfg.adapter == "lora":  # the whole base is frozen: the U-Net is stored in half too
             backbone.unet.to(weight_dtype)
-            backbone.text_encoder.to(weight_dtype)
-            for parameter in trained_parameters(backbone, cfg):
+            for parameter in unet_trained:  # the adapters keep their fp32 masters
                 parameter.data = parameter.data.float()
-        groups = [{"params": lora_parameters(backbone.unet), "lr": cfg.lr_unet},
-                  {"params": [backbone.text_encoder.get_input_embeddings().rows], "lr": cfg.lr_text}]
-    else:
-        if half:
-            backbone.vae.to(weight_dtype)
-            token_embedding = backbone.text_encoder.get_input_embeddings()
-            backbone.text_encoder.to(weight_dtype)
-            token_embedding.to(torch.float32)  # trained: keeps its fp32 master copy
+        else:
             # its output joins the half-precision layers in their dtype (CPU autocast leaves
             # layer_norm alone, so fp32 activations would meet half weights there)
             token_embedding.register_forward_hook(lambda module, args, output: output.to(weight_dtype))
-        groups = [{"params": list(backbone.unet.parameters()), "lr": cfg.lr_unet},
-                  {"params": [backbone.text_encoder.get_input_embeddings().weight], "lr": cfg.lr_text}]
+        token_trained.data = token_trained.data.float()  # trained: keeps its fp32 master copy
+    groups = [{"params": unet_trained, "lr": cfg.lr_unet}, {"params": [token_trained], "lr": cfg.lr_text}]
     backbone.vae.to(accelerator.device)
     optimizer = make_optimizer(cfg.optimizer, groups, cfg.weight_decay)
     return accelerator.prepare(backbone.unet, backbone.text_encoder, optimizer)
 
 
-def trained_parameters(backbone: Backbone, cfg: TrainConfig) -> list[torch.nn.Parameter]:
-    """The parameters stage 1 updates: the U-Net and the token-embedding matrix, or (LoRA) the
-    adapters and the UA tokens' rows."""
+def trained_parameters(backbone: Backbone, cfg: TrainConfig) -> tuple[list, torch.nn.Parameter]:
+    """What stage 1 updates, as (U-Net part, token-embedding part): the whole U-Net and the
+    token-embedding matrix, or (LoRA) the adapters and the UA tokens' rows (TokenRows.rows)."""
+    token_embedding = backbone.text_encoder.get_input_embeddings()
     if cfg.adapter == "lora":
-        return [*lora_parameters(backbone.unet), backbone.text_encoder.get_input_embeddings().rows]
-    return [*backbone.unet.parameters(), backbone.text_encoder.get_input_embeddings().weight]
+        return lora_parameters(backbone.unet), token_embedding.rows
+    return list(backbone.unet.parameters()), token_embedding.weight
 
 
 def train_generator(data_cfg: DataConfig, cfg: TrainConfig, out: str | Path,
@@ -211,9 +207,10 @@ def train_generator(data_cfg: DataConfig, cfg: TrainConfig, out: str | Path,
     capture = AttentionCapture(backbone.unet, blocks, cfg.attention_softmax)
 
     unet, text_encoder, optimizer = prepare_training(backbone, cfg, accelerator)
-    embeddings = backbone.text_encoder.get_input_embeddings().weight
-    # (LoRA: TokenRows trains the new rows only by construction)
-    frozen_rows = _frozen_rows(embeddings, new_ids) if cfg.train_new_rows_only and cfg.adapter == "full" else None
+    frozen_rows = None  # (LoRA: TokenRows trains the new rows only by construction)
+    if cfg.train_new_rows_only and cfg.adapter == "full":
+        embeddings = backbone.text_encoder.get_input_embeddings().weight
+        frozen_rows = _frozen_rows(embeddings, new_ids)
 
     total_steps = cfg.total_steps(len(split.types))
     start = resume_checkpoint(accelerator, path, STAGE, resume) if resume else 0
