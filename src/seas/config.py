@@ -31,6 +31,7 @@ BATCHNORM_MODES = ("eval", "batch")
 PLACEMENTS = ("free", "real-masks", "masks")
 QC_MODES = ("off", "score", "filter")
 BACKGROUNDS = ("reference", "round-trip")
+AUGMENT_PLACEMENTS = ("masks", "real-masks")
 DTYPES = ("float32", "float16", "bfloat16")
 SAVE_DTYPES = ("fp32", "fp16", "bf16")
 ADAPTERS = ("full", "lora")
@@ -210,6 +211,34 @@ class GenerationConfig(Config):
 
 
 @dataclass
+class AugmentConfig(Config):
+    """``seas augment``: which defects go onto the user's images, and where (the sampler's own
+    options are :class:`GenerationConfig`'s)."""
+
+    section = "augment"
+
+    type: str = option("", help="the anomaly type to draw, or several joined by commas (scratch,hole): one "
+                       "defect of each type per image, each in its own region")
+    num_per_image: int = option(1, help="augmented copies of every input image (copy k of image j has index "
+                                "j x N + k and seed --seed + index)", minimum=1)
+    placement: str = option("masks", help="where the defects go: masks (the files of --masks, one per input "
+                            "image and type) or real-masks (a moved real training mask of each type, regions "
+                            "of several types never overlapping)", choices=AUGMENT_PLACEMENTS)
+    masks: str | None = option(None, help="--placement masks: a folder of masks named like the input images "
+                               "(white = defect); with several types, one subfolder per type")
+
+    @property
+    def types(self) -> list[str]:
+        """The types of ``--type``, in order (``"scratch, hole"`` -> ``["scratch", "hole"]``)."""
+        return [name.strip() for name in self.type.split(",") if name.strip()]
+
+    def validate(self) -> None:
+        if self.masks is not None and self.placement != "masks":
+            raise ConfigError(f"--masks {self.masks}: is read only with --placement masks (the placement is "
+                              f"{self.placement}); leave out --masks or --placement real-masks")
+
+
+@dataclass
 class GenerationSwitches(Config):
     """How generation spends memory (docs/GENERATION.md): ``--profile`` chooses them, an option
     given explicitly wins. They change float rounding, hence the bytes of the outputs, so a
@@ -249,6 +278,8 @@ REFERENCE = {
     "memory": {},
     # the dataset: shorter side resized and centre-cropped, RGB (spec section 2)
     "data": dict(fit="crop", channels="rgb"),
+    # seas augment is not in the authors' release
+    "augment": {},
 }
 
 
@@ -257,18 +288,18 @@ def section_configs() -> dict:
     from seas.data.config import DataConfig
 
     return {"train": TrainConfig, "mask": MaskConfig, "generate": GenerationConfig, "memory": GenerationSwitches,
-            "data": DataConfig}
+            "data": DataConfig, "augment": AugmentConfig}
 
 
 def read_config_file(path: str | Path, section: str) -> dict:
-    """The ``section`` mapping (``train``, ``mask``, ``generate``, ``memory`` or ``data``) of a run-configuration
+    """The ``section`` mapping (``train``, ``mask``, ``generate``, ``memory``, ``data`` or ``augment``) of a run-configuration
     YAML file. The whole file is checked first, whichever section the command reads: an unknown
     section, an unknown key or a bad value anywhere is refused in one line naming it, so that a
     typo in ``generate:`` stops ``seas train`` at once, and a bad value counts even where an
     option given on the command line overrides it."""
     path = Path(path)
     label = f"--config {path}"
-    values = read_yaml_mapping(path, label, "sections train:, mask:, generate:, memory:, data:")
+    values = read_yaml_mapping(path, label, "sections train:, mask:, generate:, memory:, data:, augment:")
     unknown = sorted(set(values) - set(REFERENCE))
     if unknown:
         raise ConfigError(f"{label}: unknown section {unknown[0]}; sections: {', '.join(REFERENCE)}")

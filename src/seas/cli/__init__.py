@@ -13,10 +13,10 @@ import logging
 import os
 import sys
 
-from seas.cli import data, demo, evaluate, generate, review, tools, train
+from seas.cli import augment, data, demo, evaluate, generate, review, tools, train
 from seas.errors import SeasError
 
-SUBCOMMANDS = (data, train, generate, evaluate, review, demo, tools)
+SUBCOMMANDS = (data, train, generate, augment, evaluate, review, demo, tools)
 
 
 class Parser(argparse.ArgumentParser):

@@ -46,11 +46,15 @@ def add_parsers(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("export", help="write a generated folder as an MVTec AD product folder",
-                       description="Copy the outputs of 'seas generate' into the MVTec AD layout "
-                       "(docs/GENERATION.md, Export) for detectors that read it.")
-    p.add_argument("generated", metavar="GENERATED_DIR", help="the --out folder of 'seas generate'")
+    p = sub.add_parser("export", help="write a generated folder as an MVTec AD or a semantic-segmentation product folder",
+                       description="Copy the outputs of 'seas generate' or 'seas augment' into the MVTec AD layout "
+                       "(binary masks) or a semantic-segmentation layout (images/, class-index masks/, "
+                       "classes.txt); see docs/GENERATION.md, Export.")
+    p.add_argument("generated", metavar="GENERATED_DIR", help="the --out folder of 'seas generate' or 'seas augment'")
     p.add_argument("--out", required=True, metavar="DIR", help="writes DIR/<product>")
+    p.add_argument("--layout", choices=("mvtec", "semantic"), default="mvtec",
+                   help="mvtec: test/<kind>/ and ground_truth/<kind>/ binary masks (default); semantic: images/, "
+                        "masks/ (class index, 0 normal) and classes.txt")
     p.add_argument("--curated", action="store_true",
                    help="only the pairs accepted in 'seas gallery' (its curation.json)")
     p.set_defaults(func=cmd_export)
@@ -160,10 +164,14 @@ def check_generate(args, cfg: GenerationConfig) -> tuple:
 
 
 def cmd_export(args) -> int:
-    from seas.generation.export import export_mvtec
+    from seas.generation.export import export_mvtec, export_semantic
 
     check_export(args.generated, args.out)
-    print(f"MVTec AD layout written to {export_mvtec(args.generated, args.out, curated=args.curated, option='--out')}")
+    if args.layout == "semantic":
+        target = export_semantic(args.generated, args.out, curated=args.curated, option="--out")
+        print(f"semantic-segmentation layout written to {target}")
+    else:
+        print(f"MVTec AD layout written to {export_mvtec(args.generated, args.out, curated=args.curated, option='--out')}")
     return 0
 
 

@@ -126,7 +126,7 @@ def generate_to_folder(
     writer = _Writer(folder, name_width(cfg.num), rank, cfg, judge)
     journal = folder.start_journal(done, rank, world, cfg.batch_size)
     short = {}
-    with journal.open("a") as fh, _progress(missing, progress) as bar:
+    with journal.open("a") as fh, progress_bar(missing, progress) as bar:
         for kind, batch in todo:
             if cfg.qc == "filter":
                 accepted = _filter_kind(pipe, kind, cfg, done, rejected, writer, fh, journal, bar)
@@ -135,7 +135,7 @@ def generate_to_folder(
                 continue
             for item in pipe.generate(kind.label, batch, cfg, batch_size=len(batch)):
                 if (kind.label, item.index) not in done:
-                    _append_row(fh, journal, writer.write(kind, item))
+                    append_row(fh, journal, writer.write(kind, item))
                     bar.update(1)
     if cfg.qc == "filter":
         folder.sort_rejected(rank)
@@ -183,17 +183,17 @@ def _filter_kind(pipe, kind: Kind, cfg: GenerationConfig, done: dict, rejected: 
                 row = writer.write(kind, item)
                 if row["qc"]["accepted"]:
                     count += 1
-                    _append_row(fh, manifest, row)
+                    append_row(fh, manifest, row)
                     bar.update(1)
                 else:
                     with writer.folder.rejected_file.open("a") as rejected_fh:
-                        _append_row(rejected_fh, writer.folder.rejected_file, row)
+                        append_row(rejected_fh, writer.folder.rejected_file, row)
             if count >= cfg.num:
                 return count
     return count
 
 
-def _append_row(fh, path: Path, row: dict) -> None:
+def append_row(fh, path: Path, row: dict) -> None:
     try:
         fh.write(json.dumps(row) + "\n")
         fh.flush()
@@ -228,12 +228,12 @@ class _Writer:
         rejected = self.cfg.qc == "filter" and not qc["accepted"]
         paths = output_paths(kind.label, kind.is_normal, item.index, self.width, item.region is not None, rejected)
         file = self.folder.file
-        _save_png(item.image, file(paths["image"]), self.rank)
+        save_png(item.image, file(paths["image"]), self.rank)
         if "mask" in paths:
-            _save_png(Image.fromarray(item.mask.astype(np.uint8) * 255), file(paths["mask"]), self.rank)
-            _save_png(Image.fromarray(np.round(item.prob * 255).astype(np.uint8)), file(paths["prob"]), self.rank)
+            save_png(Image.fromarray(item.mask.astype(np.uint8) * 255), file(paths["mask"]), self.rank)
+            save_png(Image.fromarray(np.round(item.prob * 255).astype(np.uint8)), file(paths["prob"]), self.rank)
         if "region" in paths:
-            _save_png(Image.fromarray(item.region.astype(np.uint8) * 255), file(paths["region"]), self.rank)
+            save_png(Image.fromarray(item.region.astype(np.uint8) * 255), file(paths["region"]), self.rank)
         row = {
             "kind": kind.label, "index": item.index, **paths, "mask": paths.get("mask"), "prompt": item.prompt,
             "seed": item.seed, "reference": item.reference,
@@ -248,7 +248,7 @@ class _Writer:
         return row
 
 
-def _save_png(image, path: Path, rank: int) -> None:
+def save_png(image, path: Path, rank: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     write_file(path, lambda tmp: image.save(tmp, format="PNG"), f".rank{rank}")
 
@@ -271,8 +271,8 @@ def _load_pipeline(run: Run, todo: list[tuple[Kind, list[int]]], device: str, sw
     return SeaSPipeline(run, run.load_backbone(switches.torch_dtype), head, device, switches, placer)
 
 
-def _progress(total: int, enabled: bool):
+def progress_bar(total: int, enabled: bool, desc: str = "generate"):
     """Generation's bar (:func:`seas.progress.bar`: slow where no terminal watches)."""
     from seas.progress import bar
 
-    return bar(total=total, desc="generate", unit="img", disable=not enabled)
+    return bar(total=total, desc=desc, unit="img", disable=not enabled)

@@ -11,6 +11,8 @@ Layout of a generated folder::
     <kind>/mask/<NNNN>.png          0/255 masks (none for "good")
     <kind>/prob/<NNNN>.png          the mean anomaly probability as 8-bit grey (none for "good")
     <kind>/region/<NNNN>.png        --placement real-masks|masks: the placed region (0/255)
+    <kind>/classes/<NNNN>.png       seas augment, several types: class-index mask (0 normal, k the k-th type)
+    <kind>/type-mask/<type>/<NNNN>.png   seas augment, several types: each type's mask (0/255)
     qc/judge.pt, qc/thresholds.json --qc score|filter: the judge learned from the real training pairs
     rejected.jsonl, rejected/...    --qc filter: the rejected pairs, same layout, with their reasons
     curation.json                   seas gallery's decisions (seas.generation.curation)
@@ -20,7 +22,9 @@ the width of ``num - 1`` (at least 3 digits), so file names sort in index order.
 
 A manifest row: ``kind``, ``index``, ``image`` and (anomalies) ``mask``, ``prob``, ``region`` as
 paths relative to the folder, ``prompt``, ``seed``, ``reference``, ``mask_area``, ``steps``,
-``guidance``, ``signal``, ``placement``, optionally ``mask_source`` and ``qc``.
+``guidance``, ``signal``, ``placement``, optionally ``mask_source`` and ``qc``. ``seas augment``
+(``mode: augment`` in the settings, :mod:`seas.generation.augment`) adds ``input``, ``copy``,
+``size``, ``types`` and, with several types, ``classes``, ``type_masks`` and ``mask_sources``.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ FORMAT = "seas-generation-1"
 REJECTED = "rejected.jsonl"
 JUDGE = "qc/judge.pt"
 THRESHOLDS = "qc/thresholds.json"
-PARTS = ("image", "mask", "prob", "region")  # the files a row may name
+PARTS = ("image", "mask", "prob", "region", "classes")  # the files a row may name (and type_masks)
 
 # Settings keys that change the outputs, and the option a user sets each with. The memory
 # switches change float rounding, hence bytes; the profile only chooses them, so it is not here.
@@ -51,13 +55,15 @@ OPTIONS = {
     "reference_images": "--reference-images", "placement": "--placement", "masks": "--masks",
     "region_dilation": "--region-dilation", "background": "--background", "qc": "--qc",
     "dtype": "--dtype", "vae_slicing": "--vae-slicing", "vae_tiling": "--vae-tiling",
-    "attention_slicing": "--attention-slicing",
+    "attention_slicing": "--attention-slicing", "mode": "command (seas generate or seas augment)",
+    "images": "--images", "inputs": "--images (its files)", "types": "--type", "num_per_image": "--num-per-image",
 }
 # What folders written before a setting was recorded behaved with: fp32, nothing sliced or
 # tiled, and the defaults of options added later.
 EARLIER_DEFAULTS = {"dtype": "float32", "vae_slicing": False, "vae_tiling": False, "attention_slicing": False,
                     "mask_batchnorm": "eval", "reference_images": None, "placement": "free", "masks": None,
-                    "region_dilation": 1, "background": "reference", "qc": "off"}
+                    "region_dilation": 1, "background": "reference", "qc": "off", "mode": "generate",
+                    "images": None, "inputs": None, "types": None, "num_per_image": None}
 
 
 def name_width(num: int) -> int:
@@ -180,7 +186,7 @@ class GeneratedFolder:
         if not self.path.is_dir():
             return []
         known = {MANIFEST, SETTINGS, REJECTED, CURATION}
-        output = re.compile(rf"^(rejected/)?[^/]+/({'|'.join(PARTS)})/[0-9]+\.png$")
+        output = re.compile(rf"^(rejected/)?[^/]+/({'|'.join(PARTS)}|type-mask/[^/]+)/[0-9]+\.png$")
         foreign = []
         for path in sorted(self.path.rglob("*")):
             relative = path.relative_to(self.path).as_posix()
@@ -223,7 +229,10 @@ class GeneratedFolder:
         # With the reference's batch-statistics BatchNorm a mask depends on its batch: then the
         # batch size is a setting too.
         keys = [*OPTIONS, *(["batch_size"] if settings.get("mask_batchnorm") == "batch" else [])]
-        changed = [key for key in keys if previous.get(key) != settings[key]]
+        current = EARLIER_DEFAULTS | settings
+        if current["mode"] == "augment":  # its num follows from --images and --num-per-image
+            keys.remove("num")
+        changed = [key for key in keys if previous.get(key) != current.get(key)]
         if previous.get("format") != FORMAT or changed:
             what = ", ".join(OPTIONS.get(key, "--" + key.replace("_", "-")) for key in changed) or "the format"
             raise RunError(f"--out {self.path}: holds outputs generated with a different {what} (see "
@@ -283,6 +292,8 @@ class GeneratedFolder:
     def row_complete(self, row: dict, verify: bool = True) -> bool:
         """Whether the files a manifest row names exist (and, with ``verify``, are whole PNGs)."""
         paths = [row.get(part) for part in PARTS if part == "image" or row.get(part)]
+        type_masks = row.get("type_masks") or {}
+        paths += list(type_masks.values()) if isinstance(type_masks, dict) else [None]
         check = png_complete if verify else Path.is_file
         return all(isinstance(p, str) and check(self.file(p)) for p in paths)
 

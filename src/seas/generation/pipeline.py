@@ -254,6 +254,28 @@ class SeaSPipeline:
                 ))
         return results
 
+    @torch.no_grad()
+    def sample_on(self, kind: str | Sequence[str], backgrounds: torch.Tensor, regions: np.ndarray,
+                  indices: Sequence[int], cfg: GenerationConfig) -> tuple[torch.Tensor, np.ndarray | None]:
+        """Draw ``kind`` into ``regions (B, R, R)`` bool of given images ``backgrounds (B, 3, R, R)``
+        in [-1, 1] (``seas augment``): as placed generation, with each background standing in
+        for the reference normal image (start latent, and the latent kept outside the region),
+        image ``i`` seeded ``cfg.seed + i``. Returns the decoded images ``(B, 3, R, R)`` in
+        [-1, 1], not composited (the caller keeps its own pixels outside the region), and the
+        mean anomaly probability ``(B, R, R)`` float32 when the pipeline has a mask head."""
+        kind = resolve_kind(kind, self.prompts)
+        guidance = self.run.guidance if cfg.guidance is None else float(cfg.guidance)
+        text = self._text_embeddings(kind.prompt, guided=guidance > 1)
+        with_masks = self.mask_head is not None
+        if with_masks:
+            set_batchnorm_mode(self.mask_head, cfg.mask_batchnorm)
+        z = torch.cat([self._encode(image[None]) for image in backgrounds])  # (B, 4, h, w)
+        eps = self._noises(indices, cfg.seed, z[:1].shape)
+        keep = self.latent_region(regions, cfg.region_dilation)
+        pixels, prob = self._sample(cfg.signal * z + cfg.noise * eps, text, guidance, cfg.steps,
+                                    cfg.mask_steps if with_masks else 0, cfg.mask_batchnorm == "batch", (keep, z, eps))
+        return pixels, None if prob is None else prob.float().cpu().numpy()
+
     def placer(self, placement: str, masks: str | None = None) -> Placer:
         """The :class:`~seas.generation.placement.Placer` of this run (cached); every mask file
         and the real masks are read, and checked, here."""
@@ -316,13 +338,16 @@ class SeaSPipeline:
         """Reference latents ``z`` and start noises ``eps``, each ``(B, 4, h, w)``; ``eps`` of
         image ``i`` from a CPU generator seeded ``seed + i``."""
         cycle = cycle or len(self.run.references)
-        zs, noises = [], []
+        zs = [self.reference_latent(i % cycle) for i in indices]
+        return torch.cat(zs), self._noises(indices, seed, zs[0].shape)
+
+    def _noises(self, indices: Sequence[int], seed: int, shape: torch.Size) -> torch.Tensor:
+        """Start noises ``(B, 4, h, w)``: image ``i``'s from a CPU generator seeded ``seed + i``."""
+        noises = []
         for i in indices:
-            z = self.reference_latent(i % cycle)
             generator = torch.Generator().manual_seed(seed + i)
-            noises.append(torch.randn(z.shape, generator=generator, dtype=torch.float32).to(self.device, self.dtype))
-            zs.append(z)
-        return torch.cat(zs), torch.cat(noises)
+            noises.append(torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device, self.dtype))
+        return torch.cat(noises)
 
     @torch.no_grad()
     def reference_latent(self, number: int) -> torch.Tensor:
@@ -332,10 +357,15 @@ class SeaSPipeline:
             data = self.run.data
             pixels = sample_tensors(self.run.references[number], None, self.resolution, data.fit, data.mask_rule,
                                     self.grey)[0][None]
-            with self._vae_tiling(False):  # start latents do not depend on the switches' tiling
-                posterior = self.vae.encode(pixels.to(self.device, self.dtype)).latent_dist
-            self._reference_latents[number] = posterior.mean * self.vae.config.scaling_factor
+            self._reference_latents[number] = self._encode(pixels)
         return self._reference_latents[number]
+
+    @torch.no_grad()
+    def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Images ``(1, 3, R, R)`` in [-1, 1] -> scaled latent mean ``(1, 4, h, w)``."""
+        with self._vae_tiling(False):  # start latents do not depend on the switches' tiling
+            posterior = self.vae.encode(pixels.to(self.device, self.dtype)).latent_dist
+        return posterior.mean * self.vae.config.scaling_factor
 
     # ------------------------------------------------------------------------- steps
 

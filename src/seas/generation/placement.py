@@ -33,6 +33,7 @@ from seas.run import Run
 ON_PRODUCT = 0.95  # least share of a moved mask's pixels on the product's foreground
 TRIES = 50  # positions tried per mask; the best one is kept when none reaches ON_PRODUCT
 SCALES = (0.8, 1.25)
+GAP = 2  # pixels kept free around each region when several types are placed on one image
 
 
 def read_user_masks(folder: str | Path | None, resolution: int) -> list[np.ndarray]:
@@ -150,3 +151,25 @@ class Placer:
             real = self.real[name]
             placed |= move_mask(real[int(rng.integers(len(real)))], self.foreground, rng)
         return placed
+
+    def separate(self, types: tuple[str, ...], index: int, seed: int) -> list[np.ndarray]:
+        """One moved real mask ``(R, R)`` bool per type for image ``index`` (``real-masks``), no
+        two touching: a draw that meets an earlier type's region (grown by :data:`GAP` pixels)
+        is drawn again, up to :data:`TRIES` times; a ``ConfigError`` when none is free (said
+        before anything is sampled, since the regions are drawn first)."""
+        rng = np.random.default_rng([seed & 0xFFFFFFFF, index, len(types)])
+        taken = np.zeros((self.resolution, self.resolution), dtype=bool)
+        regions = []
+        for name in types:
+            real = self.real[name]
+            for _ in range(TRIES):
+                region = move_mask(real[int(rng.integers(len(real)))], self.foreground, rng)
+                if not (region & taken).any():
+                    break
+            else:
+                raise ConfigError(f"--placement real-masks: no place for a {name} region beside the other types' "
+                                  f"on image {index} after {TRIES} draws; use fewer types or --placement masks")
+            regions.append(region)
+            grown = cv2.dilate(region.astype(np.uint8), np.ones((2 * GAP + 1, 2 * GAP + 1), np.uint8)) > 0
+            taken |= grown
+        return regions
