@@ -38,6 +38,7 @@ LAYERS = (
     ("seas.generation",),
     ("seas.evaluation", "seas.gallery"),
     ("seas.cli",),
+    ("seas",),  # the package itself: its version, and seas.SeaSAugmenter re-exported on first use
 )
 
 # The package's calls to import_module/__import__ with a computed module name, keyed by

@@ -218,3 +218,28 @@ def test_the_cli_writes_a_folder_that_export_reads_in_both_layouts(gen_run, inpu
         name = f"{row['kind']}_{row['index']:03d}.png"
         assert np.array_equal(read(semantic / "images" / name), read(out / row["image"]))
         assert np.array_equal(read(semantic / "masks" / name), read(out / row["classes"]))
+
+
+def test_evaluate_and_the_gallery_read_an_augmented_folder(gen_run, inputs, tmp_path):
+    import urllib.request
+
+    from seas.evaluation.config import EvalConfig
+    from seas.evaluation.evaluate import evaluate_run
+    from seas.gallery.server import serve
+
+    images, masks = inputs
+    out = augment_to_folder(gen_run, images, tmp_path / "aug", AugmentConfig(type="scratch,hole", masks=str(masks)),
+                            FAST, progress=False)
+    cfg = EvalConfig(segmenter="unet", size=32, steps=1, batch_size=4, width=0.25, device="cpu", progress=False,
+                     judge_steps=2, baselines=False, quality=False, weights_dir=str(tmp_path / "weights"))
+    metrics = evaluate_run(gen_run, generated_dir=out, out_dir=tmp_path / "evaluation", cfg=cfg)
+    assert metrics["train_sets"]["real+generated"]["generated_anomalies"] == 3
+    assert metrics["generated"]["scratch+hole"]["rows"] == 3
+
+    with serve(out) as server:
+        with urllib.request.urlopen(server.url + "api/catalog", timeout=10) as response:
+            catalog = json.loads(response.read())
+        assert [i["key"] for i in catalog["items"]] == [f"scratch+hole/{i}" for i in range(3)]
+        for url in [i[f] for i in catalog["items"] for f in ("image", "mask") if i[f]]:
+            with urllib.request.urlopen(server.url.rstrip("/") + url, timeout=10) as response:
+                assert response.read().startswith(b"\x89PNG")

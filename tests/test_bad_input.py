@@ -463,7 +463,7 @@ def test_one_meaning_per_option_name_across_commands():
     steps = {name: options["--steps"].help for name, options in shown.items() if "--steps" in options}
     assert set(steps) == {"train", "train-mask", "evaluate"}
     assert all("updates" in text for text in steps.values()), steps
-    assert {name for name, options in shown.items() if "--sample-steps" in options} == {"generate", "demo"}
+    assert {name for name, options in shown.items() if "--sample-steps" in options} == {"generate", "augment", "demo"}
     normal = {name: options["--normal"] for name, options in shown.items() if "--normal" in options}
     assert normal and all(a.metavar == "GLOB" for a in normal.values()), sorted(normal)
     width = {name: options["--width"] for name, options in shown.items() if "--width" in options}
