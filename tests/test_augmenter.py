@@ -46,9 +46,11 @@ def test_the_call_is_seeded_and_has_the_detector_libraries_shape(gen_run, bank):
     assert 0 < len(chosen) < 5
     for b in range(5):
         if b not in chosen:
-            assert torch.equal(augmented[b], images[b]) and not masks[b].any()
+            assert torch.equal(augmented[b], images[b]) and not masks[b].any() and augmenter.last_kinds[b] is None
             continue
-        pixels, mask, area = augmenter.bank.at_size(int(numbers[list(chosen).index(b)]), 40, 56)
+        number = int(numbers[list(chosen).index(b)])
+        assert augmenter.last_kinds[b] == augmenter.bank.pairs[number][2]
+        pixels, mask, area = augmenter.bank.at_size(number, 40, 56)
         outside = torch.from_numpy(~area)
         assert torch.equal(augmented[b][:, outside], images[b][:, outside])  # bit-identical outside the area
         assert torch.allclose(augmented[b][:, ~outside], torch.from_numpy(pixels).permute(2, 0, 1)[:, ~outside])
@@ -74,7 +76,7 @@ def test_types_choose_the_pairs_and_bad_arguments_are_one_line(gen_run, bank, tm
     both = seas.SeaSAugmenter(gen_run, bank=bank).bank.pairs
     only_holes = seas.SeaSAugmenter(gen_run, bank=bank, types=["hole"]).bank.pairs
     assert len(both) == 16 and len(only_holes) == 8  # 8 images, a hole and a scratch on each
-    assert all("/type-mask/hole/" in mask for _, mask in only_holes)
+    assert all("/type-mask/hole/" in mask and kind == "hole" for _, mask, kind in only_holes)
     with pytest.raises(SeasError, match="holds no anomaly pair of the types stain"):
         seas.SeaSAugmenter(gen_run, bank=bank, types=["stain"])
     with pytest.raises(SeasError, match="the run has no type dent"):
@@ -110,7 +112,7 @@ def test_direct_mode_draws_into_the_image_itself(gen_run):
         assert torch.equal(augmented[b][:, ~region], images[b][:, ~region])
         assert masks[b, 0].bool().any() and not (masks[b, 0].bool() & ~region).any()
         assert (augmented[b][:, region] - images[b][:, region]).abs().max() > 0.05  # something drawn
-    assert augmenter.drawn == 3
+    assert augmenter.drawn == 3 and augmenter.last_kinds == kinds
 
 
 def test_a_small_segmenter_learns_the_defects_from_the_augmenter(gen_run, bank, product64):

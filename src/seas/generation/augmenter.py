@@ -51,14 +51,14 @@ class Bank:
         if written_by is None or Path(written_by).resolve() != run.path.resolve():
             raise ConfigError(f"bank {self.folder.path}: written by the run {written_by}, not {run.path}; give a folder "
                               "that 'seas augment' or 'seas generate' wrote with this run")
-        # (image, mask) of every defect of the wanted types: one per type of an augmented image
-        # with several (its per-type masks), else the pair itself when all its types are wanted
-        self.pairs: list[tuple[str, str]] = []
+        # (image, mask, kind) of every defect of the wanted types: one per type of an augmented
+        # image with several (its per-type masks), else the pair itself when all its types are wanted
+        self.pairs: list[tuple[str, str, str]] = []
         for row in self.folder.rows():
             if row.get("type_masks"):
-                self.pairs += [(row["image"], path) for name, path in row["type_masks"].items() if name in types]
+                self.pairs += [(row["image"], path, name) for name, path in row["type_masks"].items() if name in types]
             elif row.get("mask") and row.get("mask_area") != 0 and set(row["kind"].split("+")) <= set(types):
-                self.pairs.append((row["image"], row["mask"]))
+                self.pairs.append((row["image"], row["mask"], row["kind"]))
         if not self.pairs:
             raise ConfigError(f"bank {self.folder.path}: holds no anomaly pair of the types {', '.join(types)}; "
                               "generate or augment some first")
@@ -72,7 +72,7 @@ class Bank:
         """Pair ``number``: image ``(h, w, 3)`` float32 in [0, 1], mask and pasted area ``(h, w)`` bool."""
         from seas.files.images import read_rgb
 
-        image, mask = self.pairs[number]
+        image, mask, _ = self.pairs[number]
         image = read_rgb(self.folder.file(image)).astype(np.float32) / 255.0
         mask = read_mask(self.folder.file(mask))
         return image, mask, cv2.dilate(mask.astype(np.uint8), self.kernel) > 0
@@ -122,6 +122,7 @@ class SeaSAugmenter(torch.nn.Module):
         self.device_name = device
         self.rng = np.random.default_rng(seed)
         self.drawn = 0  # direct mode: augmented images so far (image n has seed sampling.seed + n)
+        self.last_kinds: list[str | None] = []  # per image of the last call: the kind drawn into it, or None
         self._pipe = self._placer = None
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,6 +136,7 @@ class SeaSAugmenter(torch.nn.Module):
                               f"{float(images.min()):.3g} to {float(images.max()):.3g}); scale them first")
         batch, _, height, width = images.shape
         chosen = np.flatnonzero(self.rng.random(batch) < self.probability)
+        self.last_kinds = [None] * batch
         augmented = images.clone()
         masks = torch.zeros(batch, 1, height, width, dtype=images.dtype, device=images.device)
         if len(chosen) == 0:
@@ -142,18 +144,20 @@ class SeaSAugmenter(torch.nn.Module):
         if self.bank is not None:
             numbers = self.rng.integers(len(self.bank), size=len(chosen))
             drawn = [self.bank.at_size(int(n), height, width) for n in numbers]
+            kinds = [self.bank.pairs[n][2] for n in numbers]
         else:
-            drawn = self._direct(images[torch.from_numpy(chosen).to(images.device)])
-        for b, (pixels, mask, area) in zip(chosen, drawn):
+            drawn, kinds = self._direct(images[torch.from_numpy(chosen).to(images.device)])
+        for b, (pixels, mask, area), kind in zip(chosen, drawn, kinds):
+            self.last_kinds[b] = kind
             pixels = torch.from_numpy(pixels).permute(2, 0, 1).to(images.device, images.dtype)
             area = torch.from_numpy(area).to(images.device)
             augmented[b] = torch.where(area, pixels, images[b])
             masks[b, 0] = torch.from_numpy(mask).to(images.device, images.dtype)
         return augmented, masks
 
-    def _direct(self, images: torch.Tensor) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    def _direct(self, images: torch.Tensor) -> tuple[list[tuple[np.ndarray, np.ndarray, np.ndarray]], list[str]]:
         """Sample a defect into each of ``images (n, 3, H, W)``; per image (pixels (H, W, 3) in
-        [0, 1], mask (H, W) bool, region (H, W) bool)."""
+        [0, 1], mask (H, W) bool, region (H, W) bool), and the types drawn."""
         from seas.generation.augment import augment_batch, to_size
 
         pipe, placer = self._pipeline()
@@ -171,7 +175,7 @@ class SeaSAugmenter(torch.nn.Module):
                                   self.sampling)
             for j, item, region in zip(group, items, regions):
                 results[j] = (item.image.astype(np.float32) / 255.0, item.mask, region[0])
-        return results
+        return results, kinds
 
     def _pipeline(self):
         if self._pipe is None:
