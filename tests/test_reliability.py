@@ -499,6 +499,17 @@ def test_two_process_training_exports_once(work, tiny16, product64):
     assert temporaries(out) == []
 
 
+def test_two_process_augment_equals_one_process(work, gen_run, product64):
+    """``seas augment`` under torchrun: the processes share the batches and the folder equals one
+    process's, byte for byte."""
+    args = ["augment", "--run", gen_run, "--images", product64 / "train" / "good", "--placement", "real-masks",
+            "--type", "hole,scratch", "--num-per-image", 2, "--sample-steps", 2, "--batch-size", 2, "--quiet"]
+    seas_here(*args, "--out", work / "augment-1")
+    two_processes("torchrun", *args, "--out", work / "augment-2", cwd=work)
+    assert len((work / "augment-2" / "manifest.jsonl").read_text().splitlines()) == 8
+    assert files(work / "augment-1") == files(work / "augment-2")
+
+
 def test_two_process_generation_equals_one_process(work, gen_run, one_process_generation):
     out = work / "generated-2"
     two_processes("torchrun", "generate", "--run", gen_run, "--out", out, *GENERATE, cwd=work)
