@@ -10,6 +10,7 @@ from PIL import Image
 from seas.evaluation.baselines import cut_paste, perlin_blend, perlin_mask, perlin_noise
 from seas.evaluation.downstream import (
     DownstreamConfig,
+    build_untrained,
     evaluate,
     make_cut_paste_set,
     predict,
@@ -220,3 +221,23 @@ def test_seed_changes_model_and_predict_resizes_back(data):
     assert predict(a, [test[0][0]], SIZE, resize_back=False).shape == (1, SIZE, SIZE)
     with pytest.raises(ValueError):
         predict(a, [images[0], test[0][0]], SIZE)
+
+
+@pytest.mark.parametrize("name", ["unet", "bisenetv2"])
+def test_every_classifier_starts_at_the_prior(name):
+    """``prior``: each classifier's logits start at 0 (normal) and log(p / (1 - p)) (anomaly)
+    biases, so that an all-black input is scored p; ``None`` keeps PyTorch's initialisation."""
+    cfg = DownstreamConfig(segmenter=name, width=0.25, prior=0.01)
+    torch.manual_seed(0)
+    model = build_untrained(cfg)
+    heads = [m for n, m in model.named_modules() if n.split(".")[-1] == "cls"]
+    assert len(heads) == (1 if name == "unet" else 5)  # BiSeNet V2: the main head and four boosters
+    for head in heads:
+        assert torch.allclose(head.bias, torch.tensor([0.0, math.log(0.01 / 0.99)]))
+        zero_input = torch.zeros(1, head.in_channels, 2, 2)
+        assert torch.allclose(torch.softmax(head(zero_input), dim=1)[:, 1], torch.tensor(0.01))
+    torch.manual_seed(0)
+    plain = build_untrained(DownstreamConfig(segmenter=name, width=0.25, prior=None))
+    assert not any(torch.allclose(m.bias, heads[0].bias) for n, m in plain.named_modules()
+                   if n.split(".")[-1] == "cls")
+    assert EvalConfig(prior=0.05).downstream().prior == 0.05

@@ -33,6 +33,10 @@ class DownstreamConfig(Config):
     aux_weight: float = option(0.4, help="weight of BiSeNet V2's auxiliary heads (0 disables them)", minimum=0.0)
     width: float = option(1.0, help="channel multiplier of the segmenter (positive)")
     seed: int = option(0, help="seeds the weights, the batch order and the augmentation")
+    prior: float | None = option(0.01, help="anomaly probability the untrained classifier predicts (its anomaly "
+                                 "logit's bias log(p / (1 - p)), RetinaNet's prior); None: PyTorch's default "
+                                 "initialisation, which let some seeds settle on all-normal", minimum=1e-6,
+                                 maximum=0.5)
     device: str = option("auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     eval_batch_size: int = option(16, help="images per forward pass at prediction", minimum=1)
     progress: bool = option(True, help="a tqdm bar with the loss", cli=False)
@@ -57,6 +61,10 @@ class EvalConfig(Config):
     # multiplier of the segmenter's, named as in seas demo (seas evaluate --width: a deprecated alias)
     width: float = option(1.0, help="channel multiplier of the segmenter (positive)", flag="--seg-width")
     seed: int = option(0, help="seed of the segmenters, their batches and the baseline synthesis")
+    prior: float | None = option(0.01, help="anomaly probability each untrained segmenter predicts (the bias "
+                                 "of its classifier; RetinaNet's prior): without it (None, in a config file) "
+                                 "a narrow segmenter settled on all-normal on some seeds", minimum=1e-6, maximum=0.5,
+                                 flag="--seg-prior")
     device: str = option("auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     baselines: bool = option(True, help="also train on the cut-paste and Perlin training sets "
                              "(--no-baselines skips them)")
@@ -83,5 +91,5 @@ class EvalConfig(Config):
 
     def downstream(self) -> DownstreamConfig:
         return DownstreamConfig(segmenter=self.segmenter, size=self.size, steps=self.steps,
-                                batch_size=self.batch_size, width=self.width, seed=self.seed,
+                                batch_size=self.batch_size, width=self.width, seed=self.seed, prior=self.prior,
                                 device=self.device, progress=self.progress)
