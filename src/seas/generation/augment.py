@@ -253,8 +253,9 @@ def augment_batch(pipe, types: Sequence[str], images: list[np.ndarray], regions:
     current = torch.stack([image_to_tensor(im, size, fit_frame(im.shape[1::-1], "stretch"), pipe.grey)
                            for im in rgb]).to(pipe.device, pipe.dtype)  # (B, 3, R, R) in [-1, 1]
     outputs = [im.copy() for im in images]
-    masks, probs, sources = [[] for _ in images], [np.zeros(im.shape[:2], np.float32) for im in images], \
-        [[] for _ in images]
+    masks = [[] for _ in images]  # per image, per type: (H, W) bool
+    sources = [[] for _ in images]  # per image, per type: "head" or "placed"
+    probs = [np.zeros(im.shape[:2], np.float32) for im in images]  # per image: (H, W)
     for k, name in enumerate(types):
         squares = np.stack([to_square(r[k], size) for r in regions])  # (B, R, R)
         pixels, prob = pipe.sample_on(name, current, squares, indices, cfg)
