@@ -38,9 +38,7 @@ def add_parsers(sub) -> None:
 
 
 def cmd_augment(args) -> int:
-    import torch
-    from accelerate import PartialState
-
+    from seas.cli.options import sampling_processes
     from seas.generation.augment import augment_to_folder
     from seas.generation.generated import GeneratedFolder
 
@@ -48,8 +46,7 @@ def cmd_augment(args) -> int:
     # --placement and --masks are AugmentConfig's here, not the sampler's
     cfg = resolve_config(GenerationConfig, Namespace(**{k: v for k, v in vars(args).items() if k not in NOT_FOR_AUGMENT}))
     run = check_augment(args, aug)
-    state = PartialState(cpu=args.device == "cpu" or (args.device is None and not torch.cuda.is_available()))
-    device = args.device or ("cpu" if state.device.type == "cpu" else str(state.device))
+    state, device = sampling_processes(args.device)
     out = augment_to_folder(run, args.images, args.out, aug, cfg, switches_from_args(args, device), device=device,
                             rank=state.process_index, world=state.num_processes,
                             progress=state.is_main_process and not args.quiet)

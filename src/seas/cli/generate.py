@@ -97,20 +97,14 @@ def kinds_from_args(args, run) -> list:
 
 
 def cmd_generate(args) -> int:
-    import torch
-    from accelerate import PartialState
-
+    from seas.cli.options import sampling_processes
     from seas.generation.export import export_mvtec
     from seas.generation.folder import generate_to_folder
     from seas.generation.generated import GeneratedFolder
 
     cfg = resolve_config(GenerationConfig, args)
     run, kinds = check_generate(args, cfg)
-    # On a machine without a GPU, cpu=True lets torchrun's processes find each other (gloo).
-    state = PartialState(cpu=args.device == "cpu" or (args.device is None and not torch.cuda.is_available()))
-    # One GPU per process under torchrun / accelerate. A distributed CPU state says "cpu:0",
-    # which takes other kernels than "cpu": plain "cpu" keeps the outputs of one process.
-    device = args.device or ("cpu" if state.device.type == "cpu" else str(state.device))
+    state, device = sampling_processes(args.device)
     out = generate_to_folder(run, args.out, kinds, cfg, switches_from_args(args, device), device=device,
                              rank=state.process_index, world=state.num_processes,
                              progress=state.is_main_process and not args.quiet)

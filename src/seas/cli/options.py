@@ -98,6 +98,19 @@ def resolve_config(cls, args, defaults: dict | None = None):
     return cls.from_dict(values, where=args.config or "")
 
 
+def sampling_processes(device: str | None):
+    """The process state and device of a sampling command (``seas generate``, ``seas augment``),
+    one process or several under torchrun / accelerate launch: ``(PartialState, device)``."""
+    import torch
+    from accelerate import PartialState
+
+    # On a machine without a GPU, cpu=True lets torchrun's processes find each other (gloo).
+    state = PartialState(cpu=device == "cpu" or (device is None and not torch.cuda.is_available()))
+    # One GPU per process under torchrun / accelerate. A distributed CPU state says "cpu:0",
+    # which takes other kernels than "cpu": plain "cpu" keeps the outputs of one process.
+    return state, device or ("cpu" if state.device.type == "cpu" else str(state.device))
+
+
 def main_process() -> bool:
     """True in a single process, and in process 0 under torchrun / accelerate launch (the
     launch as accelerate sees it, as in ``seas generate``)."""
