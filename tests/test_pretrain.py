@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -99,3 +100,55 @@ def test_bad_settings_are_one_line_errors(tmp_path):
     with pytest.raises(ConfigError, match="not a pretraining folder"):
         pretrain(PretrainConfig(**SMALL), tmp_path / "x")
     assert [p.name for p in (tmp_path / "x").iterdir()] == ["mine.txt"]
+
+
+def test_a_continued_pretraining_keeps_the_vae_and_its_card_names_the_base_it_continues(tmp_path):
+    first = pretrain(PretrainConfig(**SMALL), tmp_path / "a", command="seas pretrain --out a")
+    cfg = PretrainConfig(**{**SMALL, "init": str(first), "vae_steps": 0, "unet_defect_weight": 4.0})
+    second = pretrain(cfg, tmp_path / "b", command="seas pretrain --init a/model --out b")
+    before, after = weights(first), weights(second)
+    vae = [k for k in before if k.startswith("vae/")]
+    assert vae and all(torch.equal(before[k], after[k]) for k in vae)  # kept bit for bit
+    assert not torch.equal(before["unet/conv_in.weight"], after["unet/conv_in.weight"])  # the U-Net trained on
+    assert load_backbone(str(second)).vae.config.scaling_factor == load_backbone(str(first)).vae.config.scaling_factor
+
+    card = read_card(second)
+    unet_file = "unet/diffusion_pytorch_model.safetensors"
+    assert card["init"]["command"] == "seas pretrain --out a"
+    assert card["init"]["files"][unet_file] == read_card(first)["files"][unet_file]
+    text = (second / CARD_MD).read_text()
+    assert text.index("seas pretrain --out a") < text.index("seas pretrain --init a/model --out b")
+    assert "VAE: kept" in text and "weighted 5x" in text
+
+
+def test_the_defect_weight_counts_the_latent_cells_a_defect_touches(tmp_path):
+    pool = pretrain_module.CorpusPool(PretrainConfig(**SMALL))
+    pool.captions = ["x"] * len(pool.captions)  # nothing rendered: the masks are ours
+    pool.masks[0, 10, 5:30] = True  # a one-pixel line, rows 10, columns 5..29
+    cells = pool.latent_masks(np.array([0, 1]), 4)  # (2, 1, 16, 16)
+    expected = torch.zeros(2, 1, 16, 16)
+    expected[0, 0, 2, 1:8] = 1  # row 10 // 4, columns 5 // 4 .. 29 // 4
+    assert torch.equal(cells, expected)
+
+    # the weighted loss is the plain mean plus weight x the defect cells' share of the squared error
+    run = pretrain_module.Pretraining(PretrainConfig(**{**SMALL, "unet_defect_weight": 3.0}), tmp_path)
+    run.pool.latents = torch.zeros(SMALL["corpus_size"], SMALL["latent_channels"], 16, 16)
+    run.pool.encoded[:] = True
+    indices, _, _ = pretrain_module.draw(run.cfg, "unet", 0, SMALL["unet_batch"])
+    m = run.pool.latent_masks(indices, 4)
+    has_defect = m.sum() > 0
+    with torch.no_grad():
+        losses = run.unet_loss(0)
+    numel = SMALL["unet_batch"] * SMALL["latent_channels"] * 16 * 16
+    in_defects = losses["defect_mse"] * SMALL["latent_channels"] * m.sum() / numel  # mean over all of sq x m
+    assert float(losses["total"]) == pytest.approx(float(losses["mse"] + 3.0 * in_defects), rel=1e-5)
+    assert bool(has_defect) == bool(losses["total"] > losses["mse"])
+
+
+def test_bad_continuations_are_one_line_errors(tmp_path):
+    with pytest.raises(ConfigError, match="--vae-steps 0: keeps the VAE of --init"):
+        PretrainConfig(vae_steps=0)
+    first = pretrain(PretrainConfig(**SMALL), tmp_path / "a")
+    with pytest.raises(ConfigError, match="give the options it was pretrained with"):
+        pretrain(PretrainConfig(**{**SMALL, "init": str(first), "width": 32, "norm_groups": 8}), tmp_path / "b")
+    assert not (tmp_path / "b").exists()

@@ -33,7 +33,7 @@ class PretrainConfig(Config):
                                   "group removes each channel's mean, and the image's colour with it)", minimum=1)
     top_attention: bool = option(False, help="keep the transformers of the U-Net's outermost blocks (SD 1.x has "
                                  "them; SeaS reads none of them and they cost half an update at 128 px)")
-    vae_steps: int = option(5000, help="VAE updates", minimum=1)
+    vae_steps: int = option(5000, help="VAE updates (0: keep the VAE of --init)", minimum=0)
     vae_batch: int = option(8, help="images per VAE update", minimum=1)
     lr_vae: float = option(1e-3, help="VAE learning rate", minimum=0.0)
     kl_weight: float = option(1e-8, help="weight of the VAE's KL term, summed over latent elements (SD's 1e-6 is "
@@ -63,8 +63,14 @@ class PretrainConfig(Config):
                                   "(snapshots/unet-NNNNNN), for curves against pretraining",
                                   factory=list)
     seed: int = option(0, help="seed of the weights and every draw")
+    init: str | None = option(None, help="continue from a base written by seas pretrain (its model/ folder, or "
+                              "seas-tiny) instead of random weights; the architecture options must be the base's")
+    unet_defect_weight: float = option(0.0, help="extra weight of the U-Net's noise-prediction error in the latent "
+                                       "cells a defect mask touches (0: none, SD's plain loss)", minimum=0.0)
 
     def validate(self) -> None:
+        if self.vae_steps == 0 and self.init is None:
+            raise ConfigError("--vae-steps 0: keeps the VAE of --init; give --init, or at least one VAE update")
         multiple = self.vae_factor * 8  # VAE factor x the U-Net's three down-samplings
         if self.resolution % multiple:
             raise ConfigError(f"--resolution {self.resolution}: must be a multiple of {multiple}")

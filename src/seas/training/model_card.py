@@ -28,6 +28,20 @@ def weight_files(folder: Path) -> dict[str, list]:
     return {name: entry for name, entry in file_table(folder).items() if name not in (CARD_JSON, CARD_MD)}
 
 
+def init_record(init: str) -> dict:
+    """What a card says of the base a continued pretraining started from (``--init``): its value,
+    the size and SHA-256 of its weight files, and its own card's name, date and command."""
+    from seas.model.backbone import resolve_base
+
+    folder = Path(resolve_base(init))
+    files = {name: entry for name, entry in weight_files(folder).items() if name.endswith(".safetensors")}
+    record = {"base": init, "files": files, "name": None, "date": None, "command": None}
+    if (folder / CARD_JSON).is_file():
+        earlier = read_card(folder)
+        record |= {key: earlier.get(key) for key in ("name", "date", "command")}
+    return record
+
+
 def summarise_curve(rows: list[dict], phase: str, keys: tuple[str, ...], points: int = 8) -> list[dict]:
     """About ``points`` evenly spaced rows of ``phase`` (the last one included), with ``keys``."""
     mine = [r for r in rows if r["phase"] == phase]
@@ -41,12 +55,13 @@ def summarise_curve(rows: list[dict], phase: str, keys: tuple[str, ...], points:
 
 
 def build_card(*, name: str, cfg: dict, parts: dict, folder: Path, rows: list[dict], probe: dict,
-               machine: str, command: str, date: str) -> dict:
+               machine: str, command: str, date: str, init: dict | None = None) -> dict:
     seconds = {phase: max((r["seconds"] for r in rows if r["phase"] == phase), default=0.0) for phase in ("vae", "unet")}
     return {
         "name": name,
         "date": date,
         "command": command,
+        "init": init,
         "machine": machine,
         "corpus": {"version": corpus.CORPUS_VERSION, "seed": cfg["corpus_seed"], "samples": cfg["corpus_size"],
                    "defect_share": cfg["defect_share"], "families": list(corpus.FAMILIES),
@@ -60,7 +75,7 @@ def build_card(*, name: str, cfg: dict, parts: dict, folder: Path, rows: list[di
                      "unet_batch": cfg["unet_batch"], "precision": cfg["precision"], "seconds": seconds,
                      "config": cfg},
         "curves": {"vae": summarise_curve(rows, "vae", ("l1", "defect_l1", "kl")),
-                   "unet": summarise_curve(rows, "unet", ("mse",))},
+                   "unet": summarise_curve(rows, "unet", ("mse", "defect_mse"))},
         "vae_round_trip": probe,
         "files": weight_files(folder),
     }
@@ -74,8 +89,31 @@ def _num(value, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def training_lines(card: dict) -> list[str]:
+    """The card's training paragraph and the command(s) that reproduce the weights."""
+    train, init = card["training"], card.get("init")
+    weight = train["config"].get("unet_defect_weight", 0.0)
+    vae = (f"VAE: {train['vae_updates']} updates of {train['vae_batch']} images "
+           f"({train['seconds']['vae'] / 60:.0f} min); " if train["vae_updates"] else "VAE: kept from the base it continues; ")
+    lines = [
+        vae + f"U-Net and text encoder: {train['unet_updates']} updates of {train['unet_batch']} "
+        f"({train['seconds']['unet'] / 60:.0f} min), {train['precision']} autocast, "
+        + (f"the noise-prediction error weighted {1 + weight:g}x in the latent cells a defect touches, " if weight else "")
+        + f"exported as the moving average. Machine: {card['machine']}. Date: {card['date']}."]
+    if init is None:
+        return lines + ["", "Reproduce with:", "", f"    {card['command']}"]
+    made = f", made on {init['date']} by `{init['command']}`" if init.get("command") else ""
+    lines += ["", f"This run continues `{init['base']}` ({init.get('name') or 'a pretrained base'}{made}), whose weights "
+              "were:", ""]
+    lines += [f"    {digest}  {path}" for path, (_, digest) in init["files"].items()]
+    lines += ["", "Reproduce with, in order:", ""]
+    if init.get("command"):
+        lines.append(f"    {init['command']}")
+    return lines + [f"    {card['command']}"]
+
+
 def card_markdown(card: dict) -> str:
-    arch, train, data = card["architecture"], card["training"], card["corpus"]
+    arch, data = card["architecture"], card["corpus"]
     params = arch["parameters"]
     lines = [
         f"# {card['name']}: the tiny base shipped with seas",
@@ -104,14 +142,7 @@ def card_markdown(card: dict) -> str:
         "",
         "## Training",
         "",
-        f"VAE: {train['vae_updates']} updates of {train['vae_batch']} images ({train['seconds']['vae'] / 60:.0f} min); "
-        f"U-Net and text encoder: {train['unet_updates']} updates of {train['unet_batch']} "
-        f"({train['seconds']['unet'] / 60:.0f} min), {train['precision']} autocast, exported as the moving "
-        f"average. Machine: {card['machine']}. Date: {card['date']}.",
-        "",
-        "Reproduce with:",
-        "",
-        f"    {card['command']}",
+        *training_lines(card),
         "",
         "## Loss curves",
         "",

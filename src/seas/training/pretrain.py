@@ -8,10 +8,13 @@ photographs of many products and generic defects, never the demo's product), in 
    ``1 + defect_weight`` inside each image's defect mask (a defect is a few percent of the
    pixels, and the whole point of the base is that it keeps them), plus a small KL term. Then
    ``scaling_factor`` is set so that the latents have unit variance, as SD's 0.18215 does;
-2. ``unet``: U-Net and text encoder together (epsilon MSE on the SD noise schedule), captions
-   dropped to the empty prompt at rate ``empty_captions`` (classifier-free guidance needs the
-   unconditional branch), with an exponential moving average of the weights that is what gets
-   exported.
+2. ``unet``: U-Net and text encoder together (epsilon MSE on the SD noise schedule, the error in
+   the latent cells a defect touches weighted ``1 + unet_defect_weight``), captions dropped to
+   the empty prompt at rate ``empty_captions`` (classifier-free guidance needs the unconditional
+   branch), with an exponential moving average of the weights that is what gets exported.
+
+``init`` continues from an earlier pretraining's model instead of random weights (with
+``vae_steps`` 0 its VAE and scaling factor are kept); the card then names it and its command.
 
 Everything is deterministic: corpus sample ``i`` is a pure function of ``(corpus_seed, i)``;
 update ``n`` of a phase draws its samples, augmentations, noise and timesteps from
@@ -45,12 +48,12 @@ from seas.data import corpus
 from seas.errors import ConfigError, RunError
 from seas.files.atomic import read_json, remove_path, write_file, write_json
 from seas.judge.vae_probe import VaeProbe
-from seas.model.backbone import build_tiny_components, quiet_log_variance, save_components
+from seas.model.backbone import COMPONENTS, build_tiny_components, load_backbone, quiet_log_variance, save_components
 from seas.model.prompts import tokenize
 from seas.seeds import step_generator
 from seas.training.configs import PretrainConfig
 from seas.training.loop import progress
-from seas.training.model_card import build_card, write_card
+from seas.training.model_card import build_card, init_record, write_card
 
 PHASES = ("vae", "unet")
 CURVE_ORDER = ("vae", "vae_probe", "unet")  # the phases of curves.jsonl lines, in training order
@@ -93,6 +96,13 @@ class CorpusPool:
     def caption_list(self, indices: np.ndarray) -> list[str]:
         self._render(indices)
         return [self.captions[i] for i in indices]
+
+    def latent_masks(self, indices: np.ndarray, factor: int) -> torch.Tensor:
+        """Defect masks at the latent's size ``(B, 1, R / factor, R / factor)``: a cell is 1 when
+        any of its pixels is (a one-pixel scratch still marks its cells)."""
+        self._render(indices)
+        masks = torch.from_numpy(self.masks[indices])[:, None].float()
+        return F.max_pool2d(masks, factor)
 
     def latent_batch(self, vae, indices: np.ndarray, autocast) -> torch.Tensor:
         """Scaled latent means ``(B, c, h, w)`` of the samples, encoded on first use."""
@@ -168,6 +178,8 @@ class Pretraining:
             seed=cfg.seed, width=cfg.width, vae_width=cfg.vae_width, latent_channels=cfg.latent_channels,
             vae_factor=cfg.vae_factor, top_attention=cfg.top_attention, words=corpus.caption_words(),
             norm_groups=cfg.norm_groups, vae_norm_groups=cfg.vae_norm_groups)
+        if cfg.init is not None:
+            self.parts = initial_parts(cfg, self.parts)
         self.pool = CorpusPool(cfg)
         self.dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
         self.probe: VaeProbe | None = None
@@ -209,8 +221,14 @@ class Pretraining:
         with self.autocast():
             context = p["text_encoder"](tokenize(p["tokenizer"], captions))[0]  # (B, 77, D)
             pred = p["unet"](p["scheduler"].add_noise(z, noise, t), t, context).sample.float()
-        loss = F.mse_loss(pred, noise)
-        return {"total": loss, "mse": loss.detach()}
+        squared = (pred - noise) ** 2  # (B, c, h, w)
+        loss = squared.mean()
+        if cfg.unet_defect_weight == 0:
+            return {"total": loss, "mse": loss.detach()}
+        m = augment(self.pool.latent_masks(indices, cfg.vae_factor), turns, flips)  # (B, 1, h, w) in {0, 1}
+        total = (squared * (1 + cfg.unet_defect_weight * m)).mean()
+        defect = (squared * m).sum() / (squared.shape[1] * m.sum()).clamp(min=1)
+        return {"total": total, "mse": loss.detach(), "defect_mse": defect.detach()}
 
     def run_phase(self, phase: str, modules: list, groups: list[dict], steps: int, step_loss, ema=None,
                   after_update=None) -> None:
@@ -270,6 +288,8 @@ class Pretraining:
             module.eval()
 
     def train_vae(self) -> None:
+        if self.cfg.vae_steps == 0:  # the VAE of --init, kept
+            return
         vae = self.parts["vae"]
         quiet_log_variance(vae)
         self.run_phase("vae", [vae], [{"params": list(vae.parameters()), "lr": self.cfg.lr_vae}],
@@ -289,7 +309,10 @@ class Pretraining:
               flush=True)
 
     def set_scaling_factor(self) -> None:
-        """SD's rule: ``scaling_factor`` = 1 / std of the latents (over 512 corpus samples)."""
+        """SD's rule: ``scaling_factor`` = 1 / std of the latents (over 512 corpus samples); a
+        VAE kept from ``init`` keeps its own."""
+        if self.cfg.vae_steps == 0:
+            return
         vae = self.parts["vae"]
         vae.register_to_config(scaling_factor=1.0)
         indices = np.arange(min(512, self.cfg.corpus_size))
@@ -322,6 +345,25 @@ class Pretraining:
         return save_components(parts, folder)
 
 
+def initial_parts(cfg: PretrainConfig, built: dict) -> dict:
+    """The parts of ``cfg.init`` in fp32, checked against the architecture ``built`` from the
+    options (the card describes the model by them, and a changed one would not be continued)."""
+    backbone = load_backbone(cfg.init)
+    parts = {name: getattr(backbone, name) for name in COMPONENTS}
+    for name in ("unet", "vae", "text_encoder"):
+        parts[name] = parts[name].float()
+        mine = {k: tuple(v.shape) for k, v in built[name].state_dict().items()}
+        theirs = {k: tuple(v.shape) for k, v in parts[name].state_dict().items()}
+        if mine != theirs:
+            raise ConfigError(f"--init {cfg.init}: its {name} is not the one the architecture options build (--width, "
+                              "--vae-width, --latent-channels, --vae-factor, --top-attention); give the options it "
+                              "was pretrained with")
+    if parts["tokenizer"].get_vocab() != built["tokenizer"].get_vocab():
+        raise ConfigError(f"--init {cfg.init}: its tokenizer is not the corpus's; continue only a base written by "
+                          "seas pretrain")
+    return parts
+
+
 def write_state(out: Path, cfg: PretrainConfig, **status) -> None:
     write_json(out / STATE, {"format": "seas-pretrain-1", "config": cfg.to_dict(), **status})
 
@@ -347,10 +389,10 @@ def pretrain(cfg: PretrainConfig, out: str | Path, command: str = "", name: str 
     holds the model card."""
     out = Path(out)
     check_out(out, cfg)
+    run = Pretraining(cfg, out)  # loads --init first: a base that cannot be continued leaves nothing behind
     out.mkdir(parents=True, exist_ok=True)
     if not (out / STATE).is_file():
         write_state(out, cfg, finished=[], command=command)
-    run = Pretraining(cfg, out)
     run.train_vae()
     run.set_scaling_factor()
     write_state(out, cfg, finished=["vae"], command=command)
@@ -364,7 +406,8 @@ def pretrain(cfg: PretrainConfig, out: str | Path, command: str = "", name: str 
         probe = {"originals": run.probe.originals(), "vae": {k: v for k, v in last.items() if k != "phase"}}
     rows = curves(out)
     card = build_card(name=name, cfg=cfg.to_dict(), parts=run.parts, folder=model, rows=rows, probe=probe,
-                      machine=machine(), command=command or "seas pretrain", date=time.strftime("%Y-%m-%d"))
+                      machine=machine(), command=command or "seas pretrain", date=time.strftime("%Y-%m-%d"),
+                      init=init_record(cfg.init) if cfg.init is not None else None)
     write_card(model, card)
     write_state(out, cfg, finished=list(PHASES), command=command)
     return model
