@@ -64,7 +64,7 @@ class DemoConfig(Config):
     adapt_steps: int = option(0, help="U-Net updates adapting the base to the product's normal images before "
                               "stage 1 (0: none)", minimum=0)
     # stage 1 (a tiny model trained for minutes needs larger steps than SD's 4e-6 / 4e-5)
-    train_steps: int = option(400, help="stage-1 updates", minimum=1)
+    train_steps: int = option(800, help="stage-1 updates", minimum=1)
     lr_unet: float = option(2e-4, help="stage-1 U-Net learning rate", minimum=0.0)
     lr_text: float = option(2e-3, help="stage-1 token-embedding learning rate", minimum=0.0)
     adapter: str = option("full", help="stage 1 trains the whole U-Net (full) or LoRA adapters (lora, needs peft), "
