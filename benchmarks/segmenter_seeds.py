@@ -21,7 +21,7 @@ import numpy as np
 
 from seas.evaluation.config import EvalConfig
 from seas.evaluation.downstream import predict, train_segmenter
-from seas.evaluation.inputs import load_real
+from seas.evaluation.inputs import load_real, real_only_set
 from seas.evaluation.metrics import all_metrics
 from seas.files.atomic import read_json
 from seas.run import Run
@@ -41,8 +41,8 @@ def main() -> None:
         demo = read_json(folder / "demo.json")["config"]
         run = Run.load(folder / "run", verify=False)
         size, split = demo["seg_size"], run.split
-        train = [p for t in split.types for p in load_real(split.train[t], size, run)]
-        train += [(image, None) for image, _ in load_real(split.normal_train, size, run)]
+        train = real_only_set([p for t in split.types for p in load_real(split.train[t], size, run)],
+                              [image for image, _ in load_real(split.normal_train, size, run)])
         test = load_real(split.test, size, run)
         masks = np.stack([np.zeros((size, size), bool) if m is None else m for _, m in test])
         for segmenter_seed in args.segmenter_seeds:

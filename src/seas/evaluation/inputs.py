@@ -85,6 +85,12 @@ def real_at(samples: list, size: int, run: Run) -> tuple[list[np.ndarray], list[
     return [image for image, _ in pairs], (masks if masks and all(m is not None for m in masks) else None)
 
 
+def real_only_set(real_pairs: list, normals: list[np.ndarray]) -> list:
+    """The real-only training set: the real training anomalies ``(image, mask)`` and the normal
+    training images ``(image, None)``; every other set adds to it."""
+    return list(real_pairs) + [(image, None) for image in normals]
+
+
 def build_train_sets(real_pairs: list, normals: list[np.ndarray], generated: list[dict],
                      cfg: EvalConfig) -> tuple[dict[str, list], dict[str, dict]]:
     """The training sets and their composition.
@@ -95,7 +101,7 @@ def build_train_sets(real_pairs: list, normals: list[np.ndarray], generated: lis
     (spec section 7) trains on generated pairs, the real training third and the real normals.
     Returns ``({name: [(image, mask or None)]}, {name: {part: count}})``.
     """
-    base = list(real_pairs) + [(image, None) for image in normals]
+    base = real_only_set(real_pairs, normals)
     parts = {"real_anomalies": len(real_pairs), "real_normals": len(normals)}
     gen_pairs = [(r["image"], r["mask"]) for r in generated if r["kind"] != GOOD and r.get("mask") is not None]
     gen_normals = [(r["image"], None) for r in generated if r["kind"] == GOOD and cfg.generated_normals]
