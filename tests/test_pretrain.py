@@ -121,6 +121,32 @@ def test_a_continued_pretraining_keeps_the_vae_and_its_card_names_the_base_it_co
     assert "VAE: kept" in text and "weighted 5x" in text
 
 
+def test_a_decoder_fine_tune_keeps_encoder_unet_and_latents_and_its_card_lists_every_command(tmp_path):
+    first = pretrain(PretrainConfig(**SMALL), tmp_path / "a", command="seas pretrain --out a")
+    second = pretrain(PretrainConfig(**{**SMALL, "init": str(first), "vae_steps": 0, "unet_defect_weight": 4.0}),
+                      tmp_path / "b", command="seas pretrain --init a/model --out b --vae-steps 0")
+    cfg = PretrainConfig(**{**SMALL, "init": str(second), "vae_train": "decoder", "unet_steps": 0, "defect_weight": 15.0})
+    third = pretrain(cfg, tmp_path / "c", command="seas pretrain --init b/model --out c --vae-train decoder")
+    before, after = weights(second), weights(third)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    # exactly the decoder side of the VAE trained: no encoder, U-Net or text-encoder weight moved
+    assert changed and all(k.startswith(("vae/decoder.", "vae/post_quant_conv.")) for k in changed)
+    assert any(k.startswith("vae/decoder.") for k in changed) and "vae/post_quant_conv.weight" in changed
+    a, b = load_backbone(str(second)).vae, load_backbone(str(third)).vae
+    assert a.config.scaling_factor == b.config.scaling_factor  # the same latents, so the same scale
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(a.encode(x).latent_dist.mean, b.encode(x).latent_dist.mean)
+
+    text = (third / CARD_MD).read_text()
+    commands = ["seas pretrain --out a", "seas pretrain --init a/model --out b --vae-steps 0",
+                "seas pretrain --init b/model --out c --vae-train decoder"]
+    assert read_card(third)["init"]["commands"] == commands[:2]
+    reproduce = text[text.index("Reproduce with, in order:"):].splitlines()[2:5]
+    assert [line.strip() for line in reproduce] == commands
+    assert "decoder only" in text and "U-Net and text encoder: kept" in text
+
+
 def test_the_defect_weight_counts_the_latent_cells_a_defect_touches(tmp_path):
     pool = pretrain_module.CorpusPool(PretrainConfig(**SMALL))
     pool.captions = ["x"] * len(pool.captions)  # nothing rendered: the masks are ours
@@ -148,6 +174,10 @@ def test_the_defect_weight_counts_the_latent_cells_a_defect_touches(tmp_path):
 def test_bad_continuations_are_one_line_errors(tmp_path):
     with pytest.raises(ConfigError, match="--vae-steps 0: keeps the VAE of --init"):
         PretrainConfig(vae_steps=0)
+    with pytest.raises(ConfigError, match="--unet-steps 0: keeps the U-Net of --init"):
+        PretrainConfig(unet_steps=0)
+    with pytest.raises(ConfigError, match="--vae-train decoder: fine-tunes the decoder of --init"):
+        PretrainConfig(vae_train="decoder")
     first = pretrain(PretrainConfig(**SMALL), tmp_path / "a")
     with pytest.raises(ConfigError, match="give the options it was pretrained with"):
         pretrain(PretrainConfig(**{**SMALL, "init": str(first), "width": 32, "norm_groups": 8}), tmp_path / "b")

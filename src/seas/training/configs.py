@@ -10,6 +10,8 @@ from seas.errors import ConfigError
 from seas.fields import Config, option
 from seas.model.shapes import VAE_FACTORS
 
+VAE_TRAIN = ("all", "decoder")  # --vae-train: which VAE parts the VAE updates train
+
 
 @dataclass
 class PretrainConfig(Config):
@@ -40,7 +42,10 @@ class PretrainConfig(Config):
                               "against a reconstruction loss summed over pixels; against our mean it let the encoder "
                               "drown its latents in noise: docs/PRETRAINING.md)", minimum=0.0)
     defect_weight: float = option(4.0, help="extra weight of the VAE's L1 inside defect masks (0: none)", minimum=0.0)
-    unet_steps: int = option(8000, help="U-Net and text-encoder updates", minimum=1)
+    vae_train: str = option("all", help="what the VAE updates train: all (encoder and decoder) or decoder (with "
+                            "--init: the encoder, so the latents, the scaling factor and the U-Net's footing, stay "
+                            "as they are; SD's fine-tuned ft-MSE decoder was made so)", choices=VAE_TRAIN)
+    unet_steps: int = option(8000, help="U-Net and text-encoder updates (0: keep those of --init)", minimum=0)
     unet_batch: int = option(16, help="images per U-Net update", minimum=1)
     lr_unet: float = option(4e-4, help="U-Net learning rate", minimum=0.0)
     lr_text: float = option(4e-4, help="text-encoder learning rate", minimum=0.0)
@@ -71,6 +76,11 @@ class PretrainConfig(Config):
     def validate(self) -> None:
         if self.vae_steps == 0 and self.init is None:
             raise ConfigError("--vae-steps 0: keeps the VAE of --init; give --init, or at least one VAE update")
+        if self.unet_steps == 0 and self.init is None:
+            raise ConfigError("--unet-steps 0: keeps the U-Net of --init; give --init, or at least one U-Net update")
+        if self.vae_train == "decoder" and (self.init is None or self.vae_steps == 0):
+            raise ConfigError("--vae-train decoder: fine-tunes the decoder of --init's VAE; give --init and at least "
+                              "one --vae-steps update, or use --vae-train all")
         multiple = self.vae_factor * 8  # VAE factor x the U-Net's three down-samplings
         if self.resolution % multiple:
             raise ConfigError(f"--resolution {self.resolution}: must be a multiple of {multiple}")

@@ -30,16 +30,27 @@ def weight_files(folder: Path) -> dict[str, list]:
 
 def init_record(init: str) -> dict:
     """What a card says of the base a continued pretraining started from (``--init``): its value,
-    the size and SHA-256 of its weight files, and its own card's name, date and command."""
+    the size and SHA-256 of its weight files, its own card's name, date and command, and
+    ``commands``: every command that made it, in order (a base continued twice lists three)."""
     from seas.model.backbone import resolve_base
 
     folder = Path(resolve_base(init))
     files = {name: entry for name, entry in weight_files(folder).items() if name.endswith(".safetensors")}
-    record = {"base": init, "files": files, "name": None, "date": None, "command": None}
+    record = {"base": init, "files": files, "name": None, "date": None, "command": None, "commands": []}
     if (folder / CARD_JSON).is_file():
         earlier = read_card(folder)
         record |= {key: earlier.get(key) for key in ("name", "date", "command")}
+        record["commands"] = made_by(earlier)
     return record
+
+
+def made_by(card: dict) -> list[str]:
+    """The commands that reproduce ``card``'s weights, in order."""
+    init = card.get("init")
+    if init is None:
+        return [card["command"]]
+    earlier = init.get("commands") or ([init["command"]] if init.get("command") else [])
+    return [*earlier, card["command"]]
 
 
 def summarise_curve(rows: list[dict], phase: str, keys: tuple[str, ...], points: int = 8) -> list[dict]:
@@ -92,14 +103,22 @@ def _num(value, digits: int = 3) -> str:
 def training_lines(card: dict) -> list[str]:
     """The card's training paragraph and the command(s) that reproduce the weights."""
     train, init = card["training"], card.get("init")
-    weight = train["config"].get("unet_defect_weight", 0.0)
-    vae = (f"VAE: {train['vae_updates']} updates of {train['vae_batch']} images "
-           f"({train['seconds']['vae'] / 60:.0f} min); " if train["vae_updates"] else "VAE: kept from the base it continues; ")
-    lines = [
-        vae + f"U-Net and text encoder: {train['unet_updates']} updates of {train['unet_batch']} "
-        f"({train['seconds']['unet'] / 60:.0f} min), {train['precision']} autocast, "
-        + (f"the noise-prediction error weighted {1 + weight:g}x in the latent cells a defect touches, " if weight else "")
-        + f"exported as the moving average. Machine: {card['machine']}. Date: {card['date']}."]
+    config = train["config"]
+    weight = config.get("unet_defect_weight", 0.0)
+    if not train["vae_updates"]:
+        vae = "VAE: kept from the base it continues; "
+    else:
+        part = "decoder only (the encoder kept from the base it continues), " if config.get("vae_train") == "decoder" else ""
+        vae = (f"VAE: {part}{train['vae_updates']} updates of {train['vae_batch']} images "
+               f"({train['seconds']['vae'] / 60:.0f} min); ")
+    if not train["unet_updates"]:
+        unet = "U-Net and text encoder: kept from the base it continues. "
+    else:
+        unet = (f"U-Net and text encoder: {train['unet_updates']} updates of {train['unet_batch']} "
+                f"({train['seconds']['unet'] / 60:.0f} min), {train['precision']} autocast, "
+                + (f"the noise-prediction error weighted {1 + weight:g}x in the latent cells a defect touches, "
+                   if weight else "") + "exported as the moving average. ")
+    lines = [vae + unet + f"Machine: {card['machine']}. Date: {card['date']}."]
     if init is None:
         return lines + ["", "Reproduce with:", "", f"    {card['command']}"]
     made = f", made on {init['date']} by `{init['command']}`" if init.get("command") else ""
@@ -107,9 +126,7 @@ def training_lines(card: dict) -> list[str]:
               "were:", ""]
     lines += [f"    {digest}  {path}" for path, (_, digest) in init["files"].items()]
     lines += ["", "Reproduce with, in order:", ""]
-    if init.get("command"):
-        lines.append(f"    {init['command']}")
-    return lines + [f"    {card['command']}"]
+    return lines + [f"    {command}" for command in made_by(card)]
 
 
 def card_markdown(card: dict) -> str:

@@ -14,7 +14,11 @@ photographs of many products and generic defects, never the demo's product), in 
    branch), with an exponential moving average of the weights that is what gets exported.
 
 ``init`` continues from an earlier pretraining's model instead of random weights (with
-``vae_steps`` 0 its VAE and scaling factor are kept); the card then names it and its command.
+``vae_steps`` 0 its VAE and scaling factor are kept, with ``unet_steps`` 0 its U-Net and text
+encoder); the card then names it and the commands that made it. ``vae_train`` ``decoder``
+fine-tunes only the VAE's decoder (and ``post_quant_conv``): the encoder, so every latent the
+U-Net learned from and the scaling factor, stays as it was, while the pictures decoded from
+those latents sharpen (SD's ft-MSE decoder was made the same way).
 
 Everything is deterministic: corpus sample ``i`` is a pure function of ``(corpus_seed, i)``;
 update ``n`` of a phase draws its samples, augmentations, noise and timesteps from
@@ -198,14 +202,16 @@ class Pretraining:
         indices, turns, flips = draw(cfg, "vae", step, cfg.vae_batch)
         images, masks = self.pool.pixels(indices)
         x, m = augment(images, turns, flips), augment(masks, turns, flips)  # (B, 3, R, R), (B, 1, R, R)
+        decoder_only = cfg.vae_train == "decoder"
         with self.autocast():
-            posterior = vae.encode(x).latent_dist
+            with torch.set_grad_enabled(not decoder_only):  # a frozen encoder needs no graph
+                posterior = vae.encode(x).latent_dist
             noise = torch.randn(posterior.mean.shape, generator=step_generator(cfg.seed, 11, step))
             recon = vae.decode(posterior.mean + posterior.std * noise).sample.float()
         error = (recon - x).abs()
         l1 = (error * (1 + cfg.defect_weight * m)).mean()
         kl = posterior.kl().float().mean()
-        total = l1 + F.mse_loss(recon, x) + cfg.kl_weight * kl
+        total = l1 + F.mse_loss(recon, x) + (0.0 if decoder_only else cfg.kl_weight * kl)
         defect_l1 = (error * m).sum() / (3 * m.sum()).clamp(min=1)
         return {"total": total, "l1": error.mean().detach(), "defect_l1": defect_l1.detach(), "kl": kl.detach()}
 
@@ -291,8 +297,15 @@ class Pretraining:
         if self.cfg.vae_steps == 0:  # the VAE of --init, kept
             return
         vae = self.parts["vae"]
-        quiet_log_variance(vae)
-        self.run_phase("vae", [vae], [{"params": list(vae.parameters()), "lr": self.cfg.lr_vae}],
+        if self.cfg.vae_train == "decoder":  # the encoder side of --init's VAE is kept as it is
+            vae.encoder.requires_grad_(False)
+            vae.quant_conv.requires_grad_(False)
+            trained = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+        else:
+            if self.cfg.init is None:
+                quiet_log_variance(vae)
+            trained = list(vae.parameters())
+        self.run_phase("vae", [vae], [{"params": trained, "lr": self.cfg.lr_vae}],
                        self.cfg.vae_steps, self.vae_loss, after_update=self.probe_vae)
 
     def probe_vae(self, update: int) -> None:
@@ -310,8 +323,8 @@ class Pretraining:
 
     def set_scaling_factor(self) -> None:
         """SD's rule: ``scaling_factor`` = 1 / std of the latents (over 512 corpus samples); a
-        VAE kept from ``init`` keeps its own."""
-        if self.cfg.vae_steps == 0:
+        VAE kept from ``init``, or one whose encoder is (``vae_train`` decoder), keeps its own."""
+        if self.cfg.vae_steps == 0 or self.cfg.vae_train == "decoder":
             return
         vae = self.parts["vae"]
         vae.register_to_config(scaling_factor=1.0)
