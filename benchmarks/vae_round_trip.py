@@ -35,9 +35,9 @@ def main() -> None:
         ratio = trip["type_fidelity"] / original["type_fidelity"]
         ratios.append(ratio)
         per = ", ".join(f"{k} {v:.2f} ({original['per_type'][k]:.2f})" for k, v in trip["per_type"].items())
-        lines.append(f"| {seed} | {original['type_fidelity']:.2f} | {trip['type_fidelity']:.2f} | {ratio:.2f} | "
+        lines.append(f"| {seed} | {original['type_fidelity']:.2f} | {trip['type_fidelity']:.2f} | {ratio:.3f} | "
                      f"{trip['psnr']:.1f} | {per} |")
-    lines.append(f"| mean | | | {np.mean(ratios):.2f} | | (per type: round trip (originals)) |")
+    lines.append(f"| mean | | | {np.mean(ratios):.3f} | | (per type: round trip (originals)) |")
     print("\n".join(lines))
 
 

@@ -145,6 +145,30 @@ def test_a_decoder_fine_tune_keeps_encoder_unet_and_latents_and_its_card_lists_e
     reproduce = text[text.index("Reproduce with, in order:"):].splitlines()[2:5]
     assert [line.strip() for line in reproduce] == commands
     assert "decoder only" in text and "U-Net and text encoder: kept" in text
+    assert "in the last command was the base shipped" not in text  # continued from folders, not a shipped name
+
+
+def test_a_card_continuing_the_shipped_base_says_which_version_it_was(monkeypatch):
+    import seas
+    from seas.training.model_card import init_record, training_lines
+
+    monkeypatch.setattr(seas, "__version__", "9.9.9")
+    record = init_record("seas-tiny")
+    assert record["shipped_with"] == "9.9.9" and record["commands"] == made_by_shipped()
+    card = {"training": {"vae_updates": 5, "vae_batch": 8, "unet_updates": 0, "unet_batch": 16, "precision": "bf16",
+                         "seconds": {"vae": 60.0, "unet": 0.0}, "config": {"vae_train": "decoder"}},
+            "init": record, "machine": "m", "date": "d", "command": "seas pretrain --init seas-tiny --out x"}
+    lines = training_lines(card)
+    assert lines[-3:-1] == ["    seas pretrain --init seas-tiny --out x", ""]
+    assert "`--init seas-tiny` in the last command was the base shipped with seas 9.9.9" in lines[-1]
+
+
+def made_by_shipped() -> list[str]:
+    """The commands the shipped card says made it."""
+    from seas.training.model_card import made_by
+    from seas.weights import shipped_base
+
+    return made_by(read_card(shipped_base("seas-tiny")))
 
 
 def test_the_defect_weight_counts_the_latent_cells_a_defect_touches(tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from seas.data import corpus
 from seas.files.atomic import file_table, write_json, write_text
-from seas.weights import CARD_FILE
+from seas.weights import CARD_FILE, SHIPPED_BASES
 
 CARD_JSON = CARD_FILE
 CARD_MD = "MODEL_CARD.md"
@@ -34,9 +34,12 @@ def init_record(init: str) -> dict:
     ``commands``: every command that made it, in order (a base continued twice lists three)."""
     from seas.model.backbone import resolve_base
 
+    from seas import __version__
+
     folder = Path(resolve_base(init))
     files = {name: entry for name, entry in weight_files(folder).items() if name.endswith(".safetensors")}
-    record = {"base": init, "files": files, "name": None, "date": None, "command": None, "commands": []}
+    record = {"base": init, "files": files, "name": None, "date": None, "command": None, "commands": [],
+              "shipped_with": __version__ if init in SHIPPED_BASES else None}
     if (folder / CARD_JSON).is_file():
         earlier = read_card(folder)
         record |= {key: earlier.get(key) for key in ("name", "date", "command")}
@@ -126,7 +129,11 @@ def training_lines(card: dict) -> list[str]:
               "were:", ""]
     lines += [f"    {digest}  {path}" for path, (_, digest) in init["files"].items()]
     lines += ["", "Reproduce with, in order:", ""]
-    return lines + [f"    {command}" for command in made_by(card)]
+    lines += [f"    {command}" for command in made_by(card)]
+    if init.get("shipped_with"):
+        lines += ["", f"`--init {init['base']}` in the last command was the base shipped with seas {init['shipped_with']} "
+                  "(its weights above); reproducing from scratch, give the model folder of the command before it."]
+    return lines
 
 
 def card_markdown(card: dict) -> str:
