@@ -15,7 +15,7 @@ from seas.data import corpus
 from seas.files.atomic import check_file_table
 from seas.model.backbone import load_backbone, resolve_base
 from seas.run import Run
-from seas.training.model_card import CARD_MD, read_card
+from seas.training.model_card import CARD_MD, made_by, read_card
 from seas.weights import shipped_base
 
 
@@ -38,7 +38,10 @@ def test_the_shipped_base_matches_its_card_and_loads(shipped):
     assert all(len(backbone.tokenizer.tokenize(w)) == 1 for w in corpus.caption_words())
     # the card says how it was made, with what, and that it reproduces
     assert card["command"].startswith("seas pretrain") and card["corpus"]["version"] == corpus.CORPUS_VERSION
-    assert card["training"]["seconds"]["unet"] > 0
+    assert card["training"]["seconds"]["vae"] + card["training"]["seconds"]["unet"] > 0
+    commands = made_by(card)  # the first run, then each continuation, in order
+    assert commands[-1] == card["command"] and all(c.startswith("seas pretrain") for c in commands)
+    assert all("--init" in c for c in commands[1:]) and "--init" not in commands[0]
     # its VAE keeps most of the demo product's defects (a VAE that erased them would score near 0)
     assert 0.5 < card["vae_round_trip"]["vae"]["type_fidelity"] <= card["vae_round_trip"]["originals"]["type_fidelity"]
     weights = [p for p in shipped.rglob("*.safetensors")]

@@ -1,6 +1,6 @@
 """SeaS: few-shot industrial anomaly image generation with precise masks."""
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 
 def __getattr__(name: str):
