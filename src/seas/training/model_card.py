@@ -32,9 +32,8 @@ def init_record(init: str) -> dict:
     """What a card says of the base a continued pretraining started from (``--init``): its value,
     the size and SHA-256 of its weight files, its own card's name, date and command, and
     ``commands``: every command that made it, in order (a base continued twice lists three)."""
-    from seas.model.backbone import resolve_base
-
     from seas import __version__
+    from seas.model.backbone import resolve_base
 
     folder = Path(resolve_base(init))
     files = {name: entry for name, entry in weight_files(folder).items() if name.endswith(".safetensors")}
