@@ -13,7 +13,7 @@ defect word (DPM-Solver++, classifier-free guidance), and the benchmark prints
 
 ::
 
-    OMP_NUM_THREADS=2 python -m benchmarks.caption_sensitivity --bases seas-tiny /work/pretrain/seas-tiny-2/model
+    OMP_NUM_THREADS=2 python -m benchmarks.caption_sensitivity --bases seas-tiny runs/seas-tiny-2/model
 
 ``--grid PNG`` also writes the images of the first base (rows: family and noise, columns: defect
 words).

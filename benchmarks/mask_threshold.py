@@ -36,6 +36,7 @@ from benchmarks.ablation_placement import cell, mean_spread
 from seas.evaluation.config import EvalConfig
 from seas.evaluation.evaluate import evaluate_run
 from seas.files.atomic import read_json, write_json
+from seas.files.images import read_mask
 from seas.generation.generated import MANIFEST
 from seas.run import Run
 
@@ -44,8 +45,7 @@ STEPS = np.round(np.arange(0.02, 0.985, 0.01), 2)  # thresholds the area mode ch
 
 def real_areas(run: Run) -> dict[str, float]:
     """Mean share of the image a real training mask covers, by type."""
-    return {t: float(np.mean([np.asarray(Image.open(s.mask).convert("L")) > 127 for s in run.split.train[t]]))
-            for t in run.split.types}
+    return {t: float(np.mean([read_mask(s.mask, run.mask_rule) for s in run.split.train[t]])) for t in run.split.types}
 
 
 def kind_threshold(mode: str, kind: str, probs: np.ndarray, areas: dict[str, float]) -> float:
