@@ -241,8 +241,9 @@ def test_demo_options_reach_its_settings(capsys):
     assert demo_config(parser.parse_args(["demo"])) == DemoConfig()
     assert DemoConfig().base == "seas-tiny" and DemoConfig().adapt_steps == 0
     photo = demo_config(parser.parse_args(["demo", "--data", "some.yaml"]))  # photographs: adapted, a stronger judge
-    assert photo == dataclasses.replace(DemoConfig(), seg_size=192, adapt_steps=DemoConfig.photographs().adapt_steps)
-    assert photo.adapt_steps > 0
+    assert photo == dataclasses.replace(DemoConfig(), seg_size=192, adapt_steps=DemoConfig.photographs().adapt_steps,
+                                        train_steps=800)
+    assert photo.adapt_steps > 0 and DemoConfig().train_steps == 1600
     assert demo_config(parser.parse_args(["demo", "--data", "some.yaml", "--seg-size", "64"])).seg_size == 64
     quick = demo_config(parser.parse_args(["demo", "--quick", "--seg-steps", "9"]))
     assert quick == DemoConfig(**{**DemoConfig.quick().to_dict(), "seg_steps": 9})

@@ -145,7 +145,7 @@ def test_a_decoder_fine_tune_keeps_encoder_unet_and_latents_and_its_card_lists_e
     reproduce = text[text.index("Reproduce with, in order:"):].splitlines()[2:5]
     assert [line.strip() for line in reproduce] == commands
     assert "decoder only" in text and "U-Net and text encoder: kept" in text
-    assert "in the last command was the base shipped" not in text  # continued from folders, not a shipped name
+    assert "named the base shipped" not in text  # continued from folders, not a shipped name
 
 
 def test_a_card_continuing_the_shipped_base_says_which_version_it_was(monkeypatch):
@@ -155,12 +155,40 @@ def test_a_card_continuing_the_shipped_base_says_which_version_it_was(monkeypatc
     monkeypatch.setattr(seas, "__version__", "9.9.9")
     record = init_record("seas-tiny")
     assert record["shipped_with"] == "9.9.9" and record["commands"] == made_by_shipped()
+    assert len(record["shipped_inits"]) == len(record["commands"])
     card = {"training": {"vae_updates": 5, "vae_batch": 8, "unet_updates": 0, "unet_batch": 16, "precision": "bf16",
                          "seconds": {"vae": 60.0, "unet": 0.0}, "config": {"vae_train": "decoder"}},
             "init": record, "machine": "m", "date": "d", "command": "seas pretrain --init seas-tiny --out x"}
     lines = training_lines(card)
-    assert lines[-3:-1] == ["    seas pretrain --init seas-tiny --out x", ""]
-    assert "`--init seas-tiny` in the last command was the base shipped with seas 9.9.9" in lines[-1]
+    reproduce = lines[lines.index("Reproduce with, in order:") + 2:]
+    assert reproduce[len(record["commands"])] == "    seas pretrain --init seas-tiny --out x"
+    assert "`--init` in the last command named the base shipped with seas 9.9.9" in lines[-1]
+
+
+def test_a_chain_through_two_shipped_versions_names_both():
+    from seas.training.model_card import shipped_inits, training_lines
+
+    train = {"vae_updates": 0, "vae_batch": 8, "unet_updates": 5, "unet_batch": 16, "precision": "bf16",
+             "seconds": {"vae": 0.0, "unet": 60.0}, "config": {}}
+    first = {"command": "seas pretrain --out a"}
+    second = {"command": "seas pretrain --init a/model --out b",  # continued from a folder
+              "init": {"base": "a/model", "command": first["command"], "shipped_with": None}}
+    # written before shipped_inits existed: its init lists the commands only
+    third = {"command": "seas pretrain --init seas-tiny --out c",
+             "init": {"base": "seas-tiny", "commands": [first["command"], second["command"]], "shipped_with": "0.2.0"}}
+    assert shipped_inits(first) == [None] and shipped_inits(second) == [None, None]
+    assert shipped_inits(third) == [None, None, "0.2.0"]
+    fourth = {"training": train, "machine": "m", "date": "d", "command": "seas pretrain --init seas-tiny --out d",
+              "init": {"base": "seas-tiny", "files": {}, "command": third["command"], "date": "d0",
+                       "commands": [first["command"], second["command"], third["command"]],
+                       "shipped_inits": shipped_inits(third), "shipped_with": "0.3.0"}}
+    assert shipped_inits(fourth) == [None, None, "0.2.0", "0.3.0"]
+    lines = training_lines(fourth)
+    notes = [line for line in lines if line.startswith("`--init`")]
+    assert notes == ["`--init` in command 3 named the base shipped with seas 0.2.0; reproducing from scratch, give "
+                     "the model folder of command 2.",
+                     "`--init` in the last command named the base shipped with seas 0.3.0 (its weights above); "
+                     "reproducing from scratch, give the model folder of command 3."]
 
 
 def made_by_shipped() -> list[str]:

@@ -31,18 +31,21 @@ def weight_files(folder: Path) -> dict[str, list]:
 def init_record(init: str) -> dict:
     """What a card says of the base a continued pretraining started from (``--init``): its value,
     the size and SHA-256 of its weight files, its own card's name, date and command, and
-    ``commands``: every command that made it, in order (a base continued twice lists three)."""
+    ``commands``: every command that made it, in order (a base continued twice lists three), and
+    ``shipped_inits``: beside each, the seas version whose shipped base its ``--init`` named (or
+    ``None``), so that a chain through several shipped versions can be reproduced from scratch."""
     from seas import __version__
     from seas.model.backbone import resolve_base
 
     folder = Path(resolve_base(init))
     files = {name: entry for name, entry in weight_files(folder).items() if name.endswith(".safetensors")}
     record = {"base": init, "files": files, "name": None, "date": None, "command": None, "commands": [],
-              "shipped_with": __version__ if init in SHIPPED_BASES else None}
+              "shipped_inits": [], "shipped_with": __version__ if init in SHIPPED_BASES else None}
     if (folder / CARD_JSON).is_file():
         earlier = read_card(folder)
         record |= {key: earlier.get(key) for key in ("name", "date", "command")}
         record["commands"] = made_by(earlier)
+        record["shipped_inits"] = shipped_inits(earlier)
     return record
 
 
@@ -53,6 +56,17 @@ def made_by(card: dict) -> list[str]:
         return [card["command"]]
     earlier = init.get("commands") or ([init["command"]] if init.get("command") else [])
     return [*earlier, card["command"]]
+
+
+def shipped_inits(card: dict) -> list[str | None]:
+    """Beside each command of :func:`made_by`, the seas version whose shipped base its ``--init``
+    named, or ``None`` (no ``--init``, or a folder). Cards written before this list existed
+    give ``None`` for the commands before their own."""
+    init = card.get("init")
+    if init is None:
+        return [None]
+    earlier = made_by(card)[:-1]
+    return [*(init.get("shipped_inits") or [None] * len(earlier)), init.get("shipped_with")]
 
 
 def summarise_curve(rows: list[dict], phase: str, keys: tuple[str, ...], points: int = 8) -> list[dict]:
@@ -128,10 +142,15 @@ def training_lines(card: dict) -> list[str]:
               "were:", ""]
     lines += [f"    {digest}  {path}" for path, (_, digest) in init["files"].items()]
     lines += ["", "Reproduce with, in order:", ""]
-    lines += [f"    {command}" for command in made_by(card)]
-    if init.get("shipped_with"):
-        lines += ["", f"`--init {init['base']}` in the last command was the base shipped with seas {init['shipped_with']} "
-                  "(its weights above); reproducing from scratch, give the model folder of the command before it."]
+    commands = made_by(card)
+    lines += [f"    {command}" for command in commands]
+    for number, version in enumerate(shipped_inits(card), start=1):
+        if version is None:
+            continue
+        which, weights = ("the last command", " (its weights above)") if number == len(commands) else (
+            f"command {number}", "")
+        lines += ["", f"`--init` in {which} named the base shipped with seas {version}{weights}; reproducing from "
+                  f"scratch, give the model folder of command {number - 1}."]
     return lines
 
 
