@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 	@echo "seas is installed as $(VENV)/bin/seas: run it by that path, or 'source $(VENV)/bin/activate' first"
-	@echo "then: seas demo --quick (a minute), seas demo (5 to 8 minutes on a 2-core CPU), seas --help"
+	@echo "then: seas demo --quick (a minute), seas demo (7 to 10 minutes on a 2-core CPU), seas --help"
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(VENV)/bin/seas demo

@@ -12,7 +12,7 @@
    ``report.html``.
 
 The demo's settings differ from the paper's where a tiny model and minutes of CPU demand it
-(resolution 128, a few hundred updates, higher learning rates): they are in :class:`DemoConfig`
+(resolution 128, a few thousand updates in all, higher learning rates): they are in :class:`DemoConfig`
 and recorded in the report. It shows the pipeline, its outputs and its measurements working
 end to end; it cannot show Stable Diffusion's image quality.
 """
