@@ -12,8 +12,8 @@
    ``report.html``.
 
 The demo's settings differ from the paper's where a tiny model and minutes of CPU demand it
-(resolution 128, a few thousand updates in all, higher learning rates): they are in :class:`DemoConfig`
-and recorded in the report. It shows the pipeline, its outputs and its measurements working
+(resolution 128, 1600 stage-1 updates, higher learning rates): they are in :class:`DemoConfig` and
+recorded in the report. It shows the pipeline, its outputs and its measurements working
 end to end; it cannot show Stable Diffusion's image quality.
 """
 
