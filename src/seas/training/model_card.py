@@ -65,8 +65,8 @@ def shipped_inits(card: dict) -> list[str | None]:
     init = card.get("init")
     if init is None:
         return [None]
-    earlier = made_by(card)[:-1]
-    return [*(init.get("shipped_inits") or [None] * len(earlier)), init.get("shipped_with")]
+    n_earlier = len(made_by(card)) - 1
+    return [*(init.get("shipped_inits") or [None] * n_earlier), init.get("shipped_with")]
 
 
 def summarise_curve(rows: list[dict], phase: str, keys: tuple[str, ...], points: int = 8) -> list[dict]:
