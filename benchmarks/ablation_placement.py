@@ -84,7 +84,8 @@ def variant_metrics(folder: Path, name: str, cfg: DemoConfig, seed: int, compute
     if not manifest.is_file():
         placement, qc = VARIANTS[name]
         try:
-            gen_cfg = GenerationConfig(num=cfg.num_per_kind, seed=seed, steps=cfg.sample_steps, placement=placement, qc=qc)
+            gen_cfg = GenerationConfig(num=cfg.num_per_kind, seed=seed, steps=cfg.sample_steps, placement=placement, qc=qc,
+                                       reference_stats=cfg.reference_stats)
             generate_to_folder(run, generated, kinds, gen_cfg, device="cpu")
         except RunError as err:  # QC's cap reached: the accepted pairs stay; say so and go on
             print(f"seed {seed} {name}: {err}", file=sys.stderr)

@@ -42,6 +42,7 @@ def test_quick_demo_writes_every_artifact_with_finite_numbers(tmp_path, capsys, 
         assert (out / path).exists(), path
     rows = [json.loads(line) for line in (out / "run/generated/manifest.jsonl").read_text().splitlines()]
     assert {r["kind"] for r in rows} == {"hole", "scratch", "stain", "good", "hole+scratch"}
+    assert json.loads((out / "run/generated/generation.json").read_text())["reference_stats"] is True
     metrics = json.loads((out / "evaluation/metrics.json").read_text())
     scored = [(p, v) for p, v in _numbers(metrics["downstream"]) if not isinstance(v, str)]
     scored += [(p, v) for p, v in _numbers(metrics["extra"]) if isinstance(v, float)]
@@ -242,7 +243,8 @@ def test_demo_options_reach_its_settings(capsys):
     assert DemoConfig().base == "seas-tiny" and DemoConfig().adapt_steps == 0
     photo = demo_config(parser.parse_args(["demo", "--data", "some.yaml"]))  # photographs: adapted, a stronger judge
     assert photo == dataclasses.replace(DemoConfig(), seg_size=192, adapt_steps=DemoConfig.photographs().adapt_steps,
-                                        train_steps=800)
+                                        train_steps=800, reference_stats=False)
+    assert DemoConfig().reference_stats and not demo_config(parser.parse_args(["demo", "--no-reference-stats"])).reference_stats
     assert photo.adapt_steps > 0 and DemoConfig().train_steps == 1600
     assert demo_config(parser.parse_args(["demo", "--data", "some.yaml", "--seg-size", "64"])).seg_size == 64
     quick = demo_config(parser.parse_args(["demo", "--quick", "--seg-steps", "9"]))

@@ -24,7 +24,7 @@ from seas.files.images import read_mask, read_rgb
 from seas.generation.export import export_mvtec
 from seas.generation.folder import generate_to_folder
 from seas.generation.generated import GeneratedFolder
-from seas.generation.pipeline import SeaSPipeline, resolve_kind
+from seas.generation.pipeline import SeaSPipeline, match_channel_stats, resolve_kind
 from seas.model.features import FeatureRecorder
 from seas.run import Run
 
@@ -121,6 +121,35 @@ def test_guidance_at_most_one_runs_unguided(pipe):
     assert one.image.tobytes() != eight.image.tobytes()
 
 
+def test_reference_stats_rescale_only_the_output_latents_channels(pipe, monkeypatch):
+    decoded = []  # the final latents (B, 4, h, w) each generate call decodes into its images
+    decode = pipe._decode_images
+    monkeypatch.setattr(pipe, "_decode_images", lambda latents: decode(decoded.append(latents.clone()) or latents))
+    plain = pipe.generate("hole", [0, 5], steps=2, batch_size=2)
+    matched = pipe.generate("hole", [0, 5], steps=2, batch_size=2, reference_stats=True)
+    z, _ = pipe._start_parts([0, 5], seed=0)  # the reference latents these images started from
+
+    def stats(x):
+        return x.mean((2, 3), keepdim=True), x.std((2, 3), keepdim=True)
+
+    (m0, s0), (m1, s1), (mz, sz) = stats(decoded[0]), stats(decoded[1]), stats(z)
+    torch.testing.assert_close((m1, s1), (mz, sz), rtol=0, atol=1e-5)
+    assert (m0 - mz).abs().max() > 1e-2 and (s0 - sz).abs().max() > 1e-2  # without it they drift
+    torch.testing.assert_close((decoded[1] - m1) / s1, (decoded[0] - m0) / s0, rtol=0, atol=1e-4)  # same pattern
+    for a, b in zip(plain, matched, strict=True):
+        np.testing.assert_array_equal(a.prob, b.prob)  # the mask steps' latents are untouched
+        assert a.image.tobytes() != b.image.tobytes()
+
+
+def test_match_channel_stats_by_hand():
+    x = torch.tensor([0.0, 2.0, 4.0, 6.0]).view(1, 1, 2, 2)  # mean 3, sample sd sqrt(20 / 3)
+    ref = torch.tensor([1.0, 1.0, 3.0, 3.0]).view(1, 1, 2, 2)  # mean 2, sample sd sqrt(4 / 3)
+    expected = (x - 3) / (20 / 3) ** 0.5 * (4 / 3) ** 0.5 + 2
+    torch.testing.assert_close(match_channel_stats(x, ref), expected)
+    flat = match_channel_stats(torch.full((1, 1, 2, 2), 5.0), ref)  # a constant channel: no NaN
+    torch.testing.assert_close(flat, torch.full((1, 1, 2, 2), 2.0))
+
+
 # ----------------------------------------------------------------------------- output folder
 
 
@@ -204,6 +233,9 @@ def test_other_parameters_are_refused(gen_run, tmp_path):
                              progress=False)
     with pytest.raises(RunError, match=r"different --sample-steps .*new --out"):
         generate_to_folder(gen_run, out, ["good"], GenerationConfig(num=1, batch_size=1, steps=3), progress=False)
+    with pytest.raises(RunError, match=r"different --reference-stats .*new --out"):
+        generate_to_folder(gen_run, out, ["good"], GenerationConfig(num=1, batch_size=1, reference_stats=True, **FAST),
+                           progress=False)
     with pytest.raises(RunError, match="different --type/--good/--mix"):
         generate_to_folder(gen_run, out, ["hole"], GenerationConfig(num=1, batch_size=1, **FAST), progress=False)
     foreign = tmp_path / "foreign"
@@ -290,6 +322,8 @@ def test_cli_defaults_and_errors(gen_run):
     args = parse("--run", str(gen_run), "--good", "--num", "1", "--sample-steps", "1", "--quiet")
     cfg = resolve_config(GenerationConfig, args)
     assert (cfg.num, cfg.steps, cfg.seed, cfg.guidance, cfg.signal, cfg.mask_threshold) == (1, 1, 0, None, 0.0979, 0.2)
+    assert not cfg.reference_stats  # the reference decodes the sampler's latent as it is
+    assert resolve_config(GenerationConfig, parse("--run", "r", "--good", "--reference-stats")).reference_stats
     assert resolve_config(GenerationConfig, parse("--run", "r", "--type", "hole")).num == 1000
     assert args.func(args) == 0
     assert (Path(gen_run) / "generated" / "good" / "image" / "000.png").is_file()

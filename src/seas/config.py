@@ -181,6 +181,10 @@ class GenerationConfig(Config):
     signal: float = option(0.0979, help="weight of the normal image's latent in the start latent (the reference's "
                            "recipe)")
     noise: float = option(0.99984, help="weight of the noise in the start latent (the reference's recipe)")
+    reference_stats: bool = option(False, help="before the image decode, give each output latent the per-channel "
+                                   "mean and standard deviation of the latent of the normal image it started from (a "
+                                   "fix for a base that loses the product's colour on the way from an almost pure-noise "
+                                   "start; the masks do not change; off: the reference)")
     reference_images: int | None = option(None, help="normal training images cycled as start latents (default: "
                                           "all; the reference: the first 10)", minimum=1)
     mask_threshold: float = option(0.2, help="binary mask = mean anomaly probability > this", minimum=0.0,

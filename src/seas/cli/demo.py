@@ -84,6 +84,10 @@ class DemoConfig(Config):
     placement: str = option("free", help="where generated defects go, as seas generate --placement",
                             choices=tuple(p for p in PLACEMENTS if p != "masks"))
     qc: str = option("off", help="quality control, as seas generate --qc", choices=QC_MODES)
+    # the tiny base's generated tiles come out green and pale (docs/GENERATION.md, Colour); the
+    # reference decodes the sampler's latent as it is (--no-reference-stats)
+    reference_stats: bool = option(True, help="give each generated latent its start image's channel statistics, "
+                                   "as seas generate --reference-stats")
     # downstream evaluation: a small U-Net segmenter (docs/ABLATION.md: its spread over seeds)
     segmenter: str = option("unet", help="downstream segmenter's architecture", choices=SEGMENTERS)
     seg_steps: int = option(400, help="downstream segmenter's updates", minimum=1)
@@ -94,8 +98,9 @@ class DemoConfig(Config):
     def photographs(cls) -> "DemoConfig":
         """The default for ``--data``: the base adapted to the product's normal images first, a
         segmenter that can learn real photographs' small defects (192 px), and the 800 stage-1
-        updates its numbers were measured with (docs/RESULTS.md, magnetic tile)."""
-        return cls(adapt_steps=PHOTO_ADAPT_STEPS, seg_size=192, train_steps=PHOTO_TRAIN_STEPS)
+        updates and the sampler's own latents its numbers were measured with (docs/RESULTS.md,
+        magnetic tile)."""
+        return cls(adapt_steps=PHOTO_ADAPT_STEPS, seg_size=192, train_steps=PHOTO_TRAIN_STEPS, reference_stats=False)
 
     @classmethod
     def quick(cls) -> "DemoConfig":
@@ -302,7 +307,7 @@ def run_demo(out: str | Path, cfg: DemoConfig, data_cfg: DataConfig | None = Non
     kinds = demo_kinds(run.types)
     with clock.stage("generation"):
         gen_cfg = GenerationConfig(num=cfg.num_per_kind, seed=cfg.seed, steps=cfg.sample_steps, placement=cfg.placement,
-                                   qc=cfg.qc)
+                                   qc=cfg.qc, reference_stats=cfg.reference_stats)
         generated = generate_to_folder(run, None, kinds, gen_cfg, device="cpu")
     with clock.stage("evidence on held-out real images"):
         backbone = run.load_backbone()
@@ -410,7 +415,8 @@ def add_parsers(sub) -> None:
     d, photo = DemoConfig(), DemoConfig.photographs()
     g = p.add_argument_group("settings for larger machines and experiments (defaults: the 2-core CPU demo; "
                              f"with --data: --adapt-steps {photo.adapt_steps} --seg-size {photo.seg_size} "
-                             f"--train-steps {photo.train_steps})")
+                             f"--train-steps {photo.train_steps}"
+                             f"{'' if photo.reference_stats else ' --no-reference-stats'})")
     DemoConfig.add_arguments(g)
     p.set_defaults(func=cmd_demo)
 

@@ -51,6 +51,7 @@ PARTS = ("image", "mask", "prob", "region", "classes")  # the files a row may na
 OPTIONS = {
     "run": "--run", "kinds": "--type/--good/--mix", "num": "--num", "seed": "--seed",
     "steps": "--sample-steps", "guidance": "--guidance", "signal": "--signal", "noise": "--noise",
+    "reference_stats": "--reference-stats",
     "mask_threshold": "--mask-threshold", "mask_steps": "--mask-steps", "mask_batchnorm": "--mask-batchnorm",
     "reference_images": "--reference-images", "placement": "--placement", "masks": "--masks",
     "region_dilation": "--region-dilation", "background": "--background", "qc": "--qc",
@@ -63,7 +64,8 @@ OPTIONS = {
 EARLIER_DEFAULTS = {"dtype": "float32", "vae_slicing": False, "vae_tiling": False, "attention_slicing": False,
                     "mask_batchnorm": "eval", "reference_images": None, "placement": "free", "masks": None,
                     "region_dilation": 1, "background": "reference", "qc": "off", "mode": "generate",
-                    "images": None, "inputs": None, "types": None, "num_per_image": None}
+                    "images": None, "inputs": None, "types": None, "num_per_image": None,
+                    "reference_stats": False}
 
 
 def name_width(num: int) -> int:

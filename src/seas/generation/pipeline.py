@@ -231,7 +231,8 @@ class SeaSPipeline:
                 regions = np.stack([placer.region(kind.types, i, cfg.seed) for i in chunk])  # (B, R, R)
                 keep = self.latent_region(regions, cfg.region_dilation)  # (B, 1, h, w)
             pixels, prob = self._sample(latents, text, guidance, cfg.steps, cfg.mask_steps if with_masks else 0,
-                                        cfg.mask_batchnorm == "batch", None if keep is None else (keep, z, eps))
+                                        cfg.mask_batchnorm == "batch", None if keep is None else (keep, z, eps),
+                                        z if cfg.reference_stats else None)
             area = None
             if keep is not None:
                 area = _pixel_region(keep, self.resolution)  # (B, R, R) bool
@@ -273,7 +274,8 @@ class SeaSPipeline:
         eps = self._noises(indices, cfg.seed, z[:1].shape)
         keep = self.latent_region(regions, cfg.region_dilation)
         pixels, prob = self._sample(cfg.signal * z + cfg.noise * eps, text, guidance, cfg.steps,
-                                    cfg.mask_steps if with_masks else 0, cfg.mask_batchnorm == "batch", (keep, z, eps))
+                                    cfg.mask_steps if with_masks else 0, cfg.mask_batchnorm == "batch", (keep, z, eps),
+                                    z if cfg.reference_stats else None)
         return pixels, None if prob is None else prob.float().cpu().numpy()
 
     def placer(self, placement: str, masks: str | None = None) -> Placer:
@@ -388,12 +390,16 @@ class SeaSPipeline:
 
     @torch.no_grad()
     def _sample(self, latents: torch.Tensor, text: torch.Tensor, guidance: float, steps: int,
-                mask_steps: int, batch_norm: bool = False, blend: tuple | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                mask_steps: int, batch_norm: bool = False, blend: tuple | None = None,
+                stats_of: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Denoise ``latents (B, 4, h, w)``.
 
         ``blend``: ``(K (B, 1, h, w), z (B, 4, h, w), eps (B, 4, h, w))``: after each step the
         latent outside ``K`` becomes ``z`` noised to that step (module docstring, Placement).
+        ``stats_of``: reference latents ``z (B, 4, h, w)``: before the image decode, each channel of
+        the final latent is shifted and scaled to ``z``'s spatial mean and standard deviation
+        (``reference_stats``; the mask steps' latents are not touched, so the masks are the same
+        with and without it).
         Returns images ``(B, 3, H, W)`` in [-1, 1] and, when ``mask_steps > 0``, the anomaly
         probability ``(B, H, W)`` averaged over the last ``min(mask_steps, steps)`` steps.
         """
@@ -416,6 +422,8 @@ class SeaSPipeline:
                 if blend is not None:
                     latents = _blend(latents, *blend, scheduler, step)
             prob = None if recorder is None else self._mask_probability(kept, recorder, batch_norm)
+        if stats_of is not None:
+            latents = match_channel_stats(latents, stats_of)
         return self._decode_images(latents), prob
 
     def _decode_images(self, latents: torch.Tensor) -> torch.Tensor:
@@ -472,6 +480,16 @@ class SeaSPipeline:
             yield
         finally:
             self.vae.use_tiling, self.vae.use_slicing = before
+
+
+def match_channel_stats(latents: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """``latents (B, C, h, w)`` with each channel shifted and scaled to the spatial mean and
+    standard deviation of ``reference``'s (same shape). Measured reason (docs/GENERATION.md): the
+    tiny base, started from 0.0979 of a normal image's latent, ends on latents whose channels have
+    lost the product's balance, which decodes as a green, paler tile."""
+    mean, std = latents.mean((2, 3), keepdim=True), latents.std((2, 3), keepdim=True)
+    return (latents - mean) / std.clamp_min(1e-6) * reference.std((2, 3), keepdim=True) + reference.mean(
+        (2, 3), keepdim=True)
 
 
 def _blend(latents: torch.Tensor, keep: torch.Tensor, z: torch.Tensor, eps: torch.Tensor, scheduler,
