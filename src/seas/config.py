@@ -276,7 +276,8 @@ REFERENCE = {
                   optimizer="adamw8bit", mixed_precision="no"),
     "mask": dict(optimizer="adamw8bit", mixed_precision="no", timesteps="all", targets="reference",
                  coarse_target="bilinear", normal_path="coarse"),
-    "generate": dict(mask_batchnorm="batch", signal=0.0979, noise=0.99984, reference_images=10),
+    "generate": dict(mask_batchnorm="batch", signal=0.0979, noise=0.99984, reference_images=10,
+                     reference_stats=False),
     # generation's memory switches: the reference ran fp16 on its GPU, a speed choice that
     # --dtype float16 reproduces; nothing of its behaviour depends on them
     "memory": {},
