@@ -175,13 +175,25 @@ def peak_probe(device: torch.device):
     return start, stop
 
 
+BOOLEANS = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
+
+
 def with_settings(cfg, items: list[str], error) -> object:
     """``cfg`` (a dataclass) with ``--set FIELD=VALUE`` items applied, each value cast to the
-    field's type (int, float, else str); ``error(message)`` for an unknown field."""
+    field's type (int, float, bool from true/false/1/0/yes/no, else str); ``error(message)`` for
+    an unknown field or a value that is not of its type."""
     types = {f.name: f.type if isinstance(f.type, str) else f.type.__name__ for f in dataclasses.fields(cfg)}
     for item in items:
         name, _, value = item.partition("=")
         if name not in types:
             error(f"--set {item}: no setting {name!r} (one of {', '.join(types)})")
-        cfg = dataclasses.replace(cfg, **{name: {"int": int, "float": float}.get(types[name], str)(value)})
+        if types[name] == "bool":
+            if value.lower() not in BOOLEANS:
+                error(f"--set {item}: {name} must be true or false")
+            cfg = dataclasses.replace(cfg, **{name: BOOLEANS[value.lower()]})
+            continue
+        try:
+            cfg = dataclasses.replace(cfg, **{name: {"int": int, "float": float}.get(types[name], str)(value)})
+        except ValueError:
+            error(f"--set {item}: {name} must be of type {types[name]}")
     return cfg

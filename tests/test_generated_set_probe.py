@@ -44,3 +44,4 @@ def test_unknown_variant_is_refused():
     for bad in ("without:", "colours"):
         with pytest.raises(argparse.ArgumentTypeError, match="a variant is one of"):
             variant(bad)
+
