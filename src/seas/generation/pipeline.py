@@ -17,8 +17,9 @@ Image ``i`` of a call with ``seed`` s, prompt P and guidance g:
    hooks record the VAE decoder features, and the mask head reads them with the U-Net
    features of the same step; the anomaly probabilities are averaged over those steps and
    thresholded (``prob > mask_threshold``);
-4. the final latent is decoded into the output image; for a grey product (``channels``) it is
-   converted to a one-channel grey image (luminance).
+4. the final latent is decoded into the output image (with ``reference_stats``, each of its
+   channels first shifted and scaled to the spatial mean and standard deviation of ``z``'s); for
+   a grey product (``channels``) it is converted to a one-channel grey image (luminance).
 
 Placement (anomaly kinds, ``placement`` other than ``free``; :mod:`seas.generation.placement`
 draws the region ``M`` of image ``i``): the region is taken to the latent grid (a cell is in it
