@@ -2,6 +2,7 @@
 ``--reference-stats`` (docs/GENERATION.md, Shape and colour of the outputs).
 
     OMP_NUM_THREADS=1 python -m benchmarks.colour_cast --run ABL/seed0/run --kind stain --num 8 --sample-steps 20
+    OMP_NUM_THREADS=1 python -m benchmarks.colour_cast --run ABL/seed0/run --kind stain --num 8 --sample-steps 20 --guidance 3
 
 Generates images ``0 .. num - 1`` of ``--kind`` twice (the decoded latent as sampled, then with
 its channels given the start latent's mean and standard deviation) and prints the mean R, G, B
@@ -36,6 +37,7 @@ def main() -> None:
     parser.add_argument("--num", type=int, default=8)
     parser.add_argument("--sample-steps", type=int, default=25)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--guidance", type=float, default=None, help="default: the run's")
     args = parser.parse_args()
     run = Run.load(args.run, verify=False)
     pipe = SeaSPipeline.from_run(args.run)
@@ -43,14 +45,15 @@ def main() -> None:
     outputs = {}
     for label, matched in (("as sampled (the reference)", False), ("--reference-stats", True)):
         results = pipe.generate(args.kind, indices, seed=args.seed, steps=args.sample_steps, batch_size=args.num,
-                                reference_stats=matched)
+                                guidance=args.guidance, reference_stats=matched)
         outputs[label] = [np.asarray(r.image.convert("RGB"), np.float64) for r in results]
         starts = [r.reference for r in results]
     size = outputs["--reference-stats"][0].shape[0]
     data = run.data  # the start images cut to the run's fit, as the sampler read them
     outputs["start images"] = [resize_image(sample_arrays(p, None, data.fit, data.mask_rule, False)[0], size)
                                .astype(np.float64) for p in starts]
-    print(f"{run.product}: {args.kind}, {args.num} images, {args.sample_steps} sampler steps\n")
+    guidance = run.guidance if args.guidance is None else args.guidance
+    print(f"{run.product}: {args.kind}, {args.num} images, {args.sample_steps} sampler steps, guidance {guidance}\n")
     print("| images | centre R, G, B | whole R, G, B |\n| --- | --- | --- |")
     for label, images in outputs.items():
         centre, whole = mean_rgb(images)
