@@ -19,7 +19,6 @@ import numpy as np
 from seas.data.transforms import sample_arrays
 from seas.files.images import resize_image
 from seas.generation.pipeline import SeaSPipeline
-from seas.run import Run
 
 
 def mean_rgb(images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -39,8 +38,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--guidance", type=float, default=None, help="default: the run's")
     args = parser.parse_args()
-    run = Run.load(args.run, verify=False)
     pipe = SeaSPipeline.from_run(args.run)
+    run = pipe.run
     indices = list(range(args.num))
     outputs = {}
     for label, matched in (("as sampled (the reference)", False), ("--reference-stats", True)):

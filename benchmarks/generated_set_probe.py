@@ -13,8 +13,9 @@ that ``as-is`` and ``real-only`` repeat the demo's ``metrics.json`` numbers. Var
 * ``real-only``: the real training anomalies and normal images (every other set adds to it);
 * ``as-is``: + the generated anomaly pairs, as the demo's evaluation trains them;
 * ``colour``: + the same pairs with each generated image's RGB channels shifted and scaled to the
-  mean and standard deviation of all real normal training images (a colour correction in
-  pixels: a diagnostic of the generated images' colour, not a method);
+  mean and standard deviation of all real normal training images (``--reference-stats``'s
+  ``match_channel_stats`` applied to pixels: a diagnostic of the generated images' colour, not a
+  method);
 * ``without:TYPE``: + the generated pairs whose kind does not contain TYPE (mixtures with it go too);
 * ``eroded``: + the generated pairs with their masks eroded by one pixel (3 x 3) at the segmenter's size.
 
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 from seas.data.readers import GOOD
 from seas.evaluation.config import EvalConfig
@@ -40,6 +42,7 @@ from seas.evaluation.inputs import generated_at, load_real, read_generated, real
 from seas.evaluation.metrics import all_metrics
 from seas.files.atomic import read_json
 from seas.generation.generated import GeneratedFolder
+from seas.generation.pipeline import match_channel_stats
 from seas.run import Run
 
 FIXED = ("real-only", "as-is", "colour", "eroded")
@@ -51,11 +54,16 @@ def variant(name: str) -> str:
     raise argparse.ArgumentTypeError(f"{name}: a variant is one of {', '.join(FIXED)} or without:TYPE")
 
 
-def colour_matched(image: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """``image (S, S, 3) uint8`` with each channel shifted and scaled to ``mean``, ``std`` (3,)."""
-    x = image.reshape(-1, 3).astype(np.float64)
-    y = (x - x.mean(0)) / np.maximum(x.std(0), 1e-6) * std + mean
-    return np.clip(y, 0, 255).round().astype(np.uint8).reshape(image.shape)
+def colour_matched(image: np.ndarray, reference: torch.Tensor) -> np.ndarray:
+    """``image (S, S, 3) uint8`` with each channel given the mean and standard deviation of
+    ``reference (1, 3, H, W)``'s: ``--reference-stats``'s correction, in pixels."""
+    pixels = torch.from_numpy(image).permute(2, 0, 1)[None].double()
+    matched = match_channel_stats(pixels, reference)[0].permute(1, 2, 0).numpy()
+    return np.clip(matched, 0, 255).round().astype(np.uint8)
+
+
+def spread(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else float("nan")
 
 
 def generated_part(name: str, pairs: list[tuple[str, np.ndarray, np.ndarray]], normals: list[np.ndarray]) -> list:
@@ -65,10 +73,9 @@ def generated_part(name: str, pairs: list[tuple[str, np.ndarray, np.ndarray]], n
     if name.startswith("without:"):
         left_out = name.split(":", 1)[1]
         return [(image, mask) for kind, image, mask in pairs if left_out not in kind.split("+")]
-    if name == "colour":
-        reference = np.stack(normals).reshape(-1, 3).astype(np.float64)
-        mean, std = reference.mean(0), reference.std(0)
-        return [(colour_matched(image, mean, std), mask) for _, image, mask in pairs]
+    if name == "colour":  # every normal image's pixels, side by side: (1, 3, S, N * S)
+        reference = torch.from_numpy(np.concatenate(normals, axis=1)).permute(2, 0, 1)[None].double()
+        return [(colour_matched(image, reference), mask) for _, image, mask in pairs]
     if name == "eroded":
         kernel = np.ones((3, 3), np.uint8)
         return [(image, cv2.erode(mask.astype(np.uint8), kernel).astype(bool)) for _, image, mask in pairs]
@@ -113,7 +120,6 @@ def main() -> None:
     print("\n| variant | runs | pixel AP | pixel AUROC | AP minus as-is | AUROC minus as-is |\n| --- | --- | --- | --- | --- | --- |")
     for name, runs in results.items():
         ap, auroc = [v[0] for v in runs.values()], [v[1] for v in runs.values()]
-        spread = (lambda xs: statistics.stdev(xs) if len(xs) > 1 else float("nan"))
         line = f"| {name} | {len(runs)} | {statistics.mean(ap):.3f} ± {spread(ap):.3f} | " \
                f"{statistics.mean(auroc):.3f} ± {spread(auroc):.3f} |"
         same = results.get("as-is", {})

@@ -6,6 +6,7 @@ import argparse
 
 import numpy as np
 import pytest
+import torch
 
 from benchmarks.generated_set_probe import colour_matched, generated_part, variant
 
@@ -19,10 +20,13 @@ def _pairs():
 
 
 def test_colour_matched_takes_the_target_channel_statistics():
-    image = np.random.default_rng(1).integers(60, 200, (16, 16, 3), dtype=np.uint8)
-    out = colour_matched(image, np.array([120.0, 100.0, 80.0]), np.array([10.0, 20.0, 5.0])).reshape(-1, 3)
-    np.testing.assert_allclose(out.mean(0), [120, 100, 80], atol=0.5)  # rounding to uint8 only
-    np.testing.assert_allclose(out.std(0), [10, 20, 5], atol=0.5)
+    rng = np.random.default_rng(1)
+    image = rng.integers(60, 200, (16, 16, 3), dtype=np.uint8)
+    target = torch.from_numpy(rng.normal([120.0, 100.0, 80.0], [10.0, 20.0, 5.0], (64, 64, 3))).permute(2, 0, 1)[None]
+    out = colour_matched(image, target).reshape(-1, 3).astype(np.float64)
+    want = target.reshape(3, -1)
+    np.testing.assert_allclose(out.mean(0), want.mean(1), atol=0.5)  # rounding to uint8 only
+    np.testing.assert_allclose(out.std(0, ddof=1), want.std(1), atol=0.5)
 
 
 def test_variants_change_only_what_they_name():
