@@ -3,7 +3,9 @@ cut-paste and Perlin, over several seeds, on the demo's product or a dataset (do
 
 For each seed, the default ``seas demo`` runs (data, both stages from the shipped base,
 generation with ``free`` placement and no QC, the full evaluation with the baselines); then the
-same run generates the three other variants into their own folders, each evaluated without the
+same run generates the three other variants into their own folders (and, when asked for,
+``free+stats`` and ``free+sampled``: free placement with and without ``--reference-stats``,
+whatever the demo's default), each evaluated without the
 baselines (real-only is the demo's model, read back from ``<run>/segmenters``). Every number
 comes from the variant's ``metrics.json``; the table gives the mean, the sample standard
 deviation and the 95 % confidence interval of the mean (Student's t) over the seeds.
@@ -36,11 +38,13 @@ from seas.files.atomic import read_json, write_json
 from seas.generation.folder import generate_to_folder
 from seas.run import Run
 
-VARIANTS = {  # name -> (placement, qc)
-    "free": ("free", "off"),
-    "free+qc": ("free", "filter"),
-    "real-masks": ("real-masks", "off"),
-    "real-masks+qc": ("real-masks", "filter"),
+VARIANTS = {  # name -> (placement, qc, reference_stats; None: the demo's own setting)
+    "free": ("free", "off", None),
+    "free+qc": ("free", "filter", None),
+    "real-masks": ("real-masks", "off", None),
+    "real-masks+qc": ("real-masks", "filter", None),
+    "free+stats": ("free", "off", True),  # --reference-stats whatever the demo's default
+    "free+sampled": ("free", "off", False),  # the sampler's latents decoded as they are (the reference)
 }
 EVIDENCE = ("attention_pixel_auroc", "mask_head_pixel_auroc", "mask_head_pixel_ap")  # demo.json, per seed
 DOWNSTREAM = ("pixel_auroc", "pixel_ap", "iou", "aupro_0.3", "image_auroc", "image_ap")
@@ -59,6 +63,14 @@ def seed_folder(out: Path, seed: int, cfg: DemoConfig, data_cfg, compute: bool =
 
 
 SEGMENTER = ("segmenter", "seg_size", "seg_steps", "seg_width")  # the downstream segmenter's settings
+
+
+def variant_generation(name: str, cfg: DemoConfig, seed: int) -> GenerationConfig:
+    """How variant ``name`` of ``seed``'s demo generates: the demo's settings with the variant's
+    placement, quality control and (where the variant names one) ``reference_stats``."""
+    placement, qc, reference_stats = VARIANTS[name]
+    return GenerationConfig(num=cfg.num_per_kind, seed=seed, steps=cfg.sample_steps, placement=placement, qc=qc,
+                            reference_stats=cfg.reference_stats if reference_stats is None else reference_stats)
 
 
 def variant_metrics(folder: Path, name: str, cfg: DemoConfig, seed: int, compute: bool = True) -> dict:
@@ -82,11 +94,8 @@ def variant_metrics(folder: Path, name: str, cfg: DemoConfig, seed: int, compute
     run = Run.load(run_dir)
     kinds = demo_kinds(run.types)
     if not manifest.is_file():
-        placement, qc = VARIANTS[name]
         try:
-            gen_cfg = GenerationConfig(num=cfg.num_per_kind, seed=seed, steps=cfg.sample_steps, placement=placement, qc=qc,
-                                       reference_stats=cfg.reference_stats)
-            generate_to_folder(run, generated, kinds, gen_cfg, device="cpu")
+            generate_to_folder(run, generated, kinds, variant_generation(name, cfg, seed), device="cpu")
         except RunError as err:  # QC's cap reached: the accepted pairs stay; say so and go on
             print(f"seed {seed} {name}: {err}", file=sys.stderr)
     written = len(manifest.read_text().splitlines()) if manifest.is_file() else 0
@@ -151,7 +160,8 @@ def main() -> None:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--data", default=None, help="a dataset description (YAML); default: the synthetic product")
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS)[:4], choices=list(VARIANTS),
+                        help="default: the placement and QC variants (free+stats and free+sampled on request)")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="demo settings other than the default (e.g. seg_size=128 seg_steps=400)")
     parser.add_argument("--quick", action="store_true", help="the test suite's shortened demo (a smoke test)")
