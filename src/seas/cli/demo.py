@@ -99,7 +99,7 @@ class DemoConfig(Config):
         """The default for ``--data``: the base adapted to the product's normal images first, a
         segmenter that can learn real photographs' small defects (192 px), and the 800 stage-1
         updates and the sampler's own latents its numbers were measured with (docs/RESULTS.md,
-        magnetic tile)."""
+        magnetic tile: ``--reference-stats`` and 1,000 adaptation updates did no better there)."""
         return cls(adapt_steps=PHOTO_ADAPT_STEPS, seg_size=192, train_steps=PHOTO_TRAIN_STEPS, reference_stats=False)
 
     @classmethod
@@ -109,7 +109,7 @@ class DemoConfig(Config):
                    mask_head_updates=2, num_per_kind=2, sample_steps=3, seg_steps=4, seg_size=64)
 
 
-PHOTO_ADAPT_STEPS = 150  # U-Net updates adapting seas-tiny to a user's photographs (docs/RESULTS.md: time)
+PHOTO_ADAPT_STEPS = 150  # U-Net updates adapting seas-tiny to photographs (docs/RESULTS.md: time; 1,000 no better)
 PHOTO_TRAIN_STEPS = 800  # stage-1 updates on a user's photographs
 
 
