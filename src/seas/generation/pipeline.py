@@ -485,9 +485,10 @@ class SeaSPipeline:
 
 def match_channel_stats(latents: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     """``latents (B, C, h, w)`` with each channel shifted and scaled to the spatial mean and
-    standard deviation of ``reference``'s (``(B or 1, C, h', w')``, any spatial size). Measured reason (docs/GENERATION.md): the
-    tiny base, started from 0.0979 of a normal image's latent, ends on latents whose channels have
-    lost the product's balance, which decodes as a green, paler tile."""
+    standard deviation of ``reference``'s (``(B or 1, C, h', w')``, any spatial size). Measured
+    reason (docs/GENERATION.md): the tiny base, started from 0.0979 of a normal image's latent,
+    ends on latents whose channels have lost the product's balance, which decodes as a green,
+    paler tile."""
     mean, std = latents.mean((2, 3), keepdim=True), latents.std((2, 3), keepdim=True)
     return (latents - mean) / std.clamp_min(1e-6) * reference.std((2, 3), keepdim=True) + reference.mean(
         (2, 3), keepdim=True)
