@@ -73,20 +73,35 @@ def variant_generation(name: str, cfg: DemoConfig, seed: int) -> GenerationConfi
                             reference_stats=cfg.reference_stats if reference_stats is None else reference_stats)
 
 
+def variant_folders(folder: Path, name: str, cfg: DemoConfig) -> tuple[Path, Path]:
+    """Where variant ``name`` of the finished demo in ``folder`` generates and is evaluated.
+
+    ``free`` at the demo's own count is the demo's output (``run/generated``, ``evaluation``).
+    When ``cfg`` asks for another count of pairs per kind than the demo generated (``--set
+    num_per_kind=48`` on finished seeds), every variant, ``free`` included, generates again into
+    ``generated-<name>@n<count>``. When ``cfg``'s downstream segmenter differs from the demo's
+    (``--set seg_steps=...``), every variant is evaluated again into a folder named after the
+    segmenter's settings. A ``free`` evaluation away from the demo's own trains the baselines again
+    (cut-paste and Perlin make as many pairs as the generated set has)."""
+    demo = read_json(folder / "demo.json")["config"]
+    segmenter = tuple(getattr(cfg, key) for key in SEGMENTER)
+    seg_suffix = "" if segmenter == tuple(demo[key] for key in SEGMENTER) else "@" + "-".join(map(str, segmenter))
+    count = "" if cfg.num_per_kind == demo["num_per_kind"] else f"@n{cfg.num_per_kind}"
+    if name == "free" and not count:
+        return folder / "run/generated", folder / f"evaluation{seg_suffix}"
+    if name == "free":
+        return folder / f"generated-free{count}", folder / f"evaluation{count}{seg_suffix}"
+    return folder / f"generated-{name}{count}", folder / f"evaluation-{name}{count}{seg_suffix}"
+
+
 def variant_metrics(folder: Path, name: str, cfg: DemoConfig, seed: int, compute: bool = True) -> dict:
     """``metrics.json`` of one variant of one seed (generated and evaluated unless present, or
     ``{"downstream": {}}`` when absent and ``compute`` is off), with ``accepted``: the share of the
     requested pairs written (below 1 when QC's cap was reached; given whenever the variant's
     generated folder exists, also when its pairs could not be evaluated, e.g. normal images only).
 
-    ``free`` is the demo's own output and evaluation. When ``cfg``'s downstream segmenter differs from
-    the one the seed's demo ran with (``--set seg_steps=...`` on finished seeds), every variant,
-    ``free`` with the baselines included, is evaluated again into folders named after the segmenter's settings."""
-    demo_segmenter = tuple(read_json(folder / "demo.json")["config"][key] for key in SEGMENTER)
-    segmenter = tuple(getattr(cfg, key) for key in SEGMENTER)
-    suffix = "" if segmenter == demo_segmenter else "@" + "-".join(str(v) for v in segmenter)
-    generated = folder / ("run/generated" if name == "free" else f"generated-{name}")
-    evaluation = folder / ("evaluation" + suffix if name == "free" else f"evaluation-{name}{suffix}")
+    ``free`` is the demo's own output and evaluation (folders: :func:`variant_folders`)."""
+    generated, evaluation = variant_folders(folder, name, cfg)
     manifest = generated / "manifest.jsonl"
     if not compute and not manifest.is_file():
         return {"downstream": {}}
