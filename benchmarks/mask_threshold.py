@@ -44,8 +44,10 @@ STEPS = np.round(np.arange(0.02, 0.985, 0.01), 2)  # thresholds the area mode ch
 
 
 def real_areas(run: Run) -> dict[str, float]:
-    """Mean share of the image a real training mask covers, by type."""
-    return {t: float(np.mean([read_mask(s.mask, run.mask_rule) for s in run.split.train[t]])) for t in run.split.types}
+    """Mean share of the image a real training mask covers, by type (each mask's own share, so
+    photographs of different sizes count alike)."""
+    return {t: float(np.mean([read_mask(s.mask, run.mask_rule).mean() for s in run.split.train[t]]))
+            for t in run.split.types}
 
 
 def kind_threshold(mode: str, kind: str, probs: np.ndarray, areas: dict[str, float]) -> float:

@@ -7,7 +7,7 @@ import json
 import numpy as np
 from PIL import Image
 
-from benchmarks.mask_threshold import kind_threshold, rethreshold
+from benchmarks.mask_threshold import kind_threshold, real_areas, rethreshold
 
 
 def test_the_area_mode_picks_the_threshold_whose_masks_cover_the_real_area():
@@ -45,3 +45,17 @@ def test_rethresholding_rewrites_masks_and_areas_and_leaves_the_source_alone(tmp
     # the source folder is the ablation's own: untouched
     assert (np.asarray(Image.open(source / "hole/mask/000.png")) == 255).all()
     assert [json.loads(line)["mask_area"] for line in (source / "manifest.jsonl").read_text().splitlines()] == [1.0, 1.0, None]
+
+
+def test_real_areas_average_each_masks_share_also_over_photographs_of_different_sizes(tmp_path):
+    from types import SimpleNamespace
+
+    small = np.zeros((10, 10), np.uint8)
+    small[:5] = 255  # half of a 10 x 10 image
+    large = np.zeros((40, 20), np.uint8)
+    large[:4] = 255  # a tenth of a 40 x 20 image
+    for name, mask in (("small", small), ("large", large)):
+        Image.fromarray(mask).save(tmp_path / f"{name}.png")
+    samples = [SimpleNamespace(mask=tmp_path / "small.png"), SimpleNamespace(mask=tmp_path / "large.png")]
+    run = SimpleNamespace(mask_rule="half", split=SimpleNamespace(types=["crack"], train={"crack": samples}))
+    assert real_areas(run) == {"crack": (0.5 + 0.1) / 2}
