@@ -234,3 +234,58 @@ def test_bad_continuations_are_one_line_errors(tmp_path):
     with pytest.raises(ConfigError, match="give the options it was pretrained with"):
         pretrain(PretrainConfig(**{**SMALL, "init": str(first), "width": 32, "norm_groups": 8}), tmp_path / "b")
     assert not (tmp_path / "b").exists()
+
+
+def test_the_perceptual_term_adds_its_weight_times_lpips_and_trains_the_vae_not_the_lpips_net(tmp_path):
+    from seas.evaluation.lpips import LPIPS
+
+    torch.manual_seed(0)
+    lpips = LPIPS()  # random weights: the published ones are fetched, not in CI; the arithmetic is the same
+    with torch.no_grad():
+        for head in lpips.heads:  # non-negative channel weights, as the published ones, so a distance is >= 0
+            head.model[1].weight.abs_()
+    before = {k: v.clone() for k, v in lpips.state_dict().items()}
+    cfg = PretrainConfig(**{**SMALL, "vae_perceptual": 0.5, "precision": "fp32"})
+    plain = pretrain_module.Pretraining(PretrainConfig(**{**SMALL, "precision": "fp32"}), tmp_path)
+    with_term = pretrain_module.Pretraining(cfg, tmp_path, perceptual=lpips)
+    # the same weights, batch and noise: the totals differ by exactly 0.5 x the logged LPIPS
+    without, withit = plain.vae_loss(3), with_term.vae_loss(3)
+    assert "lpips" not in without and float(withit["lpips"]) > 0
+    assert torch.isclose(withit["total"] - without["total"], 0.5 * withit["lpips"], rtol=1e-5, atol=1e-7)
+    # ... and the LPIPS of the image against its reconstruction, recomputed by hand
+    vae = with_term.parts["vae"]
+    indices, turns, flips = pretrain_module.draw(cfg, "vae", 3, cfg.vae_batch)
+    x = pretrain_module.augment(with_term.pool.pixels(indices)[0], turns, flips)
+    with torch.no_grad():
+        posterior = vae.encode(x).latent_dist
+        noise = torch.randn(posterior.mean.shape, generator=pretrain_module.step_generator(cfg.seed, 11, 3))
+        recon = vae.decode(posterior.mean + posterior.std * noise).sample
+        assert torch.isclose(lpips(recon.clamp(-1, 1), x).mean(), withit["lpips"], rtol=1e-4)
+    # its gradient reaches the VAE and nothing of the frozen LPIPS network
+    withit["total"].backward()
+    assert all(p.grad is None for p in lpips.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in vae.decoder.parameters())
+    model = pretrain(cfg, tmp_path / "run", perceptual=lpips)
+    assert all(torch.equal(before[k], v) for k, v in lpips.state_dict().items())
+    rows = [r for r in pretrain_module.curves(tmp_path / "run") if r["phase"] == "vae"]
+    assert len(rows) == SMALL["vae_steps"] and all(r["lpips"] > 0 for r in rows)
+    card = read_card(model)
+    assert card["training"]["config"]["vae_perceptual"] == 0.5 and "lpips" in card["curves"]["vae"][-1]
+    assert "LPIPS-VGG term of weight 0.5" in (model / CARD_MD).read_text()
+
+
+def test_the_perceptual_term_without_its_network_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(ConfigError, match="--vae-perceptual needs the LPIPS network"):
+        pretrain(PretrainConfig(**{**SMALL, "vae_perceptual": 1.0}), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_seas_pretrain_with_the_perceptual_term_and_no_lpips_weights_says_how_to_fetch_them(tmp_path, monkeypatch,
+                                                                                            capsys):
+    from seas.cli import main
+
+    monkeypatch.setenv("SEAS_HOME", str(tmp_path / "home"))  # no fetched weights there
+    code = main(["pretrain", "--out", str(tmp_path / "out"), "--vae-perceptual", "1"])
+    err = capsys.readouterr().err.strip()
+    assert code != 0 and "seas weights fetch lpips" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out").exists()

@@ -128,8 +128,13 @@ def cmd_pretrain(args) -> int:
 
     cfg = PretrainConfig.from_dict(PretrainConfig.given(args))
     command = "seas pretrain " + shlex.join(sys.argv[2:]) if sys.argv[1:2] == ["pretrain"] else "seas pretrain"
+    perceptual = None
+    if cfg.vae_perceptual and cfg.vae_steps:  # before anything is written: missing weights leave no folder
+        from seas.evaluation.lpips_weights import load_lpips_weights
+
+        perceptual = load_lpips_weights()
     try:
-        model = pretrain(cfg, args.out, command=command)
+        model = pretrain(cfg, args.out, command=command, perceptual=perceptual)
     except KeyboardInterrupt:
         print(f"\ninterrupted: the checkpoints in {args.out} are kept; run the same command to resume", file=sys.stderr)
         return 130

@@ -42,6 +42,8 @@ class PretrainConfig(Config):
                               "against a reconstruction loss summed over pixels; against our mean it let the encoder "
                               "drown its latents in noise: docs/PRETRAINING.md)", minimum=0.0)
     defect_weight: float = option(4.0, help="extra weight of the VAE's L1 inside defect masks (0: none)", minimum=0.0)
+    vae_perceptual: float = option(0.0, help="weight of an LPIPS-VGG perceptual term in the VAE's loss (SD's VAE "
+                                   "has one; needs `seas weights fetch lpips`; 0: none, L1 + MSE only)", minimum=0.0)
     vae_train: str = option("all", help="what the VAE updates train: all (encoder and decoder) or decoder (with "
                             "--init: the encoder, so the latents, the scaling factor and the U-Net's footing, stay "
                             "as they are; SD's fine-tuned ft-MSE decoder was made so)", choices=VAE_TRAIN)

@@ -101,7 +101,7 @@ def build_card(*, name: str, cfg: dict, parts: dict, folder: Path, rows: list[di
         "training": {"vae_updates": cfg["vae_steps"], "vae_batch": cfg["vae_batch"], "unet_updates": cfg["unet_steps"],
                      "unet_batch": cfg["unet_batch"], "precision": cfg["precision"], "seconds": seconds,
                      "config": cfg},
-        "curves": {"vae": summarise_curve(rows, "vae", ("l1", "defect_l1", "kl")),
+        "curves": {"vae": summarise_curve(rows, "vae", ("l1", "defect_l1", "kl", "lpips")),
                    "unet": summarise_curve(rows, "unet", ("mse", "defect_mse"))},
         "vae_round_trip": probe,
         "files": weight_files(folder),
@@ -125,8 +125,10 @@ def training_lines(card: dict) -> list[str]:
         vae = "VAE: kept from the base it continues; "
     else:
         part = "decoder only (the encoder kept from the base it continues), " if config.get("vae_train") == "decoder" else ""
+        perceptual = config.get("vae_perceptual", 0.0)
         vae = (f"VAE: {part}{train['vae_updates']} updates of {train['vae_batch']} images "
-               f"({train['seconds']['vae'] / 60:.0f} min); ")
+               + (f"with an LPIPS-VGG term of weight {perceptual:g} " if perceptual else "")
+               + f"({train['seconds']['vae'] / 60:.0f} min); ")
     if not train["unet_updates"]:
         unet = "U-Net and text encoder: kept from the base it continues. "
     else:

@@ -6,7 +6,9 @@ photographs of many products and generic defects, never the demo's product), in 
 
 1. ``vae``: the autoencoder, on corpus images: L1 + MSE reconstruction with the L1 weighted
    ``1 + defect_weight`` inside each image's defect mask (a defect is a few percent of the
-   pixels, and the whole point of the base is that it keeps them), plus a small KL term. Then
+   pixels, and the whole point of the base is that it keeps them), plus a small KL term and,
+   with ``vae_perceptual`` > 0, that weight times the LPIPS-VGG distance between each image and
+   its reconstruction (SD's VAE loss has such a term; the frozen network is handed in). Then
    ``scaling_factor`` is set so that the latents have unit variance, as SD's 0.18215 does;
 2. ``unet``: U-Net and text encoder together (epsilon MSE on the SD noise schedule, the error in
    the latent cells a defect touches weighted ``1 + unet_defect_weight``), captions dropped to
@@ -175,8 +177,9 @@ def lr_at(base: float, step: int, steps: int, warmup: int, schedule: str) -> flo
 class Pretraining:
     """One pretraining run in ``out``: its parts, its state, and the two phases."""
 
-    def __init__(self, cfg: PretrainConfig, out: Path):
+    def __init__(self, cfg: PretrainConfig, out: Path, perceptual: torch.nn.Module | None = None):
         self.cfg, self.out = cfg, out
+        self.perceptual = perceptual.eval().requires_grad_(False) if perceptual is not None else None
         torch.manual_seed(cfg.seed)
         self.parts = build_tiny_components(
             seed=cfg.seed, width=cfg.width, vae_width=cfg.vae_width, latent_channels=cfg.latent_channels,
@@ -213,7 +216,13 @@ class Pretraining:
         kl = posterior.kl().float().mean()
         total = l1 + F.mse_loss(recon, x) + (0.0 if decoder_only else cfg.kl_weight * kl)
         defect_l1 = (error * m).sum() / (3 * m.sum()).clamp(min=1)
-        return {"total": total, "l1": error.mean().detach(), "defect_l1": defect_l1.detach(), "kl": kl.detach()}
+        losses = {"l1": error.mean().detach(), "defect_l1": defect_l1.detach(), "kl": kl.detach()}
+        if cfg.vae_perceptual:  # LPIPS of each image against its reconstruction, both in [-1, 1]: (B,)
+            with self.autocast():
+                perceptual = self.perceptual(recon.clamp(-1, 1), x).float().mean()
+            total = total + cfg.vae_perceptual * perceptual
+            losses["lpips"] = perceptual.detach()
+        return {"total": total, **losses}
 
     def unet_loss(self, step: int) -> dict:
         cfg, p = self.cfg, self.parts
@@ -397,12 +406,18 @@ def check_out(out: Path, cfg: PretrainConfig) -> None:
                           "resume, or choose a new folder")
 
 
-def pretrain(cfg: PretrainConfig, out: str | Path, command: str = "", name: str = "seas-tiny") -> Path:
+def pretrain(cfg: PretrainConfig, out: str | Path, command: str = "", name: str = "seas-tiny",
+             perceptual: torch.nn.Module | None = None) -> Path:
     """Run (or resume) the pretraining into ``out``; return the exported model folder, which
-    holds the model card."""
+    holds the model card. ``perceptual``: the LPIPS network that ``vae_perceptual`` weights
+    (``seas.evaluation.lpips_weights.load_lpips_weights()``), needed only then."""
     out = Path(out)
+    if cfg.vae_perceptual and cfg.vae_steps and perceptual is None:
+        raise ConfigError("--vae-perceptual needs the LPIPS network: pass perceptual= (seas pretrain loads it "
+                          "after `seas weights fetch lpips`), or give --vae-perceptual 0")
     check_out(out, cfg)
-    run = Pretraining(cfg, out)  # loads --init first: a base that cannot be continued leaves nothing behind
+    # loads --init first: a base that cannot be continued leaves nothing behind
+    run = Pretraining(cfg, out, perceptual)
     out.mkdir(parents=True, exist_ok=True)
     if not (out / STATE).is_file():
         write_state(out, cfg, finished=[], command=command)
