@@ -218,7 +218,8 @@ def main() -> None:
              + " | ".join(columns) + " |",
              "| --- " * (len(columns) + 1) + "|"]
     for name, cols in table.items():
-        label = name if name in ("real_only", "cut_paste", "perlin") else f"real + generated ({name})"
+        generated = f"real + generated ({name}, {cfg.num_per_kind} a kind)"
+        label = name if name in ("real_only", "cut_paste", "perlin") else generated
         cells = [cell(*values, len(args.seeds)) for values in cols.values()]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "real_only's type_fidelity and normals_good: the same classifier on the held-out real test "
