@@ -454,5 +454,7 @@ def curves(out: Path) -> list[dict]:
 
 
 def machine() -> str:
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    threads = torch.get_num_threads()
+    return (f"{platform.processor() or platform.machine()}, {threads} thread{'s' if threads != 1 else ''}, "
+            f"torch {torch.__version__}")
 
