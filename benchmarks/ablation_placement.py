@@ -91,9 +91,8 @@ def variant_folders(folder: Path, name: str, cfg: DemoConfig) -> tuple[Path, Pat
     count = "" if cfg.num_per_kind == demo["num_per_kind"] else f"@n{cfg.num_per_kind}"
     if name == "free" and not count:
         return folder / "run/generated", folder / f"evaluation{seg_suffix}"
-    if name == "free":
-        return folder / f"generated-free{count}", folder / f"evaluation{count}{seg_suffix}"
-    return folder / f"generated-{name}{count}", folder / f"evaluation-{name}{count}{seg_suffix}"
+    evaluation = "evaluation" if name == "free" else f"evaluation-{name}"
+    return folder / f"generated-{name}{count}", folder / f"{evaluation}{count}{seg_suffix}"
 
 
 def variant_metrics(folder: Path, name: str, cfg: DemoConfig, seed: int, compute: bool = True) -> dict:
@@ -218,8 +217,8 @@ def main() -> None:
              + " | ".join(columns) + " |",
              "| --- " * (len(columns) + 1) + "|"]
     for name, cols in table.items():
-        generated = f"real + generated ({name}, {cfg.num_per_kind} a kind)"
-        label = name if name in ("real_only", "cut_paste", "perlin") else generated
+        baseline = name in ("real_only", "cut_paste", "perlin")
+        label = name if baseline else f"real + generated ({name}, {cfg.num_per_kind} a kind)"
         cells = [cell(*values, len(args.seeds)) for values in cols.values()]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "real_only's type_fidelity and normals_good: the same classifier on the held-out real test "
