@@ -67,21 +67,23 @@ def seed_folder(out: Path, seed: int, cfg: DemoConfig, data_cfg, compute: bool =
 SEGMENTER = ("segmenter", "seg_size", "seg_steps", "seg_width")  # the downstream segmenter's settings
 
 
-def variant_generation(name: str, cfg: DemoConfig, seed: int) -> GenerationConfig:
+def variant_generation(name: str, cfg: DemoConfig, seed: int, guidance: float | None = None) -> GenerationConfig:
     """How variant ``name`` of ``seed``'s demo generates: the demo's settings with the variant's
-    placement, quality control and (where the variant names one) ``reference_stats``."""
+    placement, quality control and (where the variant names one) ``reference_stats``; ``guidance``
+    replaces the run's dataset preset (8 for the synthetic product)."""
     placement, qc, reference_stats = VARIANTS[name]
-    return GenerationConfig(num=cfg.num_per_kind, seed=seed, steps=cfg.sample_steps, placement=placement, qc=qc,
-                            reference_stats=cfg.reference_stats if reference_stats is None else reference_stats)
+    return GenerationConfig(num=cfg.num_per_kind, seed=seed, steps=cfg.sample_steps, guidance=guidance,
+                            placement=placement, qc=qc, reference_stats=cfg.reference_stats if reference_stats is None else reference_stats)
 
 
-def variant_folders(folder: Path, name: str, cfg: DemoConfig) -> tuple[Path, Path]:
+def variant_folders(folder: Path, name: str, cfg: DemoConfig, guidance: float | None = None) -> tuple[Path, Path]:
     """Where variant ``name`` of the finished demo in ``folder`` generates and is evaluated.
 
     ``free`` at the demo's own count is the demo's output (``run/generated``, ``evaluation``).
     When ``cfg`` asks for another count of pairs per kind than the demo generated (``--set
     num_per_kind=48`` on finished seeds), every variant, ``free`` included, generates again into
-    ``generated-<name>@n<count>``. When ``cfg``'s downstream segmenter differs from the demo's
+    ``generated-<name>@n<count>``; so it does with a ``guidance`` (``--guidance 3``:
+    ``generated-<name>@g3``). When ``cfg``'s downstream segmenter differs from the demo's
     (``--set seg_steps=...``), every variant is evaluated again into a folder named after the
     segmenter's settings. A ``free`` evaluation away from the demo's own trains the baselines again
     (cut-paste and Perlin make as many pairs as the generated set has)."""
@@ -89,20 +91,22 @@ def variant_folders(folder: Path, name: str, cfg: DemoConfig) -> tuple[Path, Pat
     segmenter = tuple(getattr(cfg, key) for key in SEGMENTER)
     seg_suffix = "" if segmenter == tuple(demo[key] for key in SEGMENTER) else "@" + "-".join(map(str, segmenter))
     count = "" if cfg.num_per_kind == demo["num_per_kind"] else f"@n{cfg.num_per_kind}"
+    count += "" if guidance is None else f"@g{guidance:g}"
     if name == "free" and not count:
         return folder / "run/generated", folder / f"evaluation{seg_suffix}"
     evaluation = "evaluation" if name == "free" else f"evaluation-{name}"
     return folder / f"generated-{name}{count}", folder / f"{evaluation}{count}{seg_suffix}"
 
 
-def variant_metrics(folder: Path, name: str, cfg: DemoConfig, seed: int, compute: bool = True) -> dict:
+def variant_metrics(folder: Path, name: str, cfg: DemoConfig, seed: int, compute: bool = True,
+                    guidance: float | None = None) -> dict:
     """``metrics.json`` of one variant of one seed (generated and evaluated unless present, or
     ``{"downstream": {}}`` when absent and ``compute`` is off), with ``accepted``: the share of the
     requested pairs written (below 1 when QC's cap was reached; given whenever the variant's
     generated folder exists, also when its pairs could not be evaluated, e.g. normal images only).
 
     ``free`` is the demo's own output and evaluation (folders: :func:`variant_folders`)."""
-    generated, evaluation = variant_folders(folder, name, cfg)
+    generated, evaluation = variant_folders(folder, name, cfg, guidance)
     manifest = generated / "manifest.jsonl"
     if not compute and not manifest.is_file():
         return {"downstream": {}}
@@ -111,7 +115,7 @@ def variant_metrics(folder: Path, name: str, cfg: DemoConfig, seed: int, compute
     kinds = demo_kinds(run.types)
     if not manifest.is_file():
         try:
-            generate_to_folder(run, generated, kinds, variant_generation(name, cfg, seed), device="cpu")
+            generate_to_folder(run, generated, kinds, variant_generation(name, cfg, seed, guidance), device="cpu")
         except RunError as err:  # QC's cap reached: the accepted pairs stay; say so and go on
             print(f"seed {seed} {name}: {err}", file=sys.stderr)
     written = len(manifest.read_text().splitlines()) if manifest.is_file() else 0
@@ -180,6 +184,9 @@ def main() -> None:
                         help="default: the placement and QC variants (free+stats and free+sampled on request)")
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="demo settings other than the default (e.g. seg_size=128 seg_steps=400)")
+    parser.add_argument("--guidance", type=float, default=None,
+                        help="generate every variant again with this classifier-free guidance (default: the run's "
+                        "dataset preset, the demo's own pairs)")
     parser.add_argument("--quick", action="store_true", help="the test suite's shortened demo (a smoke test)")
     parser.add_argument("--report-only", action="store_true",
                         help="tabulate what is finished, compute nothing (a missing seed or variant counts as absent)")
@@ -198,7 +205,8 @@ def main() -> None:
     for seed in args.seeds:
         folder = seed_folder(args.out, seed, cfg, data_cfg, compute=not args.report_only)
         for name in args.variants:
-            metrics = variant_metrics(folder, name, cfg, seed, not args.report_only) if folder else {"downstream": {}}
+            metrics = (variant_metrics(folder, name, cfg, seed, not args.report_only, args.guidance) if folder
+                       else {"downstream": {}})
             rows.setdefault(name, []).append(measures(metrics, "real+generated"))
             if name == "free":
                 evidence = read_json(folder / "demo.json").get("evidence", {}) if folder else {}
@@ -218,7 +226,8 @@ def main() -> None:
              "| --- " * (len(columns) + 1) + "|"]
     for name, cols in table.items():
         baseline = name in ("real_only", "cut_paste", "perlin")
-        label = name if baseline else f"real + generated ({name}, {cfg.num_per_kind} a kind)"
+        guidance = "" if args.guidance is None else f", guidance {args.guidance:g}"
+        label = name if baseline else f"real + generated ({name}, {cfg.num_per_kind} a kind{guidance})"
         cells = [cell(*values, len(args.seeds)) for values in cols.values()]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "real_only's type_fidelity and normals_good: the same classifier on the held-out real test "

@@ -22,10 +22,11 @@ def test_variants_keep_the_demos_settings_and_change_only_their_own(demo_stats):
     for name, (placement, qc, stats) in expect.items():
         gen = variant_generation(name, cfg, seed=3)
         assert (gen.placement, gen.qc, gen.reference_stats) == (placement, qc, stats), name
-        assert (gen.num, gen.steps, gen.seed) == (5, 7, 3), name
+        assert (gen.num, gen.steps, gen.seed, gen.guidance) == (5, 7, 3, None), name  # None: the run's preset
+        assert variant_generation(name, cfg, seed=3, guidance=2.5).guidance == 2.5, name
 
 
-def test_variant_folders_follow_the_count_and_segmenter_asked_for(tmp_path):
+def test_variant_folders_follow_the_count_guidance_and_segmenter_asked_for(tmp_path):
     import dataclasses
 
     from benchmarks.ablation_placement import variant_folders
@@ -47,3 +48,7 @@ def test_variant_folders_follow_the_count_and_segmenter_asked_for(tmp_path):
     both = dataclasses.replace(longer, num_per_kind=48)
     assert variant_folders(tmp_path, "free", both) == (tmp_path / "generated-free@n48",
                                                        tmp_path / f"evaluation@n48{suffix}")
+    assert variant_folders(tmp_path, "free", demo, guidance=3) == (tmp_path / "generated-free@g3",
+                                                                   tmp_path / "evaluation@g3")
+    assert variant_folders(tmp_path, "free+qc", both, guidance=2.5) == (tmp_path / "generated-free+qc@n48@g2.5",
+                                                                        tmp_path / f"evaluation-free+qc@n48@g2.5{suffix}")

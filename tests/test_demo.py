@@ -36,13 +36,14 @@ def test_quick_demo_writes_every_artifact_with_finite_numbers(tmp_path, capsys, 
         monkeypatch.setenv(name, str(tmp_path / name.lower()))
     monkeypatch.delenv("SEAS_WEIGHTS", raising=False)
     out = tmp_path / "demo"
-    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    assert main(["demo", "--quick", "--out", str(out), "--guidance", "3"]) == 0  # a dataset option, without --data
     for path in ["data/tile/train/good", "run/seas_run.json", "run/mask_head.json",
                  "run/generated/manifest.jsonl", "evaluation/metrics.json", "evaluation/report.html", "demo.json"]:
         assert (out / path).exists(), path
     rows = [json.loads(line) for line in (out / "run/generated/manifest.jsonl").read_text().splitlines()]
     assert {r["kind"] for r in rows} == {"hole", "scratch", "stain", "good", "hole+scratch"}
-    assert json.loads((out / "run/generated/generation.json").read_text())["reference_stats"] is True
+    generation = json.loads((out / "run/generated/generation.json").read_text())
+    assert generation["reference_stats"] is True and generation["guidance"] == 3.0  # the preset's 8 replaced
     metrics = json.loads((out / "evaluation/metrics.json").read_text())
     scored = [(p, v) for p, v in _numbers(metrics["downstream"]) if not isinstance(v, str)]
     scored += [(p, v) for p, v in _numbers(metrics["extra"]) if isinstance(v, float)]
@@ -54,6 +55,7 @@ def test_quick_demo_writes_every_artifact_with_finite_numbers(tmp_path, capsys, 
     assert "IC-LPIPS skipped: " + hint in html.unescape((out / "evaluation/report.html").read_text())
     demo = json.loads((out / "demo.json").read_text())
     assert set(demo["stage_seconds"]) >= {"stage 1: SeaS fine-tuning", "generation"}
+    assert demo["product_options"] == {"guidance": 3.0}
     assert not (out / "base").exists()  # the synthetic product starts from the shipped base, unadapted
     assert json.loads((out / "run/seas_run.json").read_text())["train"]["base"] == "seas-tiny"
     printed = capsys.readouterr().out
@@ -255,6 +257,30 @@ def test_demo_options_reach_its_settings(capsys):
         demo_config(parser.parse_args(["demo", "--adapt-steps", "-1"]))
     with pytest.raises(SystemExit):
         parser.parse_args(["demo", "--placement", "masks"])  # the demo has no --masks folder
+
+
+def test_dataset_options_without_data_reach_the_synthetic_product(tmp_path):
+    from seas.cli import build_parser
+    from seas.cli.demo import DemoConfig, product_options, write_demo_product
+
+    parser = build_parser()
+    options = product_options(parser.parse_args(["demo", "--guidance", "3", "--no-augment", "--mask-rule", "nonzero"]))
+    assert options == {"guidance": 3.0, "augment": False, "mask_rule": "nonzero"}
+    data = write_demo_product(tmp_path / "data", DemoConfig(n_train_good=2, n_test_good=1, n_per_type=3), options)
+    assert (data.guidance, data.augment, data.mask_rule, data.train_per_type) == (3.0, False, "nonzero", 4)
+    plain = write_demo_product(tmp_path / "plain", DemoConfig(n_train_good=2, n_test_good=1, n_per_type=3))
+    assert (plain.guidance, plain.augment, plain.mask_rule) == (8.0, True, "half")  # the MVTec AD preset
+    fraction = write_demo_product(tmp_path / "fraction", DemoConfig(n_train_good=2, n_test_good=1, n_per_type=3),
+                                  {"train_fraction": 0.5})
+    assert (fraction.train_per_type, fraction.train_fraction) == (None, 0.5)  # the fraction rule, not the demo's 4
+    for flags, named in ((["--layout", "visa"], "--layout locates"),
+                         (["--anomaly", "hole=*.png", "--product", "x"], "--product, --anomaly locate")):
+        with pytest.raises(ConfigError, match=f"seas demo: {named} a dataset's files; give --data"):
+            product_options(parser.parse_args(["demo", *flags]))
+    with pytest.raises(ConfigError, match="--train-fraction 2.0: must be between 0 and 1"):
+        product_options(parser.parse_args(["demo", "--train-fraction", "2"]))
+    assert main(["demo", "--out", str(tmp_path / "refused"), "--layout", "visa"]) == 2
+    assert not (tmp_path / "refused").exists()
 
 
 @pytest.mark.parametrize("photographs", [False, True])

@@ -28,7 +28,7 @@ from pathlib import Path
 from seas.config import ADAPTERS, PLACEMENTS, QC_MODES, SAVE_DTYPES, GenerationConfig, MaskConfig, TrainConfig
 from seas.data.config import DataConfig
 from seas.data.readers import GOOD
-from seas.errors import RunError
+from seas.errors import ConfigError, RunError
 from seas.evaluation.config import SEGMENTERS
 from seas.fields import Config, option
 from seas.files.atomic import read_json, remove_path, remove_temporaries, write_json
@@ -128,14 +128,35 @@ class StageClock:
         print(f"== {name}: {self.seconds[name]:.1f} s", flush=True)
 
 
-def write_demo_product(folder: Path, cfg: DemoConfig) -> DataConfig:
+def write_demo_product(folder: Path, cfg: DemoConfig, options: dict | None = None) -> DataConfig:
     """Write the demo's synthetic product (a tile, MVTec layout, seeded by ``cfg.seed``) into
-    ``folder``; return its data config."""
+    ``folder``; return its data config, with the dataset ``options`` given (:func:`product_options`)."""
     from seas.data.synthetic import write_synthetic_product
 
     root = write_synthetic_product(folder, product="tile", seed=cfg.seed, size=cfg.resolution,
                                    n_train_good=cfg.n_train_good, n_test_good=cfg.n_test_good, n_per_type=cfg.n_per_type)
-    return DataConfig(root=str(root), layout="mvtec", train_per_type=cfg.train_per_type)
+    options = options or {}
+    # the demo's few-shot count, unless a --train-fraction or --train-per-type was given
+    few_shot = {} if {"train_fraction", "train_per_type"} & set(options) else {"train_per_type": cfg.train_per_type}
+    return DataConfig(root=str(root), layout="mvtec", **few_shot, **options)
+
+
+# dataset options that say where a dataset's files are: the synthetic product has its own
+LOCATING = ("layout", "product", "mask", "normal", "normal_test", "anomaly")
+
+
+def product_options(args) -> dict:
+    """The dataset options given to ``seas demo`` without ``--data`` (``--guidance 3``,
+    ``--no-augment``, ...), which the synthetic product takes as a dataset would; checked now
+    (a bad value is a one-line error before anything is written). Options that locate files
+    (``--layout``, ``--anomaly``, ...) need ``--data``."""
+    locating = [f"--{name.replace('_', '-')}" for name in LOCATING if getattr(args, name, None) is not None]
+    if locating:
+        raise ConfigError(f"seas demo: {', '.join(locating)} locate{'s' if len(locating) == 1 else ''} a dataset's "
+                          "files; give --data with them (without --data the demo writes its own synthetic product)")
+    options = DataConfig.given(args)
+    DataConfig(root=".", layout="mvtec", **options)  # the values' checks, before anything is written
+    return options
 
 
 def demo_kinds(types: list[str]) -> list[str]:
@@ -261,8 +282,10 @@ def demo_problems(out: Path, cfg: DemoConfig, data_cfg: DataConfig | None, sourc
     return problems.items
 
 
-def run_demo(out: str | Path, cfg: DemoConfig, data_cfg: DataConfig | None = None, sources: tuple = ()) -> dict:
-    """Run every stage into ``out``; return the metrics written to ``out/evaluation``.
+def run_demo(out: str | Path, cfg: DemoConfig, data_cfg: DataConfig | None = None, sources: tuple = (),
+             product: dict | None = None) -> dict:
+    """Run every stage into ``out``; return the metrics written to ``out/evaluation``. Without
+    ``data_cfg`` the demo writes the synthetic product, with the dataset options ``product``.
 
     Everything is checked first (:func:`demo_problems`, every problem in one list); nothing
     is written or deleted before. ``sources``: further paths ``out`` must not hold."""
@@ -285,7 +308,7 @@ def run_demo(out: str | Path, cfg: DemoConfig, data_cfg: DataConfig | None = Non
     clock = StageClock()
     with clock.stage("data"):
         if data_cfg is None:
-            data_cfg = write_demo_product(out / "data", cfg)
+            data_cfg = write_demo_product(out / "data", cfg, product)
     base = cfg.base
     if cfg.adapt_steps:
         with clock.stage("adapting the base to the product"):
@@ -323,7 +346,8 @@ def run_demo(out: str | Path, cfg: DemoConfig, data_cfg: DataConfig | None = Non
         metrics = evaluate_run(run_dir, generated, out / "evaluation", eval_cfg, extra=extra)
     metrics["stage_seconds"] = clock.seconds
     write_json(out / DEMO_MARKER, {"format": DEMO_FORMAT, "status": "finished", "created": entries,
-                                   "config": dataclasses.asdict(cfg), "stage_seconds": clock.seconds,
+                                   "config": dataclasses.asdict(cfg), "product_options": product or {},
+                                   "stage_seconds": clock.seconds,
                                    "evidence": evidence})
     print_summary(out, metrics, evidence, clock.seconds)
     return metrics
@@ -407,7 +431,9 @@ def add_parsers(sub) -> None:
                        description="Write a synthetic product (or read --data), start from the pretrained base "
                        "shipped with seas (adapted to --data's normal images first), run stage 1 and stage 2, "
                        "generate every type, normal images and a mixture, measure what was learned on the held-out "
-                       "real split, run the downstream evaluation and write report.html.")
+                       "real split, run the downstream evaluation and write report.html. Without --data the dataset "
+                       "options that do not locate files (--guidance, --no-augment, ...) apply to the synthetic "
+                       "product.")
     add_data_args(p, required=False)
     p.add_argument("--out", default="demo-out", help="output folder (default demo-out; what a previous or interrupted "
                    "demo there wrote is replaced, nothing else; must lie outside --data)")
@@ -432,5 +458,8 @@ def cmd_demo(args) -> int:
     from seas.cli.options import data_config
 
     cfg = demo_config(args)
-    run_demo(args.out, cfg, data_config(args) if args.data else None, sources=(args.data,) if args.data else ())
+    if args.data:
+        run_demo(args.out, cfg, data_config(args), sources=(args.data,))
+    else:
+        run_demo(args.out, cfg, product=product_options(args))
     return 0
