@@ -16,8 +16,8 @@ deviation and the 95 % confidence interval of the mean (Student's t) over the se
 
 (The tiny model's numbers depend on the thread count; docs/ABLATION.md used one thread.)
 
-A seed folder whose demo finished is reused (delete it to redo it); ``--set num_per_kind=N`` or
-another segmenter there generates or evaluates again into folders of their own
+A seed folder whose demo finished is reused (delete it to redo it); ``--set num_per_kind=N``,
+``--guidance G`` or another segmenter there generates or evaluates again into folders of their own
 (:func:`variant_folders`). Progress goes to stderr; the
 table (Markdown) to stdout and ``<out>/ablation.md``, the numbers to ``<out>/ablation.json``.
 """
