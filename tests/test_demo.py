@@ -261,7 +261,7 @@ def test_demo_options_reach_its_settings(capsys):
 
 def test_dataset_options_without_data_reach_the_synthetic_product(tmp_path):
     from seas.cli import build_parser
-    from seas.cli.demo import DemoConfig, product_options, write_demo_product
+    from seas.cli.demo import DemoConfig, demo_problems, product_options, write_demo_product
 
     parser = build_parser()
     options = product_options(parser.parse_args(["demo", "--guidance", "3", "--no-augment", "--mask-rule", "nonzero"]))
@@ -281,6 +281,16 @@ def test_dataset_options_without_data_reach_the_synthetic_product(tmp_path):
         product_options(parser.parse_args(["demo", "--train-fraction", "2"]))
     assert main(["demo", "--out", str(tmp_path / "refused"), "--layout", "visa"]) == 2
     assert not (tmp_path / "refused").exists()
+    # a few-shot count that holds no anomaly out for testing stops the demo before it writes anything
+    quick = DemoConfig.quick()
+    assert main(["demo", "--quick", "--out", str(tmp_path / "all-train"), "--train-per-type", str(quick.n_per_type)]) == 2
+    assert not (tmp_path / "all-train").exists()
+    held_out = demo_problems(tmp_path / "fine", quick, None, product={"train_per_type": quick.n_per_type - 1})
+    assert not [p for p in held_out if "held out" in p]
+    too_many = demo_problems(tmp_path / "fine", dataclasses.replace(quick, train_per_type=quick.n_per_type), None)
+    assert [p for p in too_many if p.startswith(f"--train-per-type {quick.n_per_type}: ")] and all(
+        "held out" not in p for p in demo_problems(tmp_path / "fine", dataclasses.replace(quick, train_per_type=99), None,
+                                                   product={"train_fraction": 0.5}))
 
 
 @pytest.mark.parametrize("photographs", [False, True])

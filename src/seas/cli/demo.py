@@ -245,9 +245,11 @@ def prepare_out(out: Path, entries: list[str]) -> None:
     remove_temporaries(out)
 
 
-def demo_problems(out: Path, cfg: DemoConfig, data_cfg: DataConfig | None, sources: tuple = ()) -> list[str]:
+def demo_problems(out: Path, cfg: DemoConfig, data_cfg: DataConfig | None, sources: tuple = (),
+                  product: dict | None = None) -> list[str]:
     """Every problem of a demo before its first stage: the user's dataset (all its images and
-    masks decoded, the test split's included, with anomaly images held out for testing), ``--out``
+    masks decoded, the test split's included, with anomaly images held out for testing) or the
+    synthetic product's few-shot count (with the dataset options ``product``), ``--out``
     against the dataset (and any further ``sources``, e.g. the YAML description), the folder
     itself (a previous demo's, holding nothing a re-run would delete that the demo did not write),
     its permissions and free space."""
@@ -265,6 +267,12 @@ def demo_problems(out: Path, cfg: DemoConfig, data_cfg: DataConfig | None, sourc
         for source in (dataset_folder(data_cfg), *sources):
             nested = nested or nested_problems(out, source)  # one line says it
         problems.extend(nested)
+    else:
+        product = product or {}
+        per_type = product.get("train_per_type", None if "train_fraction" in product else cfg.train_per_type)
+        if per_type is not None and per_type >= cfg.n_per_type:
+            problems.add(f"--train-per-type {per_type}: the synthetic product has {cfg.n_per_type} images of each "
+                         f"type, so none would be held out for testing; give at most {cfg.n_per_type - 1}")
     if not nested:  # else the folder's contents are the dataset's: no more to say
         problems.extend(out_problems(out, demo_entries(data_cfg is None, cfg.adapt_steps > 0)))
     with problems.collect():
@@ -300,7 +308,7 @@ def run_demo(out: str | Path, cfg: DemoConfig, data_cfg: DataConfig | None = Non
     from seas.training.stage2 import train_mask_head
 
     out = Path(out).resolve()
-    problems = demo_problems(out, cfg, data_cfg, sources)
+    problems = demo_problems(out, cfg, data_cfg, sources, product)
     if problems:
         raise Problems(problems)
     entries = demo_entries(data_cfg is None, cfg.adapt_steps > 0)
