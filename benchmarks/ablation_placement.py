@@ -73,7 +73,8 @@ def variant_generation(name: str, cfg: DemoConfig, seed: int, guidance: float | 
     replaces the run's dataset preset (8 for the synthetic product)."""
     placement, qc, reference_stats = VARIANTS[name]
     return GenerationConfig(num=cfg.num_per_kind, seed=seed, steps=cfg.sample_steps, guidance=guidance,
-                            placement=placement, qc=qc, reference_stats=cfg.reference_stats if reference_stats is None else reference_stats)
+                            placement=placement, qc=qc,
+                            reference_stats=cfg.reference_stats if reference_stats is None else reference_stats)
 
 
 def variant_folders(folder: Path, name: str, cfg: DemoConfig, guidance: float | None = None) -> tuple[Path, Path]:

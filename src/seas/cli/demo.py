@@ -135,8 +135,13 @@ def write_demo_product(folder: Path, cfg: DemoConfig, options: dict | None = Non
 
     root = write_synthetic_product(folder, product="tile", seed=cfg.seed, size=cfg.resolution,
                                    n_train_good=cfg.n_train_good, n_test_good=cfg.n_test_good, n_per_type=cfg.n_per_type)
+    return product_data_config(root, cfg, options)
+
+
+def product_data_config(root: str | Path, cfg: DemoConfig, options: dict | None = None) -> DataConfig:
+    """The synthetic product's data config: the MVTec AD layout, the demo's few-shot count unless
+    a ``--train-fraction`` or ``--train-per-type`` was given, and the dataset ``options``."""
     options = options or {}
-    # the demo's few-shot count, unless a --train-fraction or --train-per-type was given
     few_shot = {} if {"train_fraction", "train_per_type"} & set(options) else {"train_per_type": cfg.train_per_type}
     return DataConfig(root=str(root), layout="mvtec", **few_shot, **options)
 
@@ -155,7 +160,7 @@ def product_options(args) -> dict:
         raise ConfigError(f"seas demo: {', '.join(locating)} locate{'s' if len(locating) == 1 else ''} a dataset's "
                           "files; give --data with them (without --data the demo writes its own synthetic product)")
     options = DataConfig.given(args)
-    DataConfig(root=".", layout="mvtec", **options)  # the values' checks, before anything is written
+    product_data_config(".", DemoConfig(), options)  # the values' checks, before anything is written
     return options
 
 
@@ -268,8 +273,7 @@ def demo_problems(out: Path, cfg: DemoConfig, data_cfg: DataConfig | None, sourc
             nested = nested or nested_problems(out, source)  # one line says it
         problems.extend(nested)
     else:
-        product = product or {}
-        per_type = product.get("train_per_type", None if "train_fraction" in product else cfg.train_per_type)
+        per_type = product_data_config(".", cfg, product).train_per_type  # None: the --train-fraction rule
         if per_type is not None and per_type >= cfg.n_per_type:
             problems.add(f"--train-per-type {per_type}: the synthetic product has {cfg.n_per_type} images of each "
                          f"type, so none would be held out for testing; give at most {cfg.n_per_type - 1}")
