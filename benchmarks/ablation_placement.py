@@ -92,11 +92,11 @@ def variant_folders(folder: Path, name: str, cfg: DemoConfig, guidance: float | 
     segmenter = tuple(getattr(cfg, key) for key in SEGMENTER)
     seg_suffix = "" if segmenter == tuple(demo[key] for key in SEGMENTER) else "@" + "-".join(map(str, segmenter))
     count = "" if cfg.num_per_kind == demo["num_per_kind"] else f"@n{cfg.num_per_kind}"
-    count += "" if guidance is None else f"@g{guidance:g}"
-    if name == "free" and not count:
+    regenerated = count + ("" if guidance is None else f"@g{guidance:g}")  # "": the demo's own generation settings
+    if name == "free" and not regenerated:
         return folder / "run/generated", folder / f"evaluation{seg_suffix}"
     evaluation = "evaluation" if name == "free" else f"evaluation-{name}"
-    return folder / f"generated-{name}{count}", folder / f"{evaluation}{count}{seg_suffix}"
+    return folder / f"generated-{name}{regenerated}", folder / f"{evaluation}{regenerated}{seg_suffix}"
 
 
 def variant_metrics(folder: Path, name: str, cfg: DemoConfig, seed: int, compute: bool = True,
@@ -225,9 +225,9 @@ def main() -> None:
     lines = [f"| training set ({len(args.seeds)} seed{'s' if len(args.seeds) > 1 else ''}: mean ± sd [95 % CI]) | "
              + " | ".join(columns) + " |",
              "| --- " * (len(columns) + 1) + "|"]
+    guidance = "" if args.guidance is None else f", guidance {args.guidance:g}"
     for name, cols in table.items():
         baseline = name in ("real_only", "cut_paste", "perlin")
-        guidance = "" if args.guidance is None else f", guidance {args.guidance:g}"
         label = name if baseline else f"real + generated ({name}, {cfg.num_per_kind} a kind{guidance})"
         cells = [cell(*values, len(args.seeds)) for values in cols.values()]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
